@@ -1,0 +1,313 @@
+"""The one place plain classes become Ray actors.
+
+Actor classes are named ``Broker``, ``Streamer`` and ``Collector`` so that ``ray list actors`` and
+process titles read ``ray::Broker`` and so on. Streamer and Collector actors start their loop in a
+thread from ``__init__``, so an actor that Ray restarts after a crash (``max_restarts``) resumes by
+itself: from the broker checkpoint (streamers) and from the database offsets (collectors).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+from ray.util import metrics as ray_metrics
+
+from pipeline import metrics
+from pipeline.collector import Collector as CollectorLogic
+from pipeline.config import CollectorSettings, QueueSettings, StreamerSettings
+from pipeline.queue.broker import Broker as BrokerLogic
+from pipeline.queue.ray_glue import RayQueue
+from pipeline.records import WriteResult
+from pipeline.sources import Shard, build_source
+from pipeline.storage.writer import TelemetryWriter
+from pipeline.streamer import Streamer as StreamerLogic
+
+__all__ = [
+    "NAMESPACE",
+    "actor_options",
+    "broker_name",
+    "collector_name",
+    "make_broker",
+    "make_collector",
+    "make_streamer",
+    "streamer_name",
+]
+
+log = logging.getLogger(__name__)
+NAMESPACE = "gpu-telemetry"
+
+
+def broker_name(i: int) -> str:
+    """Named-actor name of broker ``i``."""
+    return f"broker-{i}"
+
+
+def streamer_name(i: int) -> str:
+    """Named-actor name of streamer ``i``."""
+    return f"streamer-{i}"
+
+
+def collector_name(i: int) -> str:
+    """Named-actor name of collector ``i``."""
+    return f"collector-{i}"
+
+
+class _Instruments:
+    """Ray metric objects for the MetricDefs an actor records."""
+
+    def __init__(self, defs: Sequence[metrics.MetricDef]) -> None:
+        self._m: dict[str, Any] = {}
+        for d in defs:
+            if d.kind == "counter":
+                self._m[d.name] = ray_metrics.Counter(d.name, d.help, tag_keys=d.labels)
+            elif d.kind == "gauge":
+                self._m[d.name] = ray_metrics.Gauge(d.name, d.help, tag_keys=d.labels)
+            else:
+                self._m[d.name] = ray_metrics.Histogram(d.name, d.help, boundaries=list(d.buckets), tag_keys=d.labels)
+
+    def inc(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
+        if value > 0:
+            self._m[d.name].inc(value, tags=tags)
+
+    def set(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
+        self._m[d.name].set(value, tags=tags)
+
+    def observe(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
+        self._m[d.name].observe(value, tags=tags)
+
+
+class Broker(BrokerLogic):
+    """The Broker plain class, plus Ray metrics on every stats() call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._instruments: _Instruments | None = None
+        self._reported: dict[int, tuple[float, int, int]] = {}
+
+    def stats(self) -> dict[str, Any]:
+        """Stats, also exported as Ray metrics."""
+        out = super().stats()
+        if self._instruments is None:
+            self._instruments = _Instruments(
+                (
+                    metrics.QUEUE_LOG_END,
+                    metrics.QUEUE_BYTES_HELD,
+                    metrics.QUEUE_BLOCKED_SECONDS,
+                    metrics.QUEUE_APPENDED_ROWS,
+                    metrics.QUEUE_FETCHED_ROWS,
+                    metrics.CONSUMER_LAG,
+                )
+            )
+        ins = self._instruments
+        for p, s in out["partitions"].items():
+            tag = str(p)
+            blocked, appended, fetched = self._reported.get(p, (0.0, 0, 0))
+            ins.set(metrics.QUEUE_LOG_END, s["end_offset"], partition=tag)
+            ins.set(metrics.QUEUE_BYTES_HELD, s["bytes_held"], partition=tag)
+            ins.inc(metrics.QUEUE_BLOCKED_SECONDS, s["blocked_s"] - blocked, partition=tag)
+            ins.inc(metrics.QUEUE_APPENDED_ROWS, s["rows_appended"] - appended, partition=tag)
+            ins.inc(metrics.QUEUE_FETCHED_ROWS, s["rows_fetched"] - fetched, partition=tag)
+            self._reported[p] = (s["blocked_s"], s["rows_appended"], s["rows_fetched"])
+            for group, g in s["groups"].items():
+                ins.set(metrics.CONSUMER_LAG, g["lag_rows"], group=group, partition=tag)
+        return out
+
+
+class Streamer:
+    """Actor around ``pipeline.streamer.Streamer``: runs it in a thread from construction."""
+
+    def __init__(
+        self,
+        streamer_id: str,
+        settings: StreamerSettings,
+        queue: QueueSettings,
+        brokers: list[Any],
+        shard: tuple[int, int],
+    ) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        source = build_source(
+            str(settings.csv) if settings.csv else None, settings.batch_rows, settings.hosts, settings.gpus_per_host
+        )
+        self._logic = StreamerLogic(
+            streamer_id,
+            source,
+            RayQueue(brokers),
+            queue.partitions,
+            Shard(*shard),
+            settings.interval_s,
+            settings.batch_rows,
+            settings.passes,
+            settings.duration_s,
+        )
+        self._error: str | None = None
+        self._instruments = _Instruments((metrics.STREAMER_ROWS, metrics.REJECTS))
+        self._reported = (0, 0)
+        self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._logic.run()
+        except Exception as exc:  # reported through stats(); the actor stays up for inspection
+            log.exception("streamer %s failed", self._logic.streamer_id)
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, whether the run finished, and the last error."""
+        s = self._logic.stats
+        rows, rejects = self._reported
+        self._instruments.inc(metrics.STREAMER_ROWS, s.produced - rows, streamer=self._logic.streamer_id)
+        self._instruments.inc(metrics.REJECTS, s.rejected - rejects, reason="input")
+        self._reported = (s.produced, s.rejected)
+        return {
+            "id": self._logic.streamer_id,
+            "produced": s.produced,
+            "rejected": s.rejected,
+            "messages": s.messages,
+            "duplicates": s.duplicates,
+            "passes": s.passes,
+            "done": s.done or (not self._thread.is_alive() and self._error is None),
+            "running": self._thread.is_alive(),
+            "blocked_s": s.blocked_s,
+            "error": self._error,
+            "resumed": s.resumed_from is not None,
+            "pid": _pid(),
+        }
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Stop streaming (the batch being published is finished first)."""
+        self._logic.stop()
+        self._thread.join(timeout_s)
+        return self.stats()
+
+
+class Collector:
+    """Actor around ``pipeline.collector.Collector`` writing through ``TelemetryWriter``."""
+
+    def __init__(
+        self, member: str, settings: CollectorSettings, queue: QueueSettings, conninfo: str, brokers: list[Any]
+    ) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._instruments = _Instruments(
+            (metrics.COLLECTOR_ROWS, metrics.COLLECTOR_COMMIT_SECONDS, metrics.COLLECTOR_LAST_COMMIT)
+        )
+        # Every incarnation gets a fresh member id: a restarted actor must not inherit the old
+        # generation's claims, it rejoins and claims again.
+        self._member = f"{member}#{int(time.time() * 1000)}"
+        self._name = member
+        self._logic = CollectorLogic(
+            self._member,
+            queue.group,
+            RayQueue(brokers),
+            TelemetryWriter(conninfo),
+            settings.max_rows,
+            settings.poll_timeout_s,
+            heartbeat_s=min(1.0, queue.session_timeout_s / 4),
+            on_commit=self._committed,
+        )
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread.start()
+
+    def _committed(self, result: WriteResult, seconds: float) -> None:
+        self._instruments.inc(metrics.COLLECTOR_ROWS, result.rows, collector=self._name)
+        self._instruments.observe(metrics.COLLECTOR_COMMIT_SECONDS, seconds, collector=self._name)
+        self._instruments.set(metrics.COLLECTOR_LAST_COMMIT, time.time(), collector=self._name)
+
+    def _run(self) -> None:
+        try:
+            self._logic.run()
+        except Exception as exc:  # reported through stats()
+            log.exception("collector %s failed", self._member)
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, assignment and the last error."""
+        s = self._logic.stats
+        return {
+            "id": self._member,
+            "rows": s.rows,
+            "rejects": s.rejects,
+            "transactions": s.transactions,
+            "retries": s.retries,
+            "fenced": s.fenced,
+            "generation": s.generation,
+            "partitions": list(s.partitions),
+            "positions": self._logic.positions,
+            "last_commit_at": s.last_commit_at,
+            "last_error": s.last_error,
+            "error": self._error,
+            "running": self._thread.is_alive(),
+            "commit_seconds": s.commit_seconds,
+            "pid": _pid(),
+        }
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Finish the batch in hand, leave the group, return final stats."""
+        self._logic.stop()
+        self._thread.join(timeout_s)
+        return self.stats()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def actor_options(
+    name: str, num_cpus: float, memory_bytes: int | None = None, restarts: int = -1, **extra: Any
+) -> dict[str, Any]:
+    """Options every pipeline actor shares: a name in our namespace, resources, restarts."""
+    opts: dict[str, Any] = {
+        "name": name,
+        "namespace": NAMESPACE,
+        "num_cpus": num_cpus,
+        "max_restarts": restarts,
+        "lifetime": None,
+    }
+    if memory_bytes:
+        opts["memory"] = memory_bytes
+    opts.update(extra)
+    return opts
+
+
+def make_broker(
+    index: int, queue: QueueSettings, hosted: Sequence[int], start_offsets: Mapping[int, int], num_cpus: float = 0.5
+) -> Any:
+    """Start broker ``index`` (an async actor; Ray restarts it on failure)."""
+    cls = ray.remote(**actor_options(broker_name(index), num_cpus, max_concurrency=1000))(Broker)
+    return cls.remote(
+        index,
+        queue.partitions,
+        list(hosted),
+        queue.partition_budget_bytes,
+        queue.session_timeout_s,
+        dict(start_offsets),
+    )
+
+
+def make_streamer(
+    index: int, count: int, settings: StreamerSettings, queue: QueueSettings, brokers: list[Any], num_cpus: float = 0.5
+) -> Any:
+    """Start streamer ``index`` of ``count`` (it starts streaming by itself)."""
+    cls = ray.remote(**actor_options(streamer_name(index), num_cpus, max_concurrency=4))(Streamer)
+    return cls.remote(streamer_name(index), settings, queue, brokers, (index, count))
+
+
+def make_collector(
+    index: int,
+    settings: CollectorSettings,
+    queue: QueueSettings,
+    conninfo: str,
+    brokers: list[Any],
+    num_cpus: float = 0.5,
+) -> Any:
+    """Start collector ``index`` (it joins the group and starts writing by itself)."""
+    cls = ray.remote(**actor_options(collector_name(index), num_cpus, max_concurrency=4))(Collector)
+    return cls.remote(collector_name(index), settings, queue, conninfo, brokers)

@@ -1,0 +1,357 @@
+"""The command line: ``python -m pipeline run|serve|migrate|generate|status``.
+
+Errors a user can fix (bad flags, unreachable database, unreadable CSV) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, PipelineError
+
+__all__ = ["main"]
+
+log = logging.getLogger("pipeline")
+EXIT_USAGE = 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"`{text}` must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"`{text}` must be at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description="GPU telemetry pipeline on Ray.")
+    p.add_argument("--config", help="YAML settings file (env PIPELINE_* and flags override it)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more, and show actor logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="stream telemetry into the database and serve the API")
+    run.add_argument("--csv", type=Path, help="dcgm-exporter CSV to replay (default: a generated fleet)")
+    run.add_argument("--hosts", type=_positive_int, help="hosts of the generated fleet (default 32)")
+    run.add_argument("--streamers", type=int, help="streamer actors (default 1)")
+    run.add_argument("--collectors", type=int, help="collector actors (default 1)")
+    run.add_argument("--partitions", type=_positive_int, help="queue partitions (default 16)")
+    run.add_argument("--brokers", type=_positive_int, help="broker actors (default 1)")
+    run.add_argument("--interval", type=_positive_float, help="seconds between passes; 0 = as fast as possible")
+    run.add_argument("--batch-rows", type=_positive_int, help="rows per published batch (default 20000)")
+    bound = run.add_mutually_exclusive_group()
+    bound.add_argument("--passes", type=_positive_int, help="stop after K passes over the source")
+    bound.add_argument("--duration", type=_positive_float, help="stop after S seconds")
+    run.add_argument("--queue-dir", type=Path, help="persist the queue under DIR")
+    run.add_argument("--no-serve", action="store_true", help="do not start the REST gateway")
+    run.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
+    run.add_argument("--json", action="store_true", help="end with a JSON summary line")
+
+    serve = sub.add_parser("serve", help="serve the REST API over an existing database")
+    serve.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+
+    sub.add_parser("migrate", help="apply pending SQL migrations")
+
+    gen = sub.add_parser("generate", help="write a synthetic fleet as dcgm-exporter CSV")
+    gen.add_argument("--hosts", type=_positive_int, default=32)
+    gen.add_argument("--gpus-per-host", type=_positive_int, default=8)
+    gen.add_argument("--scrapes", type=_positive_int, default=1, help="scrapes of the fleet to write")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--out", type=Path, required=True)
+
+    status = sub.add_parser("status", help="show a running pipeline's actors and queue")
+    status.add_argument("--json", action="store_true")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {"streamer": {}, "collector": {}, "queue": {}, "gateway": {}}
+    if args.command == "run":
+        overrides["streamer"] = {
+            "csv": args.csv,
+            "hosts": args.hosts,
+            "count": args.streamers,
+            "interval_s": args.interval,
+            "batch_rows": args.batch_rows,
+            "passes": args.passes,
+            "duration_s": args.duration,
+        }
+        overrides["collector"] = {"count": args.collectors}
+        overrides["queue"] = {"partitions": args.partitions, "brokers": args.brokers, "dir": args.queue_dir}
+        overrides["gateway"] = {"port": args.port}
+    elif args.command == "serve":
+        overrides["gateway"] = {"port": args.port, "host": args.host}
+    return Settings.load(args.config, overrides)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    _logging(args.verbose)
+    try:
+        settings = _settings(args)
+        if args.command == "run":
+            return _run(settings, args)
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "migrate":
+            return _migrate(settings)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "status":
+            return _status(settings, args.json)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _database(settings: Settings, out: TextIO = sys.stderr) -> Any:
+    from pipeline.storage.database import check, resolve
+    from pipeline.storage.migrate import migrate
+
+    url = settings.database.url.get_secret_value() if settings.database.url else None
+    db = resolve(url, settings.database.embedded_dir)
+    check(db.conninfo, settings.database.connect_timeout_s)
+    applied = migrate(db.conninfo)
+    print(f"database: {db.describe()}" + (f" ({len(applied)} migration(s) applied)" if applied else ""), file=out)
+    return db
+
+
+def _migrate(settings: Settings) -> int:
+    _database(settings, sys.stdout)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from pipeline.sources.synthetic import write_csv
+
+    if args.out.parent and not args.out.parent.exists():
+        raise ConfigError(f"--out: directory {args.out.parent} does not exist")
+    rows = write_csv(args.out, args.hosts, args.gpus_per_host, args.scrapes, args.seed)
+    print(
+        f"wrote {rows} rows ({args.hosts * args.gpus_per_host} GPUs x 10 metrics x {args.scrapes} scrape(s)) "
+        f"to {args.out}"
+    )
+    return 0
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag so the run loop can drain cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping: draining the queue (Ctrl-C again to abort)...", file=sys.stderr)
+
+    def __exit__(self, *_: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.sources import build_source
+
+    s = settings.streamer
+    source = build_source(str(s.csv) if s.csv else None, s.batch_rows, s.hosts, s.gpus_per_host)
+    source.open()  # a missing file or unknown header fails here, before anything starts
+    source.close()
+    if settings.queue.partitions < settings.collector.count:
+        raise ConfigError(
+            f"--partitions ({settings.queue.partitions}) must be at least --collectors ({settings.collector.count})"
+        )
+    db = _database(settings)
+
+    import ray
+
+    from pipeline.driver import Pipeline, connect_ray
+
+    info = connect_ray(settings, quiet=not args.verbose)
+    pipeline = Pipeline(settings, db)
+    tty = sys.stderr.isatty()
+    started = time.monotonic()
+    try:
+        with _Stop() as stop:
+            pipeline.start()
+            print(
+                f"source: {source.name}; {s.count} streamer(s), {settings.collector.count} collector(s), "
+                f"{settings.queue.partitions} partitions",
+                file=sys.stderr,
+            )
+            if info.get("dashboard_url"):
+                print(f"ray dashboard: http://{info['dashboard_url']} (token in ~/.ray/auth_token)", file=sys.stderr)
+            if not args.no_serve:
+                _start_gateway(settings, db.conninfo)
+                print(
+                    f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (docs at /docs)",
+                    file=sys.stderr,
+                )
+            bounded = s.passes is not None or s.duration_s is not None
+            display = _Display(tty)
+            while not stop.requested:
+                p = pipeline.progress()
+                display.show(p, time.monotonic() - started)
+                for err in p.errors:
+                    print(f"\nerror: {err}", file=sys.stderr)
+                if p.errors and bounded:
+                    raise PipelineError("; ".join(p.errors))
+                if bounded and p.streamers_done:
+                    break
+                time.sleep(1.0 if tty else 0.5)
+            pipeline.stop_streamers()
+            final = pipeline.drain(on_tick=lambda p: display.show(p, time.monotonic() - started))
+            stored, stored_rejects = pipeline.stored_totals()
+            display.end()
+            pipeline.stop()
+    finally:
+        if ray.is_initialized():
+            if not args.no_serve:
+                _stop_gateway()
+            ray.shutdown()
+    elapsed = time.monotonic() - started
+    summary = {
+        "produced": final.produced,
+        "stored": stored,
+        "rejected": final.rejected,
+        "rejects_stored": stored_rejects,
+        "seconds": round(elapsed, 2),
+        "rows_per_s": round(stored / elapsed, 1) if elapsed > 0 else 0.0,
+        "database": db.describe(),
+        "source": source.name,
+    }
+    print(
+        f"done: produced {summary['produced']}, stored {stored}, rejected {summary['rejected']} "
+        f"in {elapsed:.1f}s ({summary['rows_per_s']:.0f} rows/s)",
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _start_gateway(settings: Settings, conninfo: str) -> None:
+    from ray import serve
+
+    from pipeline.gateway.serve import gateway_app
+
+    serve.start(http_options={"host": settings.gateway.host, "port": settings.gateway.port})
+    serve.run(gateway_app(settings, conninfo, min_replicas=1, max_replicas=2), name="gateway", route_prefix="/")
+
+
+def _stop_gateway() -> None:
+    from ray import serve
+
+    try:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # shutting down anyway; report and go on
+        log.warning("serve shutdown: %s", exc)
+
+
+def _serve(settings: Settings) -> int:
+    db = _database(settings)
+    from pipeline.driver import connect_ray
+
+    connect_ray(settings, quiet=True)
+    _start_gateway(settings, db.conninfo)
+    print(f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        with _Stop() as stop:
+            while not stop.requested:
+                time.sleep(0.5)
+    finally:
+        import ray
+
+        _stop_gateway()
+        ray.shutdown()
+    return 0
+
+
+class _Display:
+    """A one-line live status on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self._tty = tty
+        self._last_print = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def show(self, p: Any, elapsed: float) -> None:
+        rate = 0.0
+        if self._last is not None and elapsed > self._last[0]:
+            rate = (p.stored - self._last[1]) / (elapsed - self._last[0])
+        self._last = (elapsed, p.stored)
+        line = (
+            f"[{elapsed:6.1f}s] produced {p.produced:,}  stored {p.stored:,}  ({rate:,.0f} rows/s)  "
+            f"lag {p.lag_rows:,} rows  rejects {p.rejected:,}"
+        )
+        if self._tty:
+            sys.stderr.write("\r" + line.ljust(100))
+            sys.stderr.flush()
+        elif elapsed - self._last_print >= 5.0:
+            self._last_print = elapsed
+            print(line, file=sys.stderr)
+
+    def end(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    import ray
+
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise PipelineError(f"no running Ray cluster at {address}: {exc}") from None
+    try:
+        from pipeline.status import collect, render
+
+        report = collect(settings.ray.namespace, settings.queue.group)
+    finally:
+        ray.shutdown()
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        print(render(report))
+    return 0 if report["brokers"] else 1

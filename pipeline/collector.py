@@ -1,0 +1,263 @@
+"""Collector: fetch -> write (rows + offsets in one transaction) -> tell the brokers.
+
+A collector is a member of a consumer group. On every new assignment it *claims* its partitions in
+the database (stamping them with its generation) and resumes from the offsets stored there, not
+from anything the broker remembers. A write moves each partition's stored offset with a
+compare-and-set in the same transaction as the rows; if the set fails (the batch was already
+stored, or a newer generation owns the partition) nothing is written and the collector re-syncs.
+A batch leaves the collector only after its transaction commits; failures are retried with
+backoff, and the data stays in the broker until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, QueueError, StorageError
+from pipeline.queue.broker import Fetched
+from pipeline.queue.client import Consumer
+from pipeline.queue.group import Assignment
+from pipeline.records import PartitionBatch, WriteResult
+
+__all__ = ["Collector", "CollectorStats", "Sink", "group_messages"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where collectors write: claims partitions, writes batches with offsets atomically."""
+
+    def open(self) -> None:
+        """Connect."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect."""
+        ...
+
+    def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
+        """Own ``partitions`` in ``generation``; returns their stored next offsets."""
+        ...
+
+    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
+        """Store the rows and advance offsets, all or nothing."""
+        ...
+
+    def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
+        """Move a stored offset (the broker no longer holds the stored position)."""
+        ...
+
+
+@dataclass(slots=True)
+class CollectorStats:
+    """Counters a collector reports."""
+
+    rows: int = 0
+    rejects: int = 0
+    transactions: int = 0
+    retries: int = 0
+    fenced: int = 0
+    rebalances: int = 0
+    generation: int = 0
+    partitions: tuple[int, ...] = ()
+    last_commit_at: float = 0.0
+    last_error: str | None = None
+    commit_seconds: float = 0.0
+    started_at: float = field(default_factory=time.time)
+
+
+def group_messages(messages: Sequence[Fetched], positions: Mapping[int, int]) -> list[PartitionBatch]:
+    """Turn fetched messages into one contiguous batch per partition, starting at ``positions``."""
+    by_partition: dict[int, list[Fetched]] = {}
+    for m in messages:
+        by_partition.setdefault(m.partition, []).append(m)
+    batches = []
+    for partition, items in sorted(by_partition.items()):
+        items.sort(key=lambda m: m.offset)
+        expected = positions[partition]
+        contiguous = []
+        for m in items:
+            if m.offset != expected:
+                break
+            contiguous.append(m)
+            expected += 1
+        if contiguous:
+            batches.append(
+                PartitionBatch(partition, contiguous[0].offset, expected, tuple(m.payload for m in contiguous))
+            )
+    return batches
+
+
+class Collector:
+    """Consumes assigned partitions into a ``Sink`` with exactly-once offsets."""
+
+    def __init__(
+        self,
+        member: str,
+        group: str,
+        consumer: Consumer,
+        sink: Sink,
+        max_rows: int = 100_000,
+        poll_timeout_s: float = 0.2,
+        heartbeat_s: float = 1.0,
+        backoff_s: tuple[float, float] = (0.05, 5.0),
+        on_commit: Callable[[WriteResult, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.member = member
+        self.group = group
+        self._consumer = consumer
+        self._sink = sink
+        self._max_rows = max_rows
+        self._poll_timeout = poll_timeout_s
+        self._heartbeat_every = heartbeat_s
+        self._backoff = backoff_s
+        self._on_commit = on_commit
+        self._clock = clock
+        self._assignment = Assignment(0, ())
+        self._positions: dict[int, int] = {}
+        self._last_heartbeat = 0.0
+        self._failures = 0
+        self._stop = threading.Event()
+        self._draining = False
+        self.stats = CollectorStats()
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Next offset to write per owned partition."""
+        return dict(self._positions)
+
+    def start(self) -> None:
+        """Connect the sink and join the group."""
+        self._sink.open()
+        self._apply(self._consumer.join(self.group, self.member))
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish the batch in hand, leave the group and return."""
+        self._stop.set()
+
+    def run(self) -> CollectorStats:
+        """Poll until stopped; leaves the group on the way out."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        """Leave the group and disconnect."""
+        try:
+            self._consumer.leave(self.group, self.member)
+        except QueueError as exc:
+            log.warning("%s: leave failed: %s", self.member, exc)
+        finally:
+            self._sink.close()
+
+    def _apply(self, assignment: Assignment) -> None:
+        """Adopt an assignment: claim its partitions in the database and resume from stored offsets."""
+        if assignment.generation == self._assignment.generation and self._positions.keys() == set(
+            assignment.partitions
+        ):
+            return
+        self._positions = self._sink.claim(self.group, assignment.generation, assignment.partitions)
+        self._assignment = assignment
+        self.stats.rebalances += 1
+        self.stats.generation = assignment.generation
+        self.stats.partitions = assignment.partitions
+        log.info(
+            "%s: generation %d, partitions %s, from offsets %s",
+            self.member,
+            assignment.generation,
+            list(assignment.partitions),
+            self._positions,
+        )
+
+    def _sync(self, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._last_heartbeat < self._heartbeat_every:
+            return
+        try:
+            assignment = self._consumer.heartbeat(self.group, self.member, self._assignment.generation)
+        except FencedError:
+            self.stats.fenced += 1
+            log.warning("%s: dropped from group %s; rejoining", self.member, self.group)
+            assignment = self._consumer.join(self.group, self.member)
+        self._last_heartbeat = now
+        self._apply(assignment)
+
+    def poll_once(self) -> int:
+        """Fetch, write and commit one batch; returns rows committed (0 when idle or on a retried failure)."""
+        try:
+            self._sync()
+            if not self._positions:
+                self._stop.wait(self._poll_timeout)
+                return 0
+            generation = self._assignment.generation
+            fetched = self._consumer.fetch(
+                self.group, self.member, generation, self._positions, self._max_rows, self._poll_timeout
+            )
+            for partition, (start, end) in fetched.out_of_range.items():
+                self._out_of_range(generation, partition, start, end)
+            batches = group_messages(fetched.messages, self._positions)
+            if not batches:
+                return 0
+            t0 = time.perf_counter()
+            result = self._sink.write(self.group, generation, batches)
+            elapsed = time.perf_counter() - t0
+        except (FencedError, OffsetMismatch) as exc:
+            # Someone else owns or already stored this: nothing was written; re-sync from the database.
+            self.stats.fenced += 1
+            log.info("%s: %s; re-syncing", self.member, exc)
+            self._assignment = Assignment(0, ())
+            self._sync(force=True)
+            return 0
+        except (DatabaseUnavailable, StorageError, QueueError) as exc:
+            self._failed(exc)
+            return 0
+        self._failures = 0
+        self._positions.update(result.offsets)
+        self.stats.rows += result.rows
+        self.stats.rejects += result.rejects
+        self.stats.transactions += 1
+        self.stats.commit_seconds += elapsed
+        self.stats.last_commit_at = time.time()
+        if self._on_commit is not None:
+            self._on_commit(result, elapsed)
+        try:
+            self._consumer.commit(self.group, self.member, generation, result.offsets)
+        except FencedError as exc:
+            # The rows are safely stored; the broker just will not take this member's word any more.
+            log.info("%s: broker refused commit after rebalance: %s", self.member, exc)
+        return result.rows
+
+    def _out_of_range(self, generation: int, partition: int, start: int, end: int) -> None:
+        stored = self._positions[partition]
+        target = start if stored < start else end
+        log.warning(
+            "%s: partition %d stored offset %d is outside the broker's log [%d, %d) (broker restarted "
+            "without --queue-dir?); resuming at %d",
+            self.member,
+            partition,
+            stored,
+            start,
+            end,
+            target,
+        )
+        self._sink.reset(self.group, generation, partition, target)
+        self._positions[partition] = target
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self.stats.retries += 1
+        self.stats.last_error = str(exc)
+        low, high = self._backoff
+        delay = min(high, low * (2 ** min(self._failures - 1, 16)))
+        log.warning("%s: %s; retrying in %.2fs", self.member, exc, delay)
+        self._stop.wait(delay)

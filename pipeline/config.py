@@ -1,0 +1,235 @@
+"""Settings: one model built from small sub-models.
+
+Sources, strongest first: explicit overrides (command-line flags), environment variables
+(``PIPELINE_<SECTION>__<KEY>``, plus the conventional ``DATABASE_URL``, ``REDIS_URL`` and
+``RAY_ADDRESS``), an optional YAML file (``--config``), then the defaults below. Only entrypoints
+build settings; everything else receives the sub-model it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "CollectorSettings",
+    "DatabaseSettings",
+    "GatewaySettings",
+    "QueueSettings",
+    "RaySettings",
+    "Settings",
+    "StreamerSettings",
+    "default_data_dir",
+]
+
+ENV_PREFIX = "PIPELINE_"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def default_data_dir() -> Path:
+    """Where local state (the embedded database) lives unless configured."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gpu-telemetry"
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL: a URL, or an embedded server under ``embedded_dir``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: SecretStr | None = None
+    embedded_dir: Path = Field(default_factory=lambda: default_data_dir() / "postgres")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    pool_min: int = Field(1, ge=0)
+    pool_max: int = Field(8, ge=1)
+
+
+class QueueSettings(BaseModel):
+    """The topic, its brokers, budgets and persistence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partitions: int = Field(16, ge=1, le=4096)
+    brokers: int = Field(1, ge=1, le=256)
+    partition_budget_bytes: int = Field(64 * MiB, ge=64 * 1024)
+    group: str = Field("telemetry-collectors", min_length=1)
+    session_timeout_s: float = Field(10.0, gt=0)
+    dir: Path | None = None
+    segment_bytes: int = Field(1 * GiB, ge=1 * MiB)
+    retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    disk_budget_bytes: int | None = Field(None, ge=1 * MiB)
+
+
+class StreamerSettings(BaseModel):
+    """Streamers: what they read and how fast.
+
+    ``interval_s`` is the time between passes over the source (one pass = one scrape of the fleet);
+    0 streams as fast as possible. ``batch_rows`` caps the rows of one published message.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(1, ge=0, le=1024)
+    csv: Path | None = None
+    hosts: int = Field(32, ge=1, le=100_000)  # synthetic fleet size when no CSV is given
+    gpus_per_host: int = Field(8, ge=1, le=64)
+    interval_s: float = Field(1.0, ge=0)
+    batch_rows: int = Field(20_000, ge=1)
+    passes: int | None = Field(None, ge=1)
+    duration_s: float | None = Field(None, gt=0)
+
+
+class CollectorSettings(BaseModel):
+    """Collectors: how much they write per transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(1, ge=0, le=1024)
+    max_rows: int = Field(100_000, ge=1)  # rows per transaction, across partitions
+    poll_timeout_s: float = Field(0.2, gt=0)
+
+
+class GatewaySettings(BaseModel):
+    """The REST gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    redis_url: SecretStr | None = None
+    default_limit: int = Field(1000, ge=1)
+    max_limit: int = Field(10_000, ge=1)
+    gpu_list_ttl_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _limits(self) -> GatewaySettings:
+        if self.default_limit > self.max_limit:
+            raise ValueError(f"default_limit {self.default_limit} exceeds max_limit {self.max_limit}")
+        return self
+
+
+class RaySettings(BaseModel):
+    """Where Ray runs: an existing cluster (``address``) or a local one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    namespace: str = "gpu-telemetry"
+    num_cpus: int | None = Field(None, ge=1)
+    dashboard: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
+    queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
+    streamer: StreamerSettings = Field(default_factory=StreamerSettings)  # type: ignore[arg-type]
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)  # type: ignore[arg-type]
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Overrides beat the environment; the YAML file is merged beneath both in load().
+        return (init_settings, env_settings)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from a YAML file, the environment and overrides; fail naming the bad key."""
+        env = os.environ if environ is None else environ
+        merged: dict[str, dict[str, Any]] = {}
+        if config_file is not None:
+            _deep_merge(merged, _read_yaml(Path(config_file)))
+        conventional = {
+            ("database", "url"): env.get("DATABASE_URL"),
+            ("gateway", "redis_url"): env.get("REDIS_URL"),
+            ("ray", "address"): env.get("RAY_ADDRESS"),
+        }
+        for (section, key), value in conventional.items():
+            if value and f"{ENV_PREFIX}{section}__{key}".upper() not in {k.upper() for k in env}:
+                merged.setdefault(section, {})[key] = value
+        # Environment variables beat the file: drop file values that the environment sets.
+        for name in env:
+            upper = name.upper()
+            if upper.startswith(ENV_PREFIX) and "__" in upper:
+                section, _, key = upper[len(ENV_PREFIX) :].lower().partition("__")
+                merged.get(section, {}).pop(key, None)
+        for section, values in (overrides or {}).items():
+            merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        try:
+            if environ is None:
+                return cls(**merged)  # type: ignore[arg-type]
+            saved = dict(os.environ)
+            try:
+                os.environ.clear()
+                os.environ.update(environ)
+                return cls(**merged)  # type: ignore[arg-type]
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+        except PydanticValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _describe(exc: PydanticValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        var = ENV_PREFIX + "__".join(loc).upper() if loc else "settings"
+        dotted = ".".join(loc)
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{dotted} [{var}]: {err['msg']}{shown}")
+    return "invalid settings: " + "; ".join(parts)

@@ -1,0 +1,312 @@
+"""The broker: hosts partition logs, coordinates consumer groups, applies backpressure.
+
+A plain class with ``async`` methods: ``pipeline.actors`` runs it as an async Ray actor (all calls
+on one event loop, so no locks), and unit tests drive it with ``asyncio`` directly.
+
+Guarantees:
+
+* appends to a partition get consecutive offsets, in arrival order;
+* an append whose (producer, sequence) is not newer than the last one stored for that partition is
+  acknowledged and dropped (idempotent producers);
+* a partition holds at most ``budget_bytes`` of uncommitted data: an append that would exceed it
+  waits until consumers commit (never dropped); waiting time is counted;
+* data is released only once every known consumer group has committed past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import FencedError, QueueError
+from pipeline.queue.group import Assignment, GroupCoordinator
+from pipeline.queue.log import OffsetOutOfRange, PartitionLog
+
+__all__ = ["AppendResult", "Broker", "FetchResult", "Fetched"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed; ``duplicate`` when the producer had already stored it."""
+
+    partition: int
+    offset: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One message handed to a consumer."""
+
+    partition: int
+    offset: int
+    payload: Any
+    rows: int
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """Messages, plus partitions whose requested offset is outside the log (``partition -> (start, end)``)."""
+
+    messages: list[Fetched] = field(default_factory=list)
+    out_of_range: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _PartitionStats:
+    blocked_s: float = 0.0
+    fetched_rows: int = 0
+    appends: int = 0
+    duplicates: int = 0
+
+
+class Broker:
+    """Hosts some partitions of one topic; may also coordinate consumer groups."""
+
+    def __init__(
+        self,
+        broker_id: int,
+        partitions: int,
+        hosted: Iterable[int],
+        budget_bytes: int,
+        session_timeout_s: float = 10.0,
+        start_offsets: Mapping[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.broker_id = broker_id
+        self.partitions = partitions
+        self._clock = clock
+        self._budget = budget_bytes
+        self._session_timeout = session_timeout_s
+        starts = start_offsets or {}
+        self._logs = {p: PartitionLog(p, starts.get(p, 0)) for p in sorted(hosted)}
+        self._stats = {p: _PartitionStats() for p in self._logs}
+        self._groups: dict[str, GroupCoordinator] = {}
+        # Committed offsets per group and partition, as told by consumers after their DB commit.
+        self._committed: dict[str, dict[int, int]] = {}
+        # Highest generation seen per (group, partition): fences members of groups coordinated elsewhere.
+        self._fence: dict[tuple[str, int], int] = {}
+        self._last_seq: dict[tuple[str, int], int] = {}
+        self._checkpoints: dict[str, dict[str, Any]] = {}
+        self._data = asyncio.Condition()
+        self._space = asyncio.Condition()
+        self.started_at = time.time()
+
+    # --- producers ------------------------------------------------------------------------------
+
+    def _log(self, partition: int) -> PartitionLog:
+        try:
+            return self._logs[partition]
+        except KeyError:
+            raise QueueError(
+                f"broker {self.broker_id} does not host partition {partition}", partition=partition
+            ) from None
+
+    async def append(
+        self, partition: int, payload: Any, rows: int, nbytes: int, producer: str | None = None, seq: int | None = None
+    ) -> AppendResult:
+        """Append one message, waiting while the partition is over its byte budget."""
+        plog = self._log(partition)
+        stats = self._stats[partition]
+        key = (producer, partition) if producer is not None else None
+        if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
+            stats.duplicates += 1
+            return AppendResult(partition, -1, duplicate=True)
+        if plog.bytes_held and plog.bytes_held + nbytes > self._budget:
+            started = self._clock()
+            async with self._space:
+                while plog.bytes_held and plog.bytes_held + nbytes > self._budget:
+                    await self._space.wait()
+            stats.blocked_s += self._clock() - started
+            # Another append of the same producer may have landed while this one waited.
+            if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
+                stats.duplicates += 1
+                return AppendResult(partition, -1, duplicate=True)
+        offset = plog.append(payload, rows, nbytes, self._clock(), producer, seq)
+        if key is not None and seq is not None:
+            self._last_seq[key] = seq  # type: ignore[index]
+        stats.appends += 1
+        async with self._data:
+            self._data.notify_all()
+        return AppendResult(partition, offset)
+
+    def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
+        """Store a producer's resume state (its replay position), after its appends were acknowledged."""
+        self._checkpoints[producer] = dict(state)
+
+    def producer_state(self, producer: str) -> dict[str, Any] | None:
+        """The last checkpoint a producer stored, if any."""
+        state = self._checkpoints.get(producer)
+        return None if state is None else dict(state)
+
+    def last_sequence(self, producer: str, partition: int) -> int:
+        """The newest sequence stored for a producer in a partition (-1 if none)."""
+        return self._last_seq.get((producer, partition), -1)
+
+    # --- consumer groups --------------------------------------------------------------------------
+
+    def _coordinator(self, group: str) -> GroupCoordinator:
+        coordinator = self._groups.get(group)
+        if coordinator is None:
+            # Generations start from wall-clock milliseconds, so a restarted coordinator never
+            # hands out a generation that an earlier incarnation already used.
+            coordinator = GroupCoordinator(
+                group,
+                range(self.partitions),
+                self._session_timeout,
+                self._clock,
+                first_generation=int(time.time() * 1000),
+            )
+            self._groups[group] = coordinator
+            self._committed.setdefault(group, {})
+        return coordinator
+
+    def join(self, group: str, member: str) -> Assignment:
+        """Join a group (this broker coordinates it)."""
+        return self._coordinator(group).join(member)
+
+    def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
+        """Heartbeat; returns the current assignment, or raises ``FencedError`` if the member must rejoin."""
+        return self._coordinator(group).heartbeat(member, generation)
+
+    def leave(self, group: str, member: str) -> None:
+        """Leave a group gracefully."""
+        if group in self._groups:
+            self._groups[group].leave(member)
+
+    def group_state(self, group: str) -> dict[str, Any]:
+        """Members, generation and assignment of a group coordinated here."""
+        c = self._coordinator(group)
+        c.expire()
+        return {
+            "group": group,
+            "generation": c.generation,
+            "rebalances": c.rebalances,
+            "members": {m: list(c.assignment_of(m).partitions) for m in c.members},
+        }
+
+    def _check(self, group: str, member: str, generation: int, partition: int) -> None:
+        coordinator = self._groups.get(group)
+        if coordinator is not None:
+            coordinator.check(member, generation, partition)
+            return
+        seen = self._fence.get((group, partition), 0)
+        if generation < seen:
+            raise FencedError(
+                f"group {group}: partition {partition} is held by generation {seen}; {member} used {generation}",
+                group=group,
+                member=member,
+                generation=generation,
+                current=seen,
+            )
+        self._fence[(group, partition)] = generation
+        self._committed.setdefault(group, {})
+
+    async def fetch(
+        self,
+        group: str,
+        member: str,
+        generation: int,
+        positions: Mapping[int, int],
+        max_rows: int,
+        timeout_s: float = 0.0,
+    ) -> FetchResult:
+        """Messages from each requested partition's position, up to ``max_rows`` rows in all.
+
+        Waits up to ``timeout_s`` for data when none is ready.
+        """
+        for partition in positions:
+            self._check(group, member, generation, partition)
+        result = self._collect(positions, max_rows)
+        if not result.messages and not result.out_of_range and timeout_s > 0:
+            deadline = self._clock() + timeout_s
+            async with self._data:
+                while not result.messages and not result.out_of_range:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._data.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    result = self._collect(positions, max_rows)
+            # The group may have rebalanced while we waited.
+            for partition in positions:
+                self._check(group, member, generation, partition)
+        return result
+
+    def _collect(self, positions: Mapping[int, int], max_rows: int) -> FetchResult:
+        result = FetchResult()
+        budget = max_rows
+        for partition, offset in positions.items():
+            plog = self._log(partition)
+            if budget <= 0 and result.messages:
+                break
+            try:
+                entries = plog.read(offset, max(budget, 1))
+            except OffsetOutOfRange:
+                result.out_of_range[partition] = (plog.start_offset, plog.end_offset)
+                continue
+            for e in entries:
+                result.messages.append(Fetched(partition, e.offset, e.payload, e.rows))
+                budget -= e.rows
+            self._stats[partition].fetched_rows += sum(e.rows for e in entries)
+        return result
+
+    async def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
+        """Record offsets a consumer committed to the database; releases data every group has passed."""
+        for partition in offsets:
+            self._check(group, member, generation, partition)
+        committed = self._committed.setdefault(group, {})
+        for partition, offset in offsets.items():
+            plog = self._log(partition)
+            if offset > plog.end_offset:
+                raise QueueError(
+                    f"partition {partition}: commit offset {offset} beyond end {plog.end_offset}", partition=partition
+                )
+            committed[partition] = max(committed.get(partition, 0), offset)
+            floor = min(c.get(partition, 0) for c in self._committed.values())
+            plog.trim(floor)
+        async with self._space:
+            self._space.notify_all()
+
+    # --- observability ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per-partition offsets, lag per group, bytes held and counters."""
+        parts = {}
+        for p, plog in self._logs.items():
+            s = self._stats[p]
+            lag = {}
+            for group, committed in self._committed.items():
+                c = committed.get(p, plog.start_offset)
+                lag[group] = {
+                    "committed": c,
+                    "lag_batches": max(0, plog.end_offset - c),
+                    "lag_rows": plog.rows_between(c, plog.end_offset),
+                }
+            parts[p] = {
+                "start_offset": plog.start_offset,
+                "end_offset": plog.end_offset,
+                "bytes_held": plog.bytes_held,
+                "rows_held": plog.rows_held,
+                "rows_appended": plog.rows_appended,
+                "rows_fetched": s.fetched_rows,
+                "appends": s.appends,
+                "duplicates": s.duplicates,
+                "blocked_s": s.blocked_s,
+                "groups": lag,
+            }
+        return {
+            "broker": self.broker_id,
+            "partitions": parts,
+            "budget_bytes": self._budget,
+            "groups": {g: self.group_state(g) for g in self._groups},
+            "uptime_s": time.time() - self.started_at,
+        }

@@ -1,0 +1,93 @@
+"""Producer and Consumer over Broker actors (the queue's only Ray code besides ``pipeline.actors``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+
+from pipeline.queue.broker import AppendResult, FetchResult
+from pipeline.queue.client import broker_of
+from pipeline.queue.group import Assignment
+from pipeline.records import Envelope
+
+__all__ = ["RayQueue"]
+
+
+class RayQueue:
+    """Talks to Broker actors; broker 0 coordinates groups and keeps producer checkpoints."""
+
+    def __init__(self, brokers: Sequence[Any], call_timeout_s: float = 120.0) -> None:
+        if not brokers:
+            raise ValueError("at least one broker is needed")
+        self._brokers = list(brokers)
+        self._timeout = call_timeout_s
+
+    def _get(self, refs: Any) -> Any:
+        return ray.get(refs, timeout=self._timeout)
+
+    def _of(self, partition: int) -> Any:
+        return self._brokers[broker_of(partition, len(self._brokers))]
+
+    # --- Producer -----------------------------------------------------------------------------------
+
+    def append_all(self, producer: str, messages: Sequence[tuple[int, int, Envelope]]) -> list[AppendResult]:
+        """Send every message at once, then wait for all acknowledgements."""
+        refs = [self._of(p).append.remote(p, env, env.num_rows, env.nbytes, producer, seq) for p, seq, env in messages]
+        # Waiting on backpressure may take long: no timeout here, the broker never drops.
+        return list(ray.get(refs))
+
+    def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
+        """Store on broker 0."""
+        self._get(self._brokers[0].checkpoint.remote(producer, dict(state)))
+
+    def producer_state(self, producer: str) -> dict[str, Any] | None:
+        """From broker 0."""
+        state: dict[str, Any] | None = self._get(self._brokers[0].producer_state.remote(producer))
+        return state
+
+    # --- Consumer ---------------------------------------------------------------------------------------
+
+    def join(self, group: str, member: str) -> Assignment:
+        """Join via broker 0."""
+        result: Assignment = self._get(self._brokers[0].join.remote(group, member))
+        return result
+
+    def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
+        """Heartbeat via broker 0."""
+        result: Assignment = self._get(self._brokers[0].heartbeat.remote(group, member, generation))
+        return result
+
+    def leave(self, group: str, member: str) -> None:
+        """Leave via broker 0."""
+        self._get(self._brokers[0].leave.remote(group, member))
+
+    def fetch(
+        self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
+    ) -> FetchResult:
+        """Fetch from every broker holding a requested partition, in parallel."""
+        per_broker: dict[int, dict[int, int]] = {}
+        for p, o in positions.items():
+            per_broker.setdefault(broker_of(p, len(self._brokers)), {})[p] = o
+        refs = [
+            self._brokers[b].fetch.remote(group, member, generation, mine, max_rows, timeout_s)
+            for b, mine in per_broker.items()
+        ]
+        merged = FetchResult()
+        for part in self._get(refs):
+            merged.messages.extend(part.messages)
+            merged.out_of_range.update(part.out_of_range)
+        return merged
+
+    def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
+        """Commit on every broker holding a committed partition."""
+        per_broker: dict[int, dict[int, int]] = {}
+        for p, o in offsets.items():
+            per_broker.setdefault(broker_of(p, len(self._brokers)), {})[p] = o
+        self._get([self._brokers[b].commit.remote(group, member, generation, mine) for b, mine in per_broker.items()])
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Every broker's stats."""
+        result: list[dict[str, Any]] = self._get([b.stats.remote() for b in self._brokers])
+        return result

@@ -1,0 +1,146 @@
+"""The Arrow schemas every part of the pipeline agrees on.
+
+A *sample* is one value of one DCGM field of one GPU at one instant. Column names match
+``sql/001_schema.sql`` where a column is stored; the rest (labels, source_ts, ...) travel with the
+sample for attribution but are not written to ``telemetry``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import pyarrow as pa
+
+__all__ = [
+    "DCGM_FIELDS",
+    "REJECT_SCHEMA",
+    "SAMPLE_SCHEMA",
+    "TS_TYPE",
+    "Envelope",
+    "PartitionBatch",
+    "WriteResult",
+    "empty_rejects",
+    "empty_samples",
+    "make_rejects",
+]
+
+TS_TYPE: Final = pa.timestamp("us", tz="UTC")
+
+SAMPLE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),  # processing time, stamped by the streamer
+        pa.field("source_ts", TS_TYPE),  # the exporter's own timestamp, when it had one
+        pa.field("uuid", pa.string(), nullable=False),  # the GPU's identity
+        pa.field("hostname", pa.string()),
+        pa.field("gpu_index", pa.int16()),  # local index 0..7, repeats on every host
+        pa.field("device", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("labels", pa.map_(pa.string(), pa.string())),
+    ]
+)
+
+REJECT_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),  # when it was rejected
+        pa.field("source", pa.string(), nullable=False),  # file path or URL
+        pa.field("line", pa.int64()),  # record number in the source, header = 1
+        pa.field("raw", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+# The ten DCGM fields of ../shared/data, with their units (as dcgm-exporter documents them).
+DCGM_FIELDS: Final[dict[str, str]] = {
+    "DCGM_FI_DEV_GPU_UTIL": "%",
+    "DCGM_FI_DEV_MEM_COPY_UTIL": "%",
+    "DCGM_FI_DEV_ENC_UTIL": "%",
+    "DCGM_FI_DEV_DEC_UTIL": "%",
+    "DCGM_FI_DEV_GPU_TEMP": "C",
+    "DCGM_FI_DEV_POWER_USAGE": "W",
+    "DCGM_FI_DEV_FB_USED": "MiB",
+    "DCGM_FI_DEV_FB_FREE": "MiB",
+    "DCGM_FI_DEV_SM_CLOCK": "MHz",
+    "DCGM_FI_DEV_MEM_CLOCK": "MHz",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What one queue message carries: good samples and the rejects found beside them.
+
+    Rejects ride in the same message as the samples of their batch so that both are committed in
+    the same transaction: neither can be stored twice or lost.
+    """
+
+    samples: pa.RecordBatch
+    rejects: pa.RecordBatch | None = None
+
+    @property
+    def num_rows(self) -> int:
+        """Sample rows in the message (rejects not counted)."""
+        return int(self.samples.num_rows)
+
+    @property
+    def num_rejects(self) -> int:
+        """Reject rows in the message."""
+        return 0 if self.rejects is None else int(self.rejects.num_rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of Arrow buffers held by the message."""
+        extra = 0 if self.rejects is None else int(self.rejects.nbytes)
+        return int(self.samples.nbytes) + extra
+
+
+def empty_samples() -> pa.RecordBatch:
+    """A sample batch with no rows."""
+    return pa.RecordBatch.from_pylist([], schema=SAMPLE_SCHEMA)
+
+
+def empty_rejects() -> pa.RecordBatch:
+    """A reject batch with no rows."""
+    return pa.RecordBatch.from_pylist([], schema=REJECT_SCHEMA)
+
+
+def make_rejects(
+    ts_us: int, source: str, lines: list[int | None], raws: list[str | None], reasons: list[str]
+) -> pa.RecordBatch:
+    """Build a reject batch from parallel lists (rejects are rare: plain lists are fine)."""
+    n = len(reasons)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([ts_us] * n, type=pa.int64()).cast(TS_TYPE),
+            pa.array([source] * n, type=pa.string()),
+            pa.array(lines, type=pa.int64()),
+            pa.array(raws, type=pa.string()),
+            pa.array(reasons, type=pa.string()),
+        ],
+        schema=REJECT_SCHEMA,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionBatch:
+    """Consecutive messages ``[first_offset, next_offset)`` of one partition, written together."""
+
+    partition: int
+    first_offset: int
+    next_offset: int
+    envelopes: tuple[Envelope, ...]
+
+    @property
+    def rows(self) -> int:
+        """Sample rows in the batch."""
+        return sum(e.num_rows for e in self.envelopes)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one committed transaction stored."""
+
+    rows: int
+    rejects: int
+    offsets: dict[int, int]  # partition -> next offset now stored

@@ -1,0 +1,68 @@
+"""Readers that yield Arrow batches of samples (and the rejects found beside them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import pyarrow as pa
+
+__all__ = ["Shard", "Source", "SourceBatch", "build_source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """This streamer's share of a source: GPUs whose shard hash mod ``count`` is ``index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index {self.index} outside 0..{self.count - 1}")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """Samples (``ts`` not yet stamped) and rejects read from one stretch of a source.
+
+    ``position`` is where reading resumes after this batch, within the current pass.
+    """
+
+    samples: pa.RecordBatch
+    rejects: pa.RecordBatch | None
+    position: int
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A replayable source of samples. One ``read_pass`` call reads the source once."""
+
+    @property
+    def name(self) -> str:
+        """Where the data comes from (a path or URL), recorded with rejects."""
+        ...
+
+    def open(self) -> None:
+        """Check the source can be read; raise ``SourceError`` naming the problem if not."""
+        ...
+
+    def read_pass(self, shard: Shard, start: int = 0) -> Iterator[SourceBatch]:
+        """Yield the shard's batches of one pass, starting at ``start`` (a position from a batch)."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``open`` acquired."""
+        ...
+
+
+def build_source(csv: str | None, batch_rows: int, hosts: int = 32, gpus_per_host: int = 8) -> Source:
+    """The source a streamer reads: a dcgm-exporter CSV when given, else a synthetic fleet."""
+    if csv:
+        from pipeline.sources.dcgm_csv import DcgmCsvSource
+
+        return DcgmCsvSource(csv, batch_rows=batch_rows)
+    from pipeline.sources.synthetic import SyntheticFleet
+
+    return SyntheticFleet(hosts, gpus_per_host, batch_rows=batch_rows)

@@ -1,0 +1,84 @@
+"""``python -m pipeline status``: what a running pipeline's named actors report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+__all__ = ["collect", "render"]
+
+
+def _named(namespace: str, prefix: str) -> list[Any]:
+    found = []
+    i = 0
+    misses = 0
+    while misses < 3:  # tolerate gaps left by scaled-down actors
+        try:
+            found.append(ray.get_actor(f"{prefix}-{i}", namespace=namespace))
+            misses = 0
+        except ValueError:
+            misses += 1
+        i += 1
+    return found
+
+
+def collect(namespace: str, group: str) -> dict[str, Any]:
+    """Stats of every broker, streamer and collector in ``namespace``."""
+    brokers = _named(namespace, "broker")
+    streamers = _named(namespace, "streamer")
+    collectors = _named(namespace, "collector")
+    report: dict[str, Any] = {
+        "group": group,
+        "brokers": ray.get([b.stats.remote() for b in brokers], timeout=10),
+        "streamers": ray.get([s.stats.remote() for s in streamers], timeout=10),
+        "collectors": ray.get([c.stats.remote() for c in collectors], timeout=10),
+    }
+    partitions = []
+    for b in report["brokers"]:
+        for p, s in sorted(b["partitions"].items(), key=lambda kv: int(kv[0])):
+            g = s["groups"].get(group, {})
+            partitions.append(
+                {
+                    "partition": int(p),
+                    "broker": b["broker"],
+                    "end_offset": s["end_offset"],
+                    "committed": g.get("committed"),
+                    "lag_rows": g.get("lag_rows", s["rows_held"]),
+                    "lag_batches": g.get("lag_batches"),
+                    "bytes_held": s["bytes_held"],
+                    "rows_appended": s["rows_appended"],
+                    "rows_fetched": s["rows_fetched"],
+                    "blocked_s": round(s["blocked_s"], 3),
+                }
+            )
+    report["partitions"] = sorted(partitions, key=lambda r: r["partition"])
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """A plain-text table of the report."""
+    lines = [f"consumer group {report['group']}"]
+    lines.append(
+        f"{'part':>4} {'broker':>6} {'end':>8} {'committed':>9} {'lag rows':>9} {'lag batches':>11} "
+        f"{'bytes held':>11} {'blocked s':>9}"
+    )
+    for r in report["partitions"]:
+        lines.append(
+            f"{r['partition']:>4} {r['broker']:>6} {r['end_offset']:>8} {r['committed'] or 0:>9} "
+            f"{r['lag_rows'] or 0:>9} {r['lag_batches'] or 0:>11} {r['bytes_held']:>11} "
+            f"{r['blocked_s']:>9}"
+        )
+    for s in report["streamers"]:
+        lines.append(
+            f"streamer {s['id']}: produced {s['produced']} rejected {s['rejected']} passes {s['passes']} "
+            f"{'done' if s['done'] else 'running'}" + (f" error {s['error']}" if s.get("error") else "")
+        )
+    for c in report["collectors"]:
+        lines.append(
+            f"collector {c['id']}: rows {c['rows']} partitions {c['partitions']} generation "
+            f"{c['generation']} retries {c['retries']}" + (f" error {c['error']}" if c.get("error") else "")
+        )
+    if not report["brokers"]:
+        lines.append("no pipeline actors found (is `python -m pipeline run` running on this cluster?)")
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""The collectors' sink: binary COPY of samples plus offsets, in one transaction.
+
+``write`` stores every row of the given partition batches and moves each partition's offset with a
+compare-and-set (the stored offset must equal the batch's first offset and the stored generation
+must be the writer's). If any check fails, nothing is stored. A retry after an ambiguous failure
+(the connection died during COMMIT) is therefore safe: the second attempt finds the offset moved
+and refuses, instead of writing the rows twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
+from pipeline.records import PartitionBatch, WriteResult
+from pipeline.storage.copy_format import encode_telemetry
+from pipeline.storage.database import connect
+
+__all__ = ["TelemetryWriter"]
+
+log = logging.getLogger(__name__)
+
+_CAS = """
+UPDATE consumer_offsets
+   SET next_offset = %(next)s, rows_committed = rows_committed + %(rows)s,
+       rejects_committed = rejects_committed + %(rejects)s, updated_at = now()
+ WHERE group_id = %(group)s AND partition = %(partition)s
+   AND next_offset = %(first)s AND generation = %(generation)s
+"""
+
+
+class TelemetryWriter:
+    """Writes partition batches to ``telemetry`` and ``rejects`` with exactly-once offsets."""
+
+    def __init__(self, conninfo: str, timeout_s: float = 5.0, last_seen_every_s: float = 2.0) -> None:
+        self._conninfo = conninfo
+        self._timeout = timeout_s
+        self._conn: psycopg.Connection[Any] | None = None
+        self._gpu_keys: dict[str, int] = {}
+        self._metric_ids: dict[str, int] = {}
+        self._last_seen_every = last_seen_every_s
+        self._last_seen_at = 0.0
+        self._last_seen: dict[int, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and load the metric dictionary."""
+        self._conn = connect(self._conninfo, self._timeout)
+        self._conn.execute("SET synchronous_commit = on")
+        self._conn.commit()
+        self._metric_ids = {n: i for n, i in self._conn.execute("SELECT name, metric_id FROM metrics")}
+        self._conn.commit()
+
+    def close(self) -> None:
+        """Flush pending last-seen times and close the connection."""
+        if self._conn is not None and not self._conn.closed:
+            self._last_seen_at = 0.0
+            self._touch_last_seen()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self.open()
+        assert self._conn is not None
+        return self._conn
+
+    def _lost(self, exc: psycopg.Error) -> DatabaseUnavailable:
+        """Drop a broken connection; the next call reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+        return DatabaseUnavailable(f"database connection lost: {str(exc).strip() or type(exc).__name__}")
+
+    # --- offsets ------------------------------------------------------------------------------------
+
+    def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
+        """Take ownership of partitions for ``generation``; returns their stored next offsets.
+
+        Raises ``FencedError`` if a newer generation already claimed one of them.
+        """
+        if not partitions:
+            return {}
+        conn = self._db()
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO consumer_offsets (group_id, partition) SELECT %s, unnest(%s::int[]) "
+                    "ON CONFLICT DO NOTHING",
+                    (group, list(partitions)),
+                )
+                rows = conn.execute(
+                    "SELECT partition, next_offset, generation FROM consumer_offsets "
+                    "WHERE group_id = %s AND partition = ANY(%s) FOR UPDATE",
+                    (group, list(partitions)),
+                ).fetchall()
+                newer = [(p, g) for p, _, g in rows if g > generation]
+                if newer:
+                    raise FencedError(
+                        f"group {group}: partition {newer[0][0]} already claimed by generation {newer[0][1]} "
+                        f"(> {generation})",
+                        group=group,
+                        generation=generation,
+                        current=newer[0][1],
+                    )
+                conn.execute(
+                    "UPDATE consumer_offsets SET generation = %s WHERE group_id = %s AND partition = ANY(%s)",
+                    (generation, group, list(partitions)),
+                )
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
+        return {int(p): int(o) for p, o, _ in rows}
+
+    def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
+        """Move a partition's stored offset (after the broker lost data it had not persisted)."""
+        conn = self._db()
+        with conn.transaction():
+            cur = conn.execute(
+                "UPDATE consumer_offsets SET next_offset = %s WHERE group_id = %s AND partition = %s "
+                "AND generation = %s",
+                (offset, group, partition, generation),
+            )
+            if cur.rowcount != 1:
+                raise FencedError(
+                    f"group {group}: partition {partition} no longer held by generation {generation}",
+                    group=group,
+                    generation=generation,
+                )
+
+    def offsets(self, group: str) -> dict[int, dict[str, int]]:
+        """Stored offsets and totals of a group, per partition."""
+        conn = self._db()
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT partition, next_offset, generation, rows_committed, rejects_committed "
+                "FROM consumer_offsets WHERE group_id = %s",
+                (group,),
+            ).fetchall()
+        return {
+            int(p): {"next_offset": int(o), "generation": int(g), "rows": int(r), "rejects": int(j)}
+            for p, o, g, r, j in rows
+        }
+
+    # --- rows ----------------------------------------------------------------------------------------
+
+    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
+        """Store the batches' rows and rejects and advance their offsets, atomically."""
+        samples = [e.samples for b in batches for e in b.envelopes if e.num_rows]
+        rejects = [e.rejects for b in batches for e in b.envelopes if e.rejects is not None and e.num_rejects]
+        try:
+            table = pa.Table.from_batches(samples) if samples else None
+            payload = self._encode(table) if table is not None else None
+            conn = self._db()
+            with conn.transaction():
+                for b in batches:
+                    cur = conn.execute(
+                        _CAS,
+                        {
+                            "next": b.next_offset,
+                            "rows": b.rows,
+                            "rejects": sum(e.num_rejects for e in b.envelopes),
+                            "group": group,
+                            "partition": b.partition,
+                            "first": b.first_offset,
+                            "generation": generation,
+                        },
+                    )
+                    if cur.rowcount != 1:
+                        raise self._refusal(conn, group, generation, b)
+                if payload is not None:
+                    with conn.cursor().copy(
+                        "COPY telemetry (ts, gpu_key, metric_id, value) FROM STDIN (FORMAT BINARY)"
+                    ) as copy:
+                        copy.write(payload)
+                if rejects:
+                    with conn.cursor().copy("COPY rejects (ts, source, line, raw, reason) FROM STDIN") as copy:
+                        for rb in rejects:
+                            for row in rb.to_pylist():
+                                copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
+        except psycopg.Error as exc:
+            raise StorageError(f"write failed: {str(exc).strip()}") from None
+        if table is not None:
+            self._touch_last_seen()
+        return WriteResult(
+            rows=0 if table is None else table.num_rows,
+            rejects=sum(r.num_rows for r in rejects),
+            offsets={b.partition: b.next_offset for b in batches},
+        )
+
+    def _refusal(self, conn: psycopg.Connection[Any], group: str, generation: int, b: PartitionBatch) -> Exception:
+        row = conn.execute(
+            "SELECT next_offset, generation FROM consumer_offsets WHERE group_id = %s AND partition = %s",
+            (group, b.partition),
+        ).fetchone()
+        if row is None or row[1] != generation:
+            return FencedError(
+                f"group {group}: partition {b.partition} is held by generation {row[1] if row else None}, "
+                f"not {generation}",
+                group=group,
+                generation=generation,
+                current=row[1] if row else None,
+            )
+        return OffsetMismatch(
+            f"group {group}: partition {b.partition} stored offset is {row[0]}, batch starts at {b.first_offset}",
+            partition=b.partition,
+            stored=int(row[0]),
+            first=b.first_offset,
+        )
+
+    # --- encoding ---------------------------------------------------------------------------------------
+
+    def _encode(self, table: pa.Table) -> bytes:
+        gpu_keys = self._keys(table)
+        metric_ids = self._metric_keys(table.column("metric"))
+        ts = table.column("ts").cast(pa.int64()).to_numpy()
+        values = table.column("value").to_numpy()
+        return encode_telemetry(ts, gpu_keys, metric_ids, values)
+
+    def _keys(self, table: pa.Table) -> npt.NDArray[np.int32]:
+        encoded = pc.dictionary_encode(table.column("uuid")).combine_chunks()
+        dictionary = encoded.dictionary.to_pylist()
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        missing = [i for i, u in enumerate(dictionary) if u not in self._gpu_keys]
+        if missing:
+            self._register_gpus(table, indices, missing, dictionary)
+        lookup = np.fromiter((self._gpu_keys[u] for u in dictionary), dtype=np.int32, count=len(dictionary))
+        newest = pc.max(table.column("ts")).cast(pa.int64()).as_py() or 0
+        seen = self._last_seen
+        for key in lookup.tolist():
+            if newest > seen.get(key, 0):
+                seen[key] = newest
+        keys: npt.NDArray[np.int32] = lookup[indices]
+        return keys
+
+    def _register_gpus(
+        self, table: pa.Table, indices: npt.NDArray[Any], missing: list[int], dictionary: list[str]
+    ) -> None:
+        _, first_rows = np.unique(indices, return_index=True)
+        first = {int(indices[r]): int(r) for r in first_rows}
+        rows = pa.array([first[i] for i in missing], pa.int64())
+        attrs = table.select(["uuid", "hostname", "gpu_index", "device", "model", "ts"]).take(rows).to_pydict()
+        conn = self._db()
+        with conn.transaction():
+            result = conn.execute(
+                """
+                INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen, last_seen)
+                SELECT t.uuid, t.hostname, t.gpu_index, t.device, t.model, t.ts, t.ts
+                  FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::text[], %s::text[], %s::timestamptz[])
+                       AS t(uuid, hostname, gpu_index, device, model, ts)
+                ON CONFLICT (uuid) DO UPDATE SET hostname = coalesce(EXCLUDED.hostname, gpus.hostname)
+                RETURNING uuid, gpu_key
+                """,
+                (attrs["uuid"], attrs["hostname"], attrs["gpu_index"], attrs["device"], attrs["model"], attrs["ts"]),
+            ).fetchall()
+        self._gpu_keys.update({u: int(k) for u, k in result})
+        log.debug("registered %d new GPU(s) of %d in batch", len(result), len(dictionary))
+
+    def _metric_keys(self, metric: pa.ChunkedArray) -> npt.NDArray[np.int16]:
+        encoded = pc.dictionary_encode(metric).combine_chunks()
+        dictionary = encoded.dictionary.to_pylist()
+        unknown = [m for m in dictionary if m not in self._metric_ids]
+        if unknown:
+            conn = self._db()
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO metrics (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING", (unknown,)
+                )
+                for name, mid in conn.execute("SELECT name, metric_id FROM metrics WHERE name = ANY(%s)", (unknown,)):
+                    self._metric_ids[name] = int(mid)
+        lookup = np.fromiter((self._metric_ids[m] for m in dictionary), dtype=np.int16, count=len(dictionary))
+        ids: npt.NDArray[np.int16] = lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+        return ids
+
+    def _touch_last_seen(self) -> None:
+        """Advance gpus.last_seen, at most every few seconds (one small UPDATE, not per batch)."""
+        now = time.monotonic()
+        if now - self._last_seen_at < self._last_seen_every or not self._last_seen:
+            return
+        self._last_seen_at = now
+        keys = list(self._last_seen)
+        stamps = pa.array([self._last_seen[k] for k in keys], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        self._last_seen.clear()
+        try:
+            conn = self._db()
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE gpus SET last_seen = v.ts FROM unnest(%s::int[], %s::timestamptz[]) AS v(k, ts) "
+                    "WHERE gpus.gpu_key = v.k AND gpus.last_seen < v.ts",
+                    (keys, stamps.to_pylist()),
+                )
+        except psycopg.OperationalError as exc:
+            log.warning("last_seen update skipped: %s", exc)
+            self._lost(exc)

@@ -1,0 +1,253 @@
+"""Streamer: source -> validate -> re-stamp -> partition -> publish.
+
+A streamer owns one shard of a source (the GPUs whose shard hash matches), so every series is
+stamped by exactly one streamer and its timestamps are strictly increasing: each flushed batch is
+stamped at ``max(now, last + 1 us)``, and repeats of a series inside one batch get consecutive
+microseconds.
+
+Resuming is exact. Messages carry (producer id, sequence); the broker drops a sequence it already
+stored. After every flush is acknowledged the streamer checkpoints its replay position, next
+sequence and last stamp on the broker; a restarted streamer resumes from that checkpoint and
+re-sends the same messages with the same sequences, so nothing is produced twice or skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.partitioning import KeyHasher, split_by_partition
+from pipeline.queue.client import Producer
+from pipeline.records import TS_TYPE, Envelope
+from pipeline.sources import Shard, Source
+
+__all__ = ["Streamer", "StreamerStats", "stamp"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StreamerStats:
+    """Counters a streamer reports."""
+
+    produced: int = 0
+    rejected: int = 0
+    messages: int = 0
+    duplicates: int = 0
+    passes: int = 0
+    flushes: int = 0
+    blocked_s: float = 0.0
+    done: bool = False
+    resumed_from: dict[str, Any] | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def stamp(samples: pa.RecordBatch, at_us: int) -> tuple[pa.RecordBatch, int]:
+    """Set ``ts`` to ``at_us``; repeats of a (uuid, metric) get +1 us each. Returns the batch and last stamp."""
+    n = samples.num_rows
+    if n == 0:
+        return samples, at_us - 1
+    uuid_idx = pc.dictionary_encode(samples.column("uuid")).indices.to_numpy(zero_copy_only=False)
+    metric_enc = pc.dictionary_encode(samples.column("metric"))
+    key = uuid_idx.astype(np.int64) * len(metric_enc.dictionary) + metric_enc.indices.to_numpy(zero_copy_only=False)
+    if len(np.unique(key)) == n:
+        ts = np.full(n, at_us, dtype=np.int64)
+    else:
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        starts = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+        group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - group_start
+        ts = at_us + rank
+    column = pa.array(ts, pa.int64()).cast(TS_TYPE)
+    return samples.set_column(0, samples.schema.field(0), column), int(ts.max())
+
+
+class Streamer:
+    """Replays a source in passes, publishing partitioned Arrow batches."""
+
+    def __init__(
+        self,
+        streamer_id: str,
+        source: Source,
+        producer: Producer,
+        partitions: int,
+        shard: Shard = Shard(),
+        interval_s: float = 1.0,
+        batch_rows: int = 20_000,
+        passes: int | None = None,
+        duration_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.streamer_id = streamer_id
+        self._source = source
+        self._producer = producer
+        self._partitions = partitions
+        self._shard = shard
+        self._interval = interval_s
+        self._batch_rows = batch_rows
+        self._passes = passes
+        self._duration = duration_s
+        self._clock = clock
+        self._sleep = sleep
+        self._hasher = KeyHasher()
+        self.stats = StreamerStats()
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rejects: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pass = 0
+        self._position: int | None = None  # resume position within self._pass; None = pass start
+        self._seq = 0
+        self._last_stamp = 0
+        self._stop = threading.Event()
+
+    @property
+    def producer_id(self) -> str:
+        """The id the broker deduplicates on: stable across restarts of this shard."""
+        return f"{self.streamer_id}/shard-{self._shard.index}-of-{self._shard.count}"
+
+    def stop(self) -> None:
+        """Ask ``run`` to flush and return."""
+        self._stop.set()
+
+    def open(self) -> None:
+        """Open the source and load the checkpoint, if any."""
+        self._source.open()
+        state = self._producer.producer_state(self.producer_id)
+        if state:
+            self._pass = int(state["pass"])
+            self._position = state.get("position")
+            self._seq = int(state["seq"])
+            self._last_stamp = int(state["stamp_us"])
+            self.stats.passes = self._pass
+            self.stats.done = bool(state.get("done", False))
+            self.stats.produced = int(state.get("produced", 0))
+            self.stats.rejected = int(state.get("rejected", 0))
+            self.stats.resumed_from = dict(state)
+            log.info(
+                "%s resumes at pass %d position %s seq %d", self.producer_id, self._pass, self._position, self._seq
+            )
+
+    def run(self) -> StreamerStats:
+        """Stream until the pass or time bound is reached, or ``stop()``; flushes before returning."""
+        self.open()
+        started = self._clock()
+        try:
+            while not self.stats.done and not self._stop.is_set():
+                if self._passes is not None and self._pass >= self._passes:
+                    break
+                if self._duration is not None and self._clock() - started >= self._duration:
+                    break
+                due = started + self._pass_index_since_start(started) * self._interval
+                wait = due - self._clock()
+                if wait > 0:
+                    self.flush()
+                    if self._stop.wait(wait) if self._sleep is time.sleep else self._sleep(wait):
+                        break
+                self.run_pass()
+            self.flush()
+            finished = (self._passes is not None and self._pass >= self._passes) or (
+                self._duration is not None and not self._stop.is_set()
+            )
+            if finished:
+                self.stats.done = True
+                self._checkpoint()
+        finally:
+            self._source.close()
+        return self.stats
+
+    def _pass_index_since_start(self, started: float) -> int:
+        resumed = 0 if self.stats.resumed_from is None else int(self.stats.resumed_from["pass"])
+        return self._pass - resumed
+
+    def run_pass(self) -> None:
+        """Read one pass of the shard (from the resume position), flushing full batches."""
+        start = self._position
+        reader = self._source.read_pass(self._shard) if start is None else self._source.read_pass(self._shard, start)
+        for item in reader:
+            if self._stop.is_set():
+                return
+            at = max(int(self._clock() * 1_000_000), self._last_stamp + 1)
+            samples, self._last_stamp = stamp(item.samples, at)
+            self._pending.append(samples)
+            self._pending_rows += samples.num_rows
+            if item.rejects is not None:
+                self._pending_rejects.append(item.rejects)
+            self._position = item.position
+            if self._pending_rows >= self._batch_rows:
+                self.flush()
+        self._pass += 1
+        self._position = None
+        self.stats.passes = self._pass
+        if self._interval > 0:
+            self.flush()
+
+    def flush(self) -> int:
+        """Partition and publish everything pending, then checkpoint. Returns rows published."""
+        if not self._pending and not self._pending_rejects:
+            return 0
+        samples = (
+            pa.Table.from_batches(self._pending).combine_chunks().to_batches(max_chunksize=1 << 62)
+            if self._pending
+            else []
+        )
+        batch = samples[0] if samples else None
+        rejects = (
+            pa.Table.from_batches(self._pending_rejects).combine_chunks().to_batches()[0]
+            if self._pending_rejects
+            else None
+        )
+        messages: list[tuple[int, int, Envelope]] = []
+        parts = (
+            split_by_partition(batch, self._hasher.partitions(batch.column("uuid"), self._partitions), self._partitions)
+            if batch is not None and batch.num_rows
+            else []
+        )
+        if not parts and rejects is not None:
+            parts = [(0, self._pending[0].slice(0, 0) if self._pending else _empty_like(rejects))]
+        for i, (partition, piece) in enumerate(parts):
+            env = Envelope(piece, rejects if i == 0 else None)
+            messages.append((partition, self._seq + i, env))
+        t0 = time.monotonic()
+        results = self._producer.append_all(self.producer_id, messages)
+        self.stats.blocked_s += time.monotonic() - t0
+        self.stats.duplicates += sum(1 for r in results if r.duplicate)
+        self._seq += len(messages)
+        self.stats.messages += len(messages)
+        self.stats.produced += self._pending_rows
+        self.stats.rejected += 0 if rejects is None else rejects.num_rows
+        self.stats.flushes += 1
+        published = self._pending_rows
+        self._pending, self._pending_rejects, self._pending_rows = [], [], 0
+        self._checkpoint()
+        return published
+
+    def _checkpoint(self) -> None:
+        self._producer.checkpoint(
+            self.producer_id,
+            {
+                "pass": self._pass,
+                "position": self._position,
+                "seq": self._seq,
+                "stamp_us": self._last_stamp,
+                "done": self.stats.done,
+                "produced": self.stats.produced,
+                "rejected": self.stats.rejected,
+            },
+        )
+
+
+def _empty_like(_: pa.RecordBatch) -> pa.RecordBatch:
+    from pipeline.records import empty_samples
+
+    return empty_samples()

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real PostgreSQL (DATABASE_URL or the embedded server), one local Ray per session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REAL_CSV = SHARED / "data" / "dcgm_metrics_20250718_134233.csv"
+
+
+@pytest.fixture(scope="session")
+def real_csv() -> Path:
+    """The real dcgm-exporter export from ../shared, or skip where it is absent."""
+    if not REAL_CSV.exists():
+        pytest.skip(f"{REAL_CSV} is absent (a fresh clone has no ../shared)")
+    return REAL_CSV
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin conninfo of a PostgreSQL server: DATABASE_URL if set, else an embedded one."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from pipeline.storage.database import start_embedded
+
+    db = start_embedded(tmp_path_factory.mktemp("pg") / "data")
+    yield db.conninfo
+
+
+def _with_dbname(conninfo: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(conninfo)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fresh_db(pg_server: str) -> Iterator[str]:
+    """A new, migrated database on the test server; dropped afterwards."""
+    import psycopg
+
+    from pipeline.storage.migrate import migrate
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    conninfo = _with_dbname(pg_server, name)
+    migrate(conninfo)
+    try:
+        yield conninfo
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin, contextlib.suppress(psycopg.Error):
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_db(pg_server: str) -> Iterator[str]:
+    """A new database with no schema; dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield _with_dbname(pg_server, name)
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin, contextlib.suppress(psycopg.Error):
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray cluster for the whole session (start-up costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            namespace="gpu-telemetry-test",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield
+    ray.shutdown()

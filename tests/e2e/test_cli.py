@@ -1,0 +1,143 @@
+"""The CLI as a user runs it: a bounded run, then the gateway on Ray Serve over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from pipeline.sources.synthetic import write_csv
+from tests.conftest import REAL_CSV
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
+    """The real CSV when ../shared is there (2,470 rows, 247 GPUs), else a generated fleet."""
+    if REAL_CSV.exists():
+        return REAL_CSV, 2470, 247
+    path = tmp_path_factory.mktemp("data") / "fleet.csv"
+    rows = write_csv(path, hosts=4)
+    return path, rows, 32
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "RAY_ADDRESS"))}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data-home")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_bad_arguments_and_unreachable_database_give_one_line(user_env: dict[str, str], tmp_path: Path) -> None:
+    r = cli("run", "--csv", str(tmp_path / "missing.csv"), "--passes", "1", env=user_env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: CSV file")
+    r = cli("run", "--interval", "-1", env=user_env)
+    assert r.returncode == 2 and "must not be negative" in r.stderr
+    env = {**user_env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}
+    r = cli("migrate", env=env)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: cannot connect to PostgreSQL")
+    r = cli("run", "--collectors", "4", "--partitions", "2", "--passes", "1", env=user_env)
+    assert r.returncode == 2 and "--partitions (2) must be at least --collectors (4)" in r.stderr
+
+
+def test_run_then_serve(dataset: tuple[Path, int, int], fresh_db: str, user_env: dict[str, str]) -> None:
+    csv, rows, gpus = dataset
+    env = {**user_env, "DATABASE_URL": fresh_db}
+    r = cli("run", "--csv", str(csv), "--passes", "3", "--no-serve", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["produced"] == summary["stored"] == 3 * rows and summary["rejected"] == 0
+    with psycopg.connect(fresh_db) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT (gpu_key, metric_id, ts)) FROM telemetry").fetchone() == (
+            3 * rows,
+            3 * rows,
+        )
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.5)
+        listed = httpx.get(f"{base}/api/v1/gpus").json()
+        assert len(listed["items"]) == gpus and listed["next_cursor"] is None
+        uuid = listed["items"][0]["uuid"]
+        window = {
+            "start_time": (datetime.now().astimezone() - timedelta(hours=1)).isoformat(),
+            "end_time": (datetime.now().astimezone() + timedelta(minutes=1)).isoformat(),
+        }
+        items = httpx.get(f"{base}/api/v1/gpus/{uuid}/telemetry", params=window).json()["items"]
+        assert len(items) == 30 and [i["ts"] for i in items] == sorted(i["ts"] for i in items)
+        first, last = items[0]["ts"], items[-1]["ts"]
+        exact = httpx.get(
+            f"{base}/api/v1/gpus/{uuid}/telemetry", params={"start_time": first, "end_time": last}
+        ).json()["items"]
+        assert len(exact) == 30  # both bounds inclusive
+        later = (datetime.fromisoformat(first.replace("Z", "+00:00")) + timedelta(microseconds=1)).isoformat()
+        assert (
+            len(
+                httpx.get(
+                    f"{base}/api/v1/gpus/{uuid}/telemetry", params={"start_time": later, "end_time": last}
+                ).json()["items"]
+            )
+            == 20
+        )
+        missing = httpx.get(f"{base}/api/v1/gpus/GPU-00000000-0000-0000-0000-000000000000/telemetry")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_embedded_default(user_env: dict[str, str]) -> None:
+    """No DATABASE_URL: the path a fresh user takes (embedded PostgreSQL under XDG_DATA_HOME)."""
+    env = {k: v for k, v in user_env.items() if k != "DATABASE_URL"}
+    r = cli("run", "--hosts", "2", "--passes", "2", "--interval", "0", "--no-serve", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["stored"] == summary["produced"] == 2 * 2 * 8 * 10
+    assert "embedded PostgreSQL" in summary["database"]
+    assert (Path(env["XDG_DATA_HOME"]) / "gpu-telemetry" / "postgres" / "PG_VERSION").exists()

@@ -1,0 +1,81 @@
+"""Test helpers shared by unit tests: an in-memory Sink with the database's compare-and-set rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import FencedError, OffsetMismatch
+from pipeline.records import PartitionBatch, WriteResult
+
+
+class MemorySink:
+    """Implements the collector's Sink protocol in memory, enforcing the same rules as TelemetryWriter.
+
+    Used only to test collector logic without a database; the integration tests run the real writer.
+    """
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.generations: dict[tuple[str, int], int] = {}
+        self.rows: list[pa.RecordBatch] = []
+        self.rejects: list[pa.RecordBatch] = []
+        self.fail_next: list[Exception] = []
+        self.opened = 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def close(self) -> None:
+        pass
+
+    def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
+        for p in partitions:
+            if self.generations.get((group, p), 0) > generation:
+                raise FencedError("newer generation", group=group)
+        for p in partitions:
+            self.generations[(group, p)] = generation
+            self.offsets.setdefault((group, p), 0)
+        return {p: self.offsets[(group, p)] for p in partitions}
+
+    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        for b in batches:
+            if self.generations.get((group, b.partition)) != generation:
+                raise FencedError("stale generation", group=group)
+            if self.offsets.get((group, b.partition)) != b.first_offset:
+                raise OffsetMismatch("offset moved", partition=b.partition)
+        rows = rejects = 0
+        for b in batches:
+            self.offsets[(group, b.partition)] = b.next_offset
+            for e in b.envelopes:
+                if e.num_rows:
+                    self.rows.append(e.samples)
+                    rows += e.num_rows
+                if e.rejects is not None:
+                    self.rejects.append(e.rejects)
+                    rejects += e.num_rejects
+        return WriteResult(rows, rejects, {b.partition: b.next_offset for b in batches})
+
+    def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
+        self.offsets[(group, partition)] = offset
+
+    def table(self) -> pa.Table:
+        from pipeline.records import SAMPLE_SCHEMA
+
+        return pa.Table.from_batches(self.rows, schema=SAMPLE_SCHEMA) if self.rows else SAMPLE_SCHEMA.empty_table()
+
+    def sample_keys(self) -> list[tuple[Any, ...]]:
+        t = self.table()
+        return list(
+            zip(
+                t.column("uuid").to_pylist(),
+                t.column("metric").to_pylist(),
+                t.column("ts").cast(pa.int64()).to_pylist(),
+                t.column("value").to_pylist(),
+                strict=True,
+            )
+        )
