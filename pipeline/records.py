@@ -17,12 +17,15 @@ __all__ = [
     "REJECT_SCHEMA",
     "SAMPLE_SCHEMA",
     "TS_TYPE",
+    "WIRE_SCHEMA",
     "Envelope",
     "PartitionBatch",
     "WriteResult",
     "empty_rejects",
     "empty_samples",
+    "empty_wire",
     "make_rejects",
+    "to_wire",
 ]
 
 TS_TYPE: Final = pa.timestamp("us", tz="UTC")
@@ -41,6 +44,36 @@ SAMPLE_SCHEMA: Final = pa.schema(
         pa.field("labels", pa.map_(pa.string(), pa.string())),
     ]
 )
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+# What travels through the queue: the columns collectors store or need to register a GPU, with the
+# repeated strings dictionary-encoded (labels and source_ts stay with the streamer).
+WIRE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("uuid", _DICT, nullable=False),
+        pa.field("hostname", _DICT),
+        pa.field("gpu_index", pa.int16()),
+        pa.field("device", _DICT),
+        pa.field("model", _DICT),
+        pa.field("metric", _DICT, nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+_WIRE_STRINGS: Final = ("uuid", "hostname", "device", "model", "metric")
+
+
+def to_wire(samples: pa.RecordBatch) -> pa.RecordBatch:
+    """Project a sample batch onto ``WIRE_SCHEMA`` (dictionary-encoding the strings)."""
+    arrays = []
+    for field in WIRE_SCHEMA:
+        column = samples.column(field.name)
+        if field.name in _WIRE_STRINGS and not pa.types.is_dictionary(column.type):
+            column = column.dictionary_encode()
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=WIRE_SCHEMA)
+
 
 REJECT_SCHEMA: Final = pa.schema(
     [
@@ -98,6 +131,11 @@ class Envelope:
 def empty_samples() -> pa.RecordBatch:
     """A sample batch with no rows."""
     return pa.RecordBatch.from_pylist([], schema=SAMPLE_SCHEMA)
+
+
+def empty_wire() -> pa.RecordBatch:
+    """A wire batch with no rows."""
+    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in WIRE_SCHEMA], schema=WIRE_SCHEMA)
 
 
 def empty_rejects() -> pa.RecordBatch:

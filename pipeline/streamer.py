@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from pipeline.partitioning import KeyHasher, split_by_partition
 from pipeline.queue.client import Producer
-from pipeline.records import TS_TYPE, Envelope
+from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
 from pipeline.sources import Shard, Source
 
 __all__ = ["Streamer", "StreamerStats", "stamp"]
@@ -110,6 +110,8 @@ class Streamer:
         self._seq = 0
         self._last_stamp = 0
         self._stop = threading.Event()
+        # Replayed sources hand back the same batch objects every pass: convert each once.
+        self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
     @property
     def producer_id(self) -> str:
@@ -178,7 +180,7 @@ class Streamer:
             if self._stop.is_set():
                 return
             at = max(int(self._clock() * 1_000_000), self._last_stamp + 1)
-            samples, self._last_stamp = stamp(item.samples, at)
+            samples, self._last_stamp = stamp(self._wire(item.samples), at)
             self._pending.append(samples)
             self._pending_rows += samples.num_rows
             if item.rejects is not None:
@@ -191,6 +193,16 @@ class Streamer:
         self.stats.passes = self._pass
         if self._interval > 0:
             self.flush()
+
+    def _wire(self, samples: pa.RecordBatch) -> pa.RecordBatch:
+        hit = self._wire_cache.get(id(samples))
+        if hit is not None and hit[0] is samples:
+            return hit[1]
+        wire = to_wire(samples)
+        if len(self._wire_cache) >= 4096:
+            self._wire_cache.clear()
+        self._wire_cache[id(samples)] = (samples, wire)
+        return wire
 
     def flush(self) -> int:
         """Partition and publish everything pending, then checkpoint. Returns rows published."""
@@ -214,7 +226,7 @@ class Streamer:
             else []
         )
         if not parts and rejects is not None:
-            parts = [(0, self._pending[0].slice(0, 0) if self._pending else _empty_like(rejects))]
+            parts = [(0, empty_wire())]
         for i, (partition, piece) in enumerate(parts):
             env = Envelope(piece, rejects if i == 0 else None)
             messages.append((partition, self._seq + i, env))
@@ -245,9 +257,3 @@ class Streamer:
                 "rejected": self.stats.rejected,
             },
         )
-
-
-def _empty_like(_: pa.RecordBatch) -> pa.RecordBatch:
-    from pipeline.records import empty_samples
-
-    return empty_samples()

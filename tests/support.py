@@ -64,9 +64,11 @@ class MemorySink:
         self.offsets[(group, partition)] = offset
 
     def table(self) -> pa.Table:
-        from pipeline.records import SAMPLE_SCHEMA
+        from pipeline.records import WIRE_SCHEMA
 
-        return pa.Table.from_batches(self.rows, schema=SAMPLE_SCHEMA) if self.rows else SAMPLE_SCHEMA.empty_table()
+        if not self.rows:
+            return WIRE_SCHEMA.empty_table()
+        return pa.Table.from_batches(self.rows, schema=WIRE_SCHEMA).unify_dictionaries().combine_chunks()
 
     def sample_keys(self) -> list[tuple[Any, ...]]:
         t = self.table()

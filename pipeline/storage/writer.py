@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
-from pipeline.records import PartitionBatch, WriteResult
+from pipeline.records import PartitionBatch, WriteResult, to_wire
 from pipeline.storage.copy_format import encode_telemetry
 from pipeline.storage.database import connect
 
@@ -161,7 +161,11 @@ class TelemetryWriter:
         samples = [e.samples for b in batches for e in b.envelopes if e.num_rows]
         rejects = [e.rejects for b in batches for e in b.envelopes if e.rejects is not None and e.num_rejects]
         try:
-            table = pa.Table.from_batches(samples) if samples else None
+            table = (
+                pa.Table.from_batches([to_wire(s) for s in samples]).unify_dictionaries().combine_chunks()
+                if samples
+                else None
+            )
             payload = self._encode(table) if table is not None else None
             conn = self._db()
             with conn.transaction():
@@ -235,13 +239,17 @@ class TelemetryWriter:
         encoded = pc.dictionary_encode(table.column("uuid")).combine_chunks()
         dictionary = encoded.dictionary.to_pylist()
         indices = encoded.indices.to_numpy(zero_copy_only=False)
-        missing = [i for i, u in enumerate(dictionary) if u not in self._gpu_keys]
+        # A sliced batch keeps its parent's whole dictionary: look up only the entries in use.
+        used = np.unique(indices).tolist()
+        missing = [i for i in used if dictionary[i] not in self._gpu_keys]
         if missing:
             self._register_gpus(table, indices, missing, dictionary)
-        lookup = np.fromiter((self._gpu_keys[u] for u in dictionary), dtype=np.int32, count=len(dictionary))
+        lookup = np.full(len(dictionary), -1, dtype=np.int32)
+        for i in used:
+            lookup[i] = self._gpu_keys[dictionary[i]]
         newest = pc.max(table.column("ts")).cast(pa.int64()).as_py() or 0
         seen = self._last_seen
-        for key in lookup.tolist():
+        for key in lookup[used].tolist():
             if newest > seen.get(key, 0):
                 seen[key] = newest
         keys: npt.NDArray[np.int32] = lookup[indices]
@@ -273,7 +281,9 @@ class TelemetryWriter:
     def _metric_keys(self, metric: pa.ChunkedArray) -> npt.NDArray[np.int16]:
         encoded = pc.dictionary_encode(metric).combine_chunks()
         dictionary = encoded.dictionary.to_pylist()
-        unknown = [m for m in dictionary if m not in self._metric_ids]
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        used = np.unique(indices).tolist()
+        unknown = [dictionary[i] for i in used if dictionary[i] not in self._metric_ids]
         if unknown:
             conn = self._db()
             with conn.transaction():
@@ -282,8 +292,10 @@ class TelemetryWriter:
                 )
                 for name, mid in conn.execute("SELECT name, metric_id FROM metrics WHERE name = ANY(%s)", (unknown,)):
                     self._metric_ids[name] = int(mid)
-        lookup = np.fromiter((self._metric_ids[m] for m in dictionary), dtype=np.int16, count=len(dictionary))
-        ids: npt.NDArray[np.int16] = lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+        lookup = np.full(len(dictionary), -1, dtype=np.int16)
+        for i in used:
+            lookup[i] = self._metric_ids[dictionary[i]]
+        ids: npt.NDArray[np.int16] = lookup[indices]
         return ids
 
     def _touch_last_seen(self) -> None:

@@ -179,3 +179,26 @@ def test_connect_reports_the_target_without_password() -> None:
     with pytest.raises(DatabaseUnavailable) as info:
         connect("postgresql://u:secret@127.0.0.1:1/db", timeout_s=1)
     assert "secret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+
+
+def test_writer_handles_slices_of_a_shared_dictionary(fresh_db: str) -> None:
+    from pipeline.partitioning import KeyHasher, split_by_partition
+    from pipeline.records import to_wire
+
+    both = (
+        pa.Table.from_batches(
+            [samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [0, 1]), samples("GPU-b", "DCGM_FI_DEV_GPU_UTIL", [0])]
+        )
+        .combine_chunks()
+        .to_batches()[0]
+    )
+    wire = to_wire(both)
+    parts = split_by_partition(wire, KeyHasher().partitions(wire.column("uuid"), 64), 64)
+    assert len(parts) == 2
+    w = TelemetryWriter(fresh_db)
+    w.open()
+    w.claim("g", 1, [0])
+    result = w.write("g", 1, [PartitionBatch(0, 0, 1, (Envelope(parts[0][1]),))])
+    assert result.rows == parts[0][1].num_rows
+    with psycopg.connect(fresh_db) as c:
+        assert c.execute("SELECT count(*) FROM gpus").fetchone() == (1,)  # only the GPU in use registered

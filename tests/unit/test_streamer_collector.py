@@ -156,3 +156,15 @@ def test_group_messages_keeps_only_contiguous_runs() -> None:
     msgs = [Fetched(0, 5, "a", 1), Fetched(0, 6, "b", 1), Fetched(0, 8, "c", 1), Fetched(1, 2, "d", 1)]
     batches = group_messages(msgs, {0: 5, 1: 3})
     assert [(b.partition, b.first_offset, b.next_offset) for b in batches] == [(0, 5, 7)]
+
+
+def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
+    from pipeline.partitioning import KeyHasher, split_by_partition
+    from pipeline.records import to_wire
+
+    fleet = SyntheticFleet(hosts=4)
+    wire = to_wire(next(iter(fleet.read_pass(Shard()))).samples)
+    parts = split_by_partition(wire, KeyHasher().partitions(wire.column("uuid"), 8), 8)
+    # every piece carries the parent's dictionary, though it uses only some of it
+    assert all(len(p.column("uuid").dictionary) == 32 for _, p in parts)
+    assert sum(len(set(p.column("uuid").to_pylist())) for _, p in parts) == 32
