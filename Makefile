@@ -32,8 +32,8 @@ cover: $(STAMP)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline tests
-	$(VENV)/bin/mypy pipeline
+	$(VENV)/bin/ruff check pipeline kuberay tests bench
+	$(VENV)/bin/mypy pipeline kuberay
 
 openapi: $(STAMP)
 	$(PY) -m pipeline.gateway.openapi docs/openapi.json

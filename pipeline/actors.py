@@ -277,11 +277,28 @@ def actor_options(
     return opts
 
 
+def role_resources(role: str, index: int, placement: bool) -> dict[str, Any]:
+    """Custom resources an actor requests when placement on KubeRay worker groups is on."""
+    if not placement:
+        return {}
+    if role == "broker":
+        return {"resources": {"broker": 1, f"broker_{index}": 1}}
+    return {"resources": {role: 1}}
+
+
 def make_broker(
-    index: int, queue: QueueSettings, hosted: Sequence[int], start_offsets: Mapping[int, int], num_cpus: float = 0.5
+    index: int,
+    queue: QueueSettings,
+    hosted: Sequence[int],
+    start_offsets: Mapping[int, int],
+    num_cpus: float = 0.5,
+    placement: bool = False,
 ) -> Any:
     """Start broker ``index`` (an async actor; Ray restarts it on failure)."""
-    cls = ray.remote(**actor_options(broker_name(index), num_cpus, max_concurrency=1000))(Broker)
+    opts = actor_options(
+        broker_name(index), num_cpus, max_concurrency=1000, **role_resources("broker", index, placement)
+    )
+    cls = ray.remote(**opts)(Broker)
     return cls.remote(
         index,
         queue.partitions,
@@ -293,10 +310,19 @@ def make_broker(
 
 
 def make_streamer(
-    index: int, count: int, settings: StreamerSettings, queue: QueueSettings, brokers: list[Any], num_cpus: float = 0.5
+    index: int,
+    count: int,
+    settings: StreamerSettings,
+    queue: QueueSettings,
+    brokers: list[Any],
+    num_cpus: float = 0.5,
+    placement: bool = False,
 ) -> Any:
     """Start streamer ``index`` of ``count`` (it starts streaming by itself)."""
-    cls = ray.remote(**actor_options(streamer_name(index), num_cpus, max_concurrency=4))(Streamer)
+    opts = actor_options(
+        streamer_name(index), num_cpus, max_concurrency=4, **role_resources("streamer", index, placement)
+    )
+    cls = ray.remote(**opts)(Streamer)
     return cls.remote(streamer_name(index), settings, queue, brokers, (index, count))
 
 
@@ -307,7 +333,11 @@ def make_collector(
     conninfo: str,
     brokers: list[Any],
     num_cpus: float = 0.5,
+    placement: bool = False,
 ) -> Any:
     """Start collector ``index`` (it joins the group and starts writing by itself)."""
-    cls = ray.remote(**actor_options(collector_name(index), num_cpus, max_concurrency=4))(Collector)
+    opts = actor_options(
+        collector_name(index), num_cpus, max_concurrency=4, **role_resources("collector", index, placement)
+    )
+    cls = ray.remote(**opts)(Collector)
     return cls.remote(collector_name(index), settings, queue, conninfo, brokers)

@@ -127,6 +127,10 @@ class RaySettings(BaseModel):
     namespace: str = "gpu-telemetry"
     num_cpus: int | None = Field(None, ge=1)
     dashboard: bool = True
+    # On KubeRay each worker group advertises a custom resource per role ({"streamer": 1}, ...);
+    # with placement on, actors request it, so the autoscaler grows the right group and broker i
+    # lands beside its own queue volume ({"broker": 1, "broker_<i>": 1}).
+    placement: bool = False
 
 
 class Settings(BaseSettings):

@@ -88,20 +88,26 @@ class Pipeline:
     def start(self) -> None:
         """Start every actor; returns once they are constructed."""
         q = self.settings.queue
+        placement = self.settings.ray.placement
         offsets = self._stored_offsets()
         self._baseline = (sum(o["rows"] for o in offsets.values()), sum(o["rejects"] for o in offsets.values()))
         starts = {p: o["next_offset"] for p, o in offsets.items()}
         for b in range(q.brokers):
             hosted = [p for p in range(q.partitions) if broker_of(p, q.brokers) == b]
-            self.brokers.append(actors.make_broker(b, q, hosted, {p: starts.get(p, 0) for p in hosted}))
+            first = {p: starts.get(p, 0) for p in hosted}
+            self.brokers.append(actors.make_broker(b, q, hosted, first, placement=placement))
         ray.get([b.stats.remote() for b in self.brokers])
         for i in range(self.settings.collector.count):
             self.collectors.append(
-                actors.make_collector(i, self.settings.collector, q, self.database.conninfo, self.brokers)
+                actors.make_collector(
+                    i, self.settings.collector, q, self.database.conninfo, self.brokers, placement=placement
+                )
             )
         n = self.settings.streamer.count
         for i in range(n):
-            self.streamers.append(actors.make_streamer(i, n, self.settings.streamer, q, self.brokers))
+            self.streamers.append(
+                actors.make_streamer(i, n, self.settings.streamer, q, self.brokers, placement=placement)
+            )
         ray.get([a.stats.remote() for a in self.collectors + self.streamers])
 
     def _stored_offsets(self) -> dict[int, dict[str, int]]:
