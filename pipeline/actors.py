@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from pipeline import metrics
 from pipeline.collector import Collector as CollectorLogic
 from pipeline.config import CollectorSettings, QueueSettings, StreamerSettings
 from pipeline.queue.broker import Broker as BrokerLogic
+from pipeline.queue.broker import Persistence
 from pipeline.queue.ray_glue import RayQueue
 from pipeline.records import WriteResult
 from pipeline.sources import Shard, build_source
@@ -92,6 +94,7 @@ class Broker(BrokerLogic):
     def stats(self) -> dict[str, Any]:
         """Stats, also exported as Ray metrics."""
         out = super().stats()
+        out["pid"] = _pid()
         if self._instruments is None:
             self._instruments = _Instruments(
                 (
@@ -295,9 +298,20 @@ def make_broker(
     placement: bool = False,
 ) -> Any:
     """Start broker ``index`` (an async actor; Ray restarts it on failure)."""
+    # Calls in flight when a broker dies are retried on its next incarnation: appends are
+    # deduplicated by sequence, fetches and commits are idempotent.
     opts = actor_options(
-        broker_name(index), num_cpus, max_concurrency=1000, **role_resources("broker", index, placement)
+        broker_name(index),
+        num_cpus,
+        max_concurrency=1000,
+        max_task_retries=-1,
+        **role_resources("broker", index, placement),
     )
+    persistence = None
+    if queue.dir is not None:
+        persistence = Persistence(
+            Path(queue.dir), queue.segment_bytes, queue.retention_s, queue.disk_budget_bytes, queue.fsync
+        )
     cls = ray.remote(**opts)(Broker)
     return cls.remote(
         index,
@@ -306,6 +320,7 @@ def make_broker(
         queue.partition_budget_bytes,
         queue.session_timeout_s,
         dict(start_offsets),
+        persistence=persistence,
     )
 
 

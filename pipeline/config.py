@@ -67,7 +67,8 @@ class QueueSettings(BaseModel):
     dir: Path | None = None
     segment_bytes: int = Field(1 * GiB, ge=1 * MiB)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)
-    disk_budget_bytes: int | None = Field(None, ge=1 * MiB)
+    disk_budget_bytes: int | None = Field(None, ge=1 * MiB)  # per partition
+    fsync: bool = True  # fsync every append before acknowledging it (with dir)
 
 
 class StreamerSettings(BaseModel):

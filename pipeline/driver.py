@@ -82,6 +82,7 @@ class Pipeline:
         self.streamers: list[Any] = []
         self.collectors: list[Any] = []
         self._baseline = (0, 0)
+        self._last: dict[str, dict[str, Any]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -121,8 +122,8 @@ class Pipeline:
     def progress(self) -> Progress:
         """Counters from every actor and the queue's lag."""
         p = Progress()
-        p.streamers = ray.get([s.stats.remote() for s in self.streamers]) if self.streamers else []
-        p.collectors = ray.get([c.stats.remote() for c in self.collectors]) if self.collectors else []
+        p.streamers = self._stats("streamer", self.streamers)
+        p.collectors = self._stats("collector", self.collectors)
         p.brokers = ray.get([b.stats.remote() for b in self.brokers]) if self.brokers else []
         p.produced = sum(s["produced"] for s in p.streamers)
         p.rejected = sum(s["rejected"] for s in p.streamers)
@@ -142,6 +143,28 @@ class Pipeline:
         p.stored_rejects = sum(c["rejects"] for c in p.collectors)
         return p
 
+    def _stats(self, role: str, handles: list[Any]) -> list[dict[str, Any]]:
+        """Each actor's stats; an actor that is restarting reports its last known figures."""
+        refs = [h.stats.remote() for h in handles]
+        out = []
+        for i, ref in enumerate(refs):
+            key = f"{role}-{i}"
+            try:
+                stats: dict[str, Any] = ray.get(ref, timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                log.info("%s is unavailable (restarting?): %s", key, type(exc).__name__)
+                stats = {
+                    **self._last.get(key, {"id": key, "produced": 0, "rejected": 0, "rows": 0, "rejects": 0}),
+                    "restarting": True,
+                    "done": False,
+                    "running": True,
+                    "error": None,
+                }
+            else:
+                self._last[key] = stats
+            out.append(stats)
+        return out
+
     def stored_totals(self) -> tuple[int, int]:
         """Rows and rejects committed by this run, from the database's own offsets table."""
         offsets = self._stored_offsets()
@@ -151,8 +174,19 @@ class Pipeline:
 
     def stop_streamers(self) -> None:
         """Stop producing (each streamer finishes the message it is publishing)."""
-        if self.streamers:
-            ray.get([s.stop.remote() for s in self.streamers])
+        self._call_all(self.streamers, "stop")
+
+    @staticmethod
+    def _call_all(handles: list[Any], method: str, attempts: int = 5) -> None:
+        """Call ``method`` on every actor, retrying one that is restarting."""
+        for handle in handles:
+            for attempt in range(attempts):
+                try:
+                    ray.get(getattr(handle, method).remote(), timeout=60)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                    log.info("%s() failed (%s); retrying", method, type(exc).__name__)
+                    time.sleep(min(2.0, 0.2 * 2**attempt))
 
     def drain(self, timeout_s: float = 300.0, on_tick: Callable[[Progress], None] | None = None) -> Progress:
         """Wait until the group has committed everything appended; raises on timeout."""
@@ -172,8 +206,7 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop collectors (they finish their batch and leave), then kill every actor."""
-        if self.collectors:
-            ray.get([c.stop.remote() for c in self.collectors])
+        self._call_all(self.collectors, "stop")
         for a in self.streamers + self.collectors + self.brokers:
             ray.kill(a, no_restart=True)
         self.streamers, self.collectors, self.brokers = [], [], []

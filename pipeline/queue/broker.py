@@ -20,13 +20,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FencedError, QueueError
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import OffsetOutOfRange, PartitionLog
+from pipeline.queue.segments import SegmentStore, StateFile
 
-__all__ = ["AppendResult", "Broker", "FetchResult", "Fetched"]
+__all__ = ["AppendResult", "Broker", "FetchResult", "Fetched", "Persistence"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,17 @@ class FetchResult:
     out_of_range: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Persistence:
+    """Where and how a broker keeps its partitions on disk."""
+
+    directory: Path
+    segment_bytes: int = 1 << 30
+    retention_s: float = 7 * 24 * 3600.0
+    disk_budget_bytes: int | None = None  # per partition; producers wait when it is full
+    fsync: bool = True
+
+
 @dataclass(slots=True)
 class _PartitionStats:
     blocked_s: float = 0.0
@@ -78,6 +91,7 @@ class Broker:
         session_timeout_s: float = 10.0,
         start_offsets: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        persistence: Persistence | None = None,
     ) -> None:
         self.broker_id = broker_id
         self.partitions = partitions
@@ -97,6 +111,88 @@ class Broker:
         self._data = asyncio.Condition()
         self._space = asyncio.Condition()
         self.started_at = time.time()
+        self._persistence = persistence
+        self._stores: dict[int, SegmentStore] = {}
+        self._states: dict[int, StateFile] = {}
+        self._disk: dict[int, int] = {}
+        self._checkpoint_file: StateFile | None = None
+        self._reserve: dict[int, int] = {}
+        self.recovered: dict[int, int] = {}
+        if persistence is not None:
+            self._recover(persistence, starts)
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def _recover(self, persistence: Persistence, starts: Mapping[int, int]) -> None:
+        """Reload what was on disk: uncommitted messages, committed offsets, producer checkpoints."""
+        root = persistence.directory
+        root.mkdir(parents=True, exist_ok=True)
+        if self.broker_id == 0:
+            self._checkpoint_file = StateFile(root / "producers.json")
+            self._checkpoints = self._checkpoint_file.load()
+        for p in list(self._logs):
+            store = SegmentStore(root / f"partition-{p}", persistence.segment_bytes, persistence.fsync)
+            state = StateFile(store.directory / "state.json")
+            committed = {str(g): int(o) for g, o in state.load().get("committed", {}).items()}
+            keep_from = min(committed.values()) if committed else 0
+            frames, next_offset, last_seq = store.recover(keep_from)
+            for producer, seq in last_seq.items():
+                self._last_seq[(producer, p)] = seq
+            if next_offset is None:
+                plog = PartitionLog(p, starts.get(p, 0))
+            else:
+                plog = PartitionLog(p, frames[0].offset if frames else next_offset)
+                for f in frames:
+                    plog.append(
+                        f.envelope,
+                        f.envelope.num_rows,
+                        f.nbytes,
+                        self._clock(),
+                        f.header.get("producer"),
+                        f.header.get("seq"),
+                    )
+            self._logs[p] = plog
+            for group, offset in committed.items():
+                self._committed.setdefault(group, {})[p] = offset
+            self._stores[p] = store
+            self._states[p] = state
+            self._disk[p] = store.disk_bytes()
+            self.recovered[p] = len(frames)
+            if frames or store.truncated_bytes:
+                log.info(
+                    "partition %d: recovered %d uncommitted message(s), offsets [%d, %d); truncated %d torn byte(s)",
+                    p,
+                    len(frames),
+                    plog.start_offset,
+                    plog.end_offset,
+                    store.truncated_bytes,
+                )
+
+    def _persist_committed(self, partition: int) -> None:
+        state = self._states.get(partition)
+        if state is None:
+            return
+        committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
+        state.save({"committed": committed}, fsync=False)  # losing it only means re-reading more
+
+    def _retain(self, partition: int, floor: int) -> None:
+        store = self._stores.get(partition)
+        if store is None or self._persistence is None:
+            return
+        budget = self._persistence.disk_budget_bytes
+        if budget is not None:
+            budget -= self._reserve.get(partition, 0)  # make room for an append that is waiting
+        freed = store.apply_retention(floor, self._persistence.retention_s, budget)
+        self._disk[partition] -= freed
+
+    def _disk_full(self, partition: int, nbytes: int) -> bool:
+        budget = None if self._persistence is None else self._persistence.disk_budget_bytes
+        used = self._disk.get(partition, 0)
+        return budget is not None and used > 0 and used + nbytes > budget
+
+    def _over_budget(self, plog: PartitionLog, nbytes: int) -> bool:
+        memory = plog.bytes_held > 0 and plog.bytes_held + nbytes > self._budget
+        return memory or self._disk_full(plog.partition, nbytes)
 
     # --- producers ------------------------------------------------------------------------------
 
@@ -118,16 +214,25 @@ class Broker:
         if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
             stats.duplicates += 1
             return AppendResult(partition, -1, duplicate=True)
-        if plog.bytes_held and plog.bytes_held + nbytes > self._budget:
+        if self._over_budget(plog, nbytes):
             started = self._clock()
+            self._reserve[partition] = max(self._reserve.get(partition, 0), nbytes)
+            committed = [c[partition] for c in self._committed.values() if partition in c]
+            self._retain(partition, min(committed) if committed else plog.start_offset)
             async with self._space:
-                while plog.bytes_held and plog.bytes_held + nbytes > self._budget:
+                while self._over_budget(plog, nbytes):
                     await self._space.wait()
+            self._reserve.pop(partition, None)
             stats.blocked_s += self._clock() - started
             # Another append of the same producer may have landed while this one waited.
             if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                 stats.duplicates += 1
                 return AppendResult(partition, -1, duplicate=True)
+        store = self._stores.get(partition)
+        if store is not None:
+            # On disk (and fsynced) before it is acknowledged.
+            header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes, "at": time.time()}
+            self._disk[partition] += store.append(plog.end_offset, header, payload)
         offset = plog.append(payload, rows, nbytes, self._clock(), producer, seq)
         if key is not None and seq is not None:
             self._last_seq[key] = seq  # type: ignore[index]
@@ -139,6 +244,8 @@ class Broker:
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Store a producer's resume state (its replay position), after its appends were acknowledged."""
         self._checkpoints[producer] = dict(state)
+        if self._checkpoint_file is not None:
+            self._checkpoint_file.save(self._checkpoints)
 
     def producer_state(self, producer: str) -> dict[str, Any] | None:
         """The last checkpoint a producer stored, if any."""
@@ -273,6 +380,8 @@ class Broker:
             committed[partition] = max(committed.get(partition, 0), offset)
             floor = min(c.get(partition, 0) for c in self._committed.values())
             plog.trim(floor)
+            self._persist_committed(partition)
+            self._retain(partition, floor)
         async with self._space:
             self._space.notify_all()
 
@@ -292,6 +401,7 @@ class Broker:
                     "lag_rows": plog.rows_between(c, plog.end_offset),
                 }
             parts[p] = {
+                "disk_bytes": self._disk.get(p, 0),
                 "start_offset": plog.start_offset,
                 "end_offset": plog.end_offset,
                 "bytes_held": plog.bytes_held,
