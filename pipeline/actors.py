@@ -26,6 +26,7 @@ from pipeline.queue.broker import Persistence
 from pipeline.queue.ray_glue import RayQueue
 from pipeline.records import WriteResult
 from pipeline.sources import Shard, build_source
+from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
 
@@ -134,8 +135,18 @@ class Streamer:
     ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         source = build_source(
-            str(settings.csv) if settings.csv else None, settings.batch_rows, settings.hosts, settings.gpus_per_host
+            str(settings.csv) if settings.csv else None,
+            settings.batch_rows,
+            settings.hosts,
+            settings.gpus_per_host,
+            kind=settings.source,
+            scrape=settings.scrape,
+            scrape_file=str(settings.scrape_file) if settings.scrape_file else None,
+            interval_s=settings.interval_s,
+            scrape_timeout_s=settings.scrape_timeout_s,
+            scrape_retries=settings.scrape_retries,
         )
+        self._source = source
         self._logic = StreamerLogic(
             streamer_id,
             source,
@@ -180,6 +191,8 @@ class Streamer:
             "error": self._error,
             "resumed": s.resumed_from is not None,
             "pid": _pid(),
+            # Scrape sources: per-target health (up, last_success, consecutive_failures, last_error).
+            "targets": self._source.health() if isinstance(self._source, PrometheusSource) else {},
         }
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:

@@ -45,6 +45,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _targets(text: str) -> list[str]:
+    from pipeline.errors import ConfigError
+    from pipeline.sources.targets import parse_targets
+
+    try:
+        targets = parse_targets(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not targets:
+        raise argparse.ArgumentTypeError("no scrape target given")
+    return targets
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="GPU telemetry pipeline on Ray.")
     p.add_argument("--config", help="YAML settings file (env PIPELINE_* and flags override it)")
@@ -52,13 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="stream telemetry into the database and serve the API")
-    run.add_argument("--csv", type=Path, help="dcgm-exporter CSV to replay (default: a generated fleet)")
+    what = run.add_mutually_exclusive_group()
+    what.add_argument("--csv", type=Path, help="dcgm-exporter CSV to replay (default: a generated fleet)")
+    what.add_argument(
+        "--scrape",
+        type=_targets,
+        metavar="URL[,URL...]",
+        help="scrape these dcgm-exporter endpoints (host[:port] means http://host:9400/metrics)",
+    )
+    what.add_argument("--nvml", action="store_true", help="read this node's GPUs through NVML")
+    run.add_argument(
+        "--scrape-file", type=Path, help="file of dcgm-exporter endpoints, one per line (re-read when it changes)"
+    )
     run.add_argument("--hosts", type=_positive_int, help="hosts of the generated fleet (default 32)")
     run.add_argument("--streamers", type=int, help="streamer actors (default 1)")
     run.add_argument("--collectors", type=int, help="collector actors (default 1)")
     run.add_argument("--partitions", type=_positive_int, help="queue partitions (default 16)")
     run.add_argument("--brokers", type=_positive_int, help="broker actors (default 1)")
-    run.add_argument("--interval", type=_positive_float, help="seconds between passes; 0 = as fast as possible")
+    run.add_argument(
+        "--interval",
+        "--scrape-interval",
+        type=_positive_float,
+        help="seconds between passes (scrape rounds); 0 = as fast as possible",
+    )
     run.add_argument("--batch-rows", type=_positive_int, help="rows per published batch (default 20000)")
     bound = run.add_mutually_exclusive_group()
     bound.add_argument("--passes", type=_positive_int, help="stop after K passes over the source")
@@ -91,6 +120,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.command == "run":
         overrides["streamer"] = {
             "csv": args.csv,
+            "source": "scrape"
+            if args.scrape or args.scrape_file
+            else "nvml"
+            if args.nvml
+            else "csv"
+            if args.csv
+            else None,
+            "scrape": args.scrape,
+            "scrape_file": args.scrape_file,
             "hosts": args.hosts,
             "count": args.streamers,
             "interval_s": args.interval,
@@ -194,7 +232,18 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.sources import build_source
 
     s = settings.streamer
-    source = build_source(str(s.csv) if s.csv else None, s.batch_rows, s.hosts, s.gpus_per_host)
+    source = build_source(
+        str(s.csv) if s.csv else None,
+        s.batch_rows,
+        s.hosts,
+        s.gpus_per_host,
+        kind=s.source,
+        scrape=s.scrape,
+        scrape_file=str(s.scrape_file) if s.scrape_file else None,
+        interval_s=s.interval_s,
+        scrape_timeout_s=s.scrape_timeout_s,
+        scrape_retries=s.scrape_retries,
+    )
     source.open()  # a missing file or unknown header fails here, before anything starts
     source.close()
     if settings.queue.partitions < settings.collector.count:

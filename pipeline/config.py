@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -76,18 +76,34 @@ class StreamerSettings(BaseModel):
 
     ``interval_s`` is the time between passes over the source (one pass = one scrape of the fleet);
     0 streams as fast as possible. ``batch_rows`` caps the rows of one published message.
+    ``source`` picks what streamers read; ``auto`` means scrape targets if any are given, else the
+    CSV if given, else a synthetic fleet. Streamers split ``scrape`` targets (plus those listed in
+    ``scrape_file``, re-read when it changes) between them.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(1, ge=0, le=1024)
+    source: Literal["auto", "csv", "synthetic", "scrape", "nvml"] = "auto"
     csv: Path | None = None
+    scrape: list[str] = Field(default_factory=list)  # dcgm-exporter endpoints; host[:port] = http://host:9400/metrics
+    scrape_file: Path | None = None
+    scrape_timeout_s: float = Field(2.0, gt=0)
+    scrape_retries: int = Field(2, ge=0, le=10)
     hosts: int = Field(32, ge=1, le=100_000)  # synthetic fleet size when no CSV is given
     gpus_per_host: int = Field(8, ge=1, le=64)
     interval_s: float = Field(1.0, ge=0)
     batch_rows: int = Field(20_000, ge=1)
     passes: int | None = Field(None, ge=1)
     duration_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _source(self) -> StreamerSettings:
+        if self.source == "scrape" and not (self.scrape or self.scrape_file):
+            raise ValueError("source `scrape` needs scrape targets (scrape or scrape_file)")
+        if self.source == "csv" and self.csv is None:
+            raise ValueError("source `csv` needs a CSV file (csv)")
+        return self
 
 
 class CollectorSettings(BaseModel):

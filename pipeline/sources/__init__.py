@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -57,9 +57,34 @@ class Source(Protocol):
         ...
 
 
-def build_source(csv: str | None, batch_rows: int, hosts: int = 32, gpus_per_host: int = 8) -> Source:
-    """The source a streamer reads: a dcgm-exporter CSV when given, else a synthetic fleet."""
-    if csv:
+def build_source(
+    csv: str | None,
+    batch_rows: int,
+    hosts: int = 32,
+    gpus_per_host: int = 8,
+    *,
+    kind: str = "auto",
+    scrape: Sequence[str] = (),
+    scrape_file: str | None = None,
+    interval_s: float = 1.0,
+    scrape_timeout_s: float = 2.0,
+    scrape_retries: int = 2,
+) -> Source:
+    """The source a streamer reads: dcgm-exporter scrapes, NVML, a dcgm-exporter CSV, or a synthetic fleet.
+
+    ``kind="auto"`` scrapes when targets are given, else replays ``csv`` when given, else generates.
+    """
+    if kind == "auto":
+        kind = "scrape" if scrape or scrape_file else "csv" if csv else "synthetic"
+    if kind == "scrape":
+        from pipeline.sources.prometheus import PrometheusSource
+
+        return PrometheusSource(scrape, interval_s, scrape_timeout_s, scrape_retries, targets_file=scrape_file)
+    if kind == "nvml":
+        from pipeline.sources.nvml import NvmlSource
+
+        return NvmlSource()
+    if kind == "csv" and csv:
         from pipeline.sources.dcgm_csv import DcgmCsvSource
 
         return DcgmCsvSource(csv, batch_rows=batch_rows)
