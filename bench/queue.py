@@ -1,0 +1,183 @@
+"""Rows per second through the queue alone (no database), and the data-path design measurement.
+
+    python bench/queue.py                 # 1, 2 and 4 partitions/consumers, memory and --queue-dir
+    python bench/queue.py --rows 2000000  # more rows per configuration
+
+Producers are Ray actors appending pre-built Arrow wire batches through ``RayQueue``; consumers are
+Ray actors that join the group, fetch and commit (no database), so the figure is the queue's own
+ceiling. ``--design`` also measures the alternative data path where producers ``ray.put`` batches
+and brokers only pass object references (``ray.put(_owner=broker)`` no longer exists in Ray >= 2.56,
+so such references are owned by the producer). Prints one line per configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's ``queue``: keep its folder off the import path.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from pipeline.actors import Broker
+from pipeline.errors import FencedError
+from pipeline.queue.broker import Persistence
+from pipeline.queue.client import broker_of
+from pipeline.queue.ray_glue import RayQueue
+from pipeline.records import Envelope, to_wire
+from pipeline.sources import Shard
+from pipeline.sources.synthetic import SyntheticFleet
+
+
+def wire_batch(rows: int) -> pa.RecordBatch:
+    fleet = SyntheticFleet(hosts=max(1, rows // 80), batch_rows=rows)
+    return to_wire(next(iter(fleet.read_pass(Shard()))).samples).slice(0, rows)
+
+
+class Producer:
+    """Appends ``count`` copies of a batch to its partitions, in flushes of one message per partition."""
+
+    def __init__(self, brokers: list[Any], partitions: list[int], batch_rows: int, by_ref: bool) -> None:
+        self._queue = RayQueue(brokers)
+        self._partitions = partitions
+        self._batch = wire_batch(batch_rows)
+        self._by_ref = by_ref
+
+    def run(self, count: int) -> int:
+        seq = 0
+        rows = 0
+        name = f"bench-{self._partitions[0]}"
+        for _ in range(count):
+            messages = []
+            for p in self._partitions:
+                env: Any = Envelope(self._batch)
+                if self._by_ref:
+                    env = RefEnvelope([ray.put(env)], env.num_rows, env.nbytes)
+                messages.append((p, seq, env))
+                seq += 1
+            self._queue.append_all(name, messages)
+            rows += sum(self._batch.num_rows for _ in self._partitions)
+        return rows
+
+
+class RefEnvelope:
+    """An envelope passed by reference (the list keeps Ray from resolving the ref in the broker)."""
+
+    def __init__(self, ref: list[Any], rows: int, nbytes: int) -> None:
+        self.ref = ref
+        self.num_rows = rows
+        self.nbytes = nbytes
+
+
+class Consumer:
+    """Joins the group, fetches and commits until ``target`` rows were consumed."""
+
+    def __init__(self, brokers: list[Any], member: str) -> None:
+        self._queue = RayQueue(brokers)
+        self._member = member
+
+    def run(self, target: int) -> int:
+        a = self._queue.join("bench", self._member)
+        positions = dict.fromkeys(a.partitions, 0)
+        rows = 0
+        while rows < target:
+            a = self._queue.heartbeat("bench", self._member, a.generation)
+            positions = {p: positions.get(p, 0) for p in a.partitions}
+            try:
+                got = self._queue.fetch("bench", self._member, a.generation, positions, 200_000, 0.2)
+            except FencedError:
+                continue  # a rebalance happened between heartbeat and fetch
+            if not got.messages:
+                continue
+            for m in got.messages:
+                payload = m.payload
+                if isinstance(payload, RefEnvelope):
+                    payload = ray.get(payload.ref[0])
+                rows += payload.num_rows
+                positions[m.partition] = m.offset + 1
+            try:
+                self._queue.commit("bench", self._member, a.generation, positions)
+            except FencedError:
+                continue
+        return rows
+
+
+def measure(partitions: int, rows: int, batch_rows: int, queue_dir: Path | None, by_ref: bool) -> float:
+    brokers_n = 1
+    persistence = Persistence(queue_dir, fsync=True) if queue_dir else None
+    broker_cls = ray.remote(num_cpus=0, max_concurrency=1000)(Broker)
+    brokers = [
+        broker_cls.remote(
+            b,
+            partitions,
+            [p for p in range(partitions) if broker_of(p, brokers_n) == b],
+            256 << 20,
+            30.0,
+            {},
+            persistence=persistence,
+        )
+        for b in range(brokers_n)
+    ]
+    producers = [ray.remote(num_cpus=0)(Producer).remote(brokers, [p], batch_rows, by_ref) for p in range(partitions)]
+    consumers = [ray.remote(num_cpus=0)(Consumer).remote(brokers, f"c{i}") for i in range(partitions)]
+    per_partition = max(1, rows // (partitions * batch_rows))
+    total = per_partition * partitions * batch_rows
+    ray.get([p.__ray_ready__.remote() for p in producers] + [c.__ray_ready__.remote() for c in consumers])
+    started = time.perf_counter()
+    consumed = [c.run.remote(total // partitions) for c in consumers]
+    produced = ray.get([p.run.remote(per_partition) for p in producers])
+    got = sum(ray.get(consumed))
+    elapsed = time.perf_counter() - started
+    assert sum(produced) == total and got >= total, (produced, got, total)
+    for a in producers + consumers + brokers:
+        ray.kill(a)
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per configuration")
+    parser.add_argument("--batch-rows", type=int, default=10_000)
+    parser.add_argument("--partitions", default="1,2,4")
+    parser.add_argument("--design", action="store_true", help="also measure pass-by-reference")
+    args = parser.parse_args()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"# queue only, {args.rows:,} rows per line, {args.batch_rows:,}-row messages, 1 broker")
+    results = {}
+    for n in [int(x) for x in args.partitions.split(",")]:
+        for persisted in (False, True):
+            tmp = Path(tempfile.mkdtemp(prefix="bench-queue-")) if persisted else None
+            try:
+                rate = measure(n, args.rows, args.batch_rows, tmp, by_ref=False)
+            finally:
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            results[(n, persisted)] = rate
+            print(
+                f"partitions={n} consumers={n} producers={n} persistence={'on ' if persisted else 'off'} "
+                f"rows_per_s={rate:,.0f}"
+            )
+    if args.design:
+        for n in [int(x) for x in args.partitions.split(",")]:
+            rate = measure(n, args.rows, args.batch_rows, None, by_ref=True)
+            print(
+                f"partitions={n} design=by-reference (producer-owned) rows_per_s={rate:,.0f} "
+                f"vs by-value {results[(n, False)]:,.0f}"
+            )
+    best = max(results.values())
+    print(f"RESULT queue_rows_per_s_max={best:.0f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
