@@ -318,6 +318,8 @@ def make_broker(
         num_cpus,
         max_concurrency=1000,
         max_task_retries=-1,
+        # Brokers hold the data: spread them over nodes so one node's loss takes as few as possible.
+        scheduling_strategy="SPREAD",
         **role_resources("broker", index, placement),
     )
     persistence = None

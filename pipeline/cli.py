@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipeline.auth import use_token_auth
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
 
@@ -159,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         settings = _settings(args)
+        if settings.ray.address or args.command == "status":
+            use_token_auth()  # before Ray is imported: it reads the mode at import
         if args.command == "run":
             return _run(settings, args)
         if args.command == "serve":
@@ -270,6 +273,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             )
             if info.get("dashboard_url"):
                 print(f"ray dashboard: http://{info['dashboard_url']} (token in ~/.ray/auth_token)", file=sys.stderr)
+            if info.get("address"):
+                print(
+                    f"ray: {info['address']} (RAY_ADDRESS={info['address']} python -m pipeline status)", file=sys.stderr
+                )
             if not args.no_serve:
                 _start_gateway(settings, db.conninfo)
                 print(

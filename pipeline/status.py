@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -23,9 +24,12 @@ def _named(namespace: str, prefix: str) -> list[Any]:
     return found
 
 
-def collect(namespace: str, group: str) -> dict[str, Any]:
-    """Stats of every broker, streamer and collector in ``namespace``."""
+def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]:
+    """Stats of every broker, streamer and collector in ``namespace``; rates over ``sample_s``."""
     brokers = _named(namespace, "broker")
+    before = {b["broker"]: b for b in ray.get([b.stats.remote() for b in brokers], timeout=10)}
+    started = time.monotonic()
+    time.sleep(sample_s)
     streamers = _named(namespace, "streamer")
     collectors = _named(namespace, "collector")
     report: dict[str, Any] = {
@@ -34,10 +38,17 @@ def collect(namespace: str, group: str) -> dict[str, Any]:
         "streamers": ray.get([s.stats.remote() for s in streamers], timeout=10),
         "collectors": ray.get([c.stats.remote() for c in collectors], timeout=10),
     }
+    elapsed = max(time.monotonic() - started, 1e-6)
     partitions = []
     for b in report["brokers"]:
+        prior = before.get(b["broker"], {}).get("partitions", {})
         for p, s in sorted(b["partitions"].items(), key=lambda kv: int(kv[0])):
             g = s["groups"].get(group, {})
+            was = prior.get(p, s)
+            rates = {
+                "append_rows_per_s": round((s["rows_appended"] - was["rows_appended"]) / elapsed, 1),
+                "fetch_rows_per_s": round((s["rows_fetched"] - was["rows_fetched"]) / elapsed, 1),
+            }
             partitions.append(
                 {
                     "partition": int(p),
@@ -50,6 +61,8 @@ def collect(namespace: str, group: str) -> dict[str, Any]:
                     "rows_appended": s["rows_appended"],
                     "rows_fetched": s["rows_fetched"],
                     "blocked_s": round(s["blocked_s"], 3),
+                    "disk_bytes": s.get("disk_bytes", 0),
+                    **rates,
                 }
             )
     report["partitions"] = sorted(partitions, key=lambda r: r["partition"])
@@ -61,13 +74,13 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"consumer group {report['group']}"]
     lines.append(
         f"{'part':>4} {'broker':>6} {'end':>8} {'committed':>9} {'lag rows':>9} {'lag batches':>11} "
-        f"{'bytes held':>11} {'blocked s':>9}"
+        f"{'bytes held':>11} {'blocked s':>9} {'append/s':>9} {'fetch/s':>9}"
     )
     for r in report["partitions"]:
         lines.append(
             f"{r['partition']:>4} {r['broker']:>6} {r['end_offset']:>8} {r['committed'] or 0:>9} "
             f"{r['lag_rows'] or 0:>9} {r['lag_batches'] or 0:>11} {r['bytes_held']:>11} "
-            f"{r['blocked_s']:>9}"
+            f"{r['blocked_s']:>9} {r['append_rows_per_s']:>9.0f} {r['fetch_rows_per_s']:>9.0f}"
         )
     for s in report["streamers"]:
         lines.append(

@@ -141,3 +141,59 @@ def test_embedded_default(user_env: dict[str, str]) -> None:
     assert summary["stored"] == summary["produced"] == 2 * 2 * 8 * 10
     assert "embedded PostgreSQL" in summary["database"]
     assert (Path(env["XDG_DATA_HOME"]) / "gpu-telemetry" / "postgres" / "PG_VERSION").exists()
+
+
+def test_status_of_a_running_pipeline(fresh_db: str, user_env: dict[str, str]) -> None:
+    import threading
+
+    env = {**user_env, "DATABASE_URL": fresh_db}
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--hosts",
+            "2",
+            "--interval",
+            "0.2",
+            "--duration",
+            "60",
+            "--no-serve",
+            "--partitions",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        address = None
+        while address is None:
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            address = next((ln.split()[1] for ln in list(lines) if ln.startswith("ray: ")), None)
+            time.sleep(0.2)
+        time.sleep(2)
+        r = cli("status", "--json", env={**env, "RAY_ADDRESS": address}, timeout=120)
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        assert [p["partition"] for p in report["partitions"]] == [0, 1, 2, 3]
+        assert sum(p["rows_appended"] for p in report["partitions"]) > 0
+        assert {"lag_rows", "lag_batches", "committed", "bytes_held", "append_rows_per_s", "blocked_s"} <= set(
+            report["partitions"][0]
+        )
+        assert report["streamers"][0]["produced"] > 0 and report["collectors"][0]["partitions"]
+        text = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=120).stdout
+        assert "consumer group telemetry-collectors" in text and "append/s" in text
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(60)
+        except subprocess.TimeoutExpired:
+            run.kill()
