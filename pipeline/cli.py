@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from pipeline.auth import use_token_auth
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, SourceError
 
 __all__ = ["main"]
 
@@ -247,7 +247,13 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         scrape_timeout_s=s.scrape_timeout_s,
         scrape_retries=s.scrape_retries,
     )
-    source.open()  # a missing file or unknown header fails here, before anything starts
+    try:
+        source.open()  # a missing file or unknown header fails here, before anything starts
+    except SourceError as exc:
+        if getattr(exc, "line", None) is not None:
+            # A file that is not dcgm-exporter CSV is bad input too: keep it as a reject, then stop.
+            _record_reject(settings, exc)
+        raise
     source.close()
     if settings.queue.partitions < settings.collector.count:
         raise ConfigError(
@@ -324,6 +330,21 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _record_reject(settings: Settings, exc: SourceError) -> None:
+    from pipeline.records import make_rejects
+    from pipeline.storage.writer import record_rejects
+
+    db = _database(settings)
+    batch = make_rejects(
+        time.time_ns() // 1000,
+        str(exc.fields.get("path", "")),
+        [exc.fields.get("line")],
+        [exc.fields.get("raw")],
+        [str(exc)],
+    )
+    record_rejects(db.conninfo, batch)
 
 
 def _start_gateway(settings: Settings, conninfo: str) -> None:

@@ -25,7 +25,7 @@ from pipeline.records import PartitionBatch, WriteResult, to_wire
 from pipeline.storage.copy_format import encode_telemetry
 from pipeline.storage.database import connect
 
-__all__ = ["TelemetryWriter"]
+__all__ = ["TelemetryWriter", "record_rejects"]
 
 log = logging.getLogger(__name__)
 
@@ -318,3 +318,15 @@ class TelemetryWriter:
         except psycopg.OperationalError as exc:
             log.warning("last_seen update skipped: %s", exc)
             self._lost(exc)
+
+
+def record_rejects(conninfo: str, rejects: pa.RecordBatch, timeout_s: float = 5.0) -> int:
+    """Store rejects found outside the queue (e.g. a file whose header is not dcgm-exporter's)."""
+    with (
+        connect(conninfo, timeout_s) as conn,
+        conn.transaction(),
+        conn.cursor().copy("COPY rejects (ts, source, line, raw, reason) FROM STDIN") as copy,
+    ):
+        for row in rejects.to_pylist():
+            copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+    return int(rejects.num_rows)

@@ -197,3 +197,17 @@ def test_status_of_a_running_pipeline(fresh_db: str, user_env: dict[str, str]) -
             run.wait(60)
         except subprocess.TimeoutExpired:
             run.kill()
+
+
+def test_unknown_header_is_stored_as_a_reject_and_stops_the_run(
+    fresh_db: str, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "not-dcgm.csv"
+    bad.write_text("time,name,reading\n1,2,3\n")
+    r = cli("run", "--csv", str(bad), "--passes", "1", "--no-serve", env={**user_env, "DATABASE_URL": fresh_db})
+    assert r.returncode == 2
+    assert "unknown header (line 1): missing column(s) timestamp, metric_name, uuid, value" in r.stderr
+    with psycopg.connect(fresh_db) as c:
+        row = c.execute("SELECT source, line, raw, reason FROM rejects").fetchone()
+    assert row is not None and row[0] == str(bad) and row[1] == 1 and row[2] == "time,name,reading"
+    assert "unknown header" in row[3]
