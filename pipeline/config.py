@@ -127,6 +127,11 @@ class GatewaySettings(BaseModel):
     default_limit: int = Field(1000, ge=1)
     max_limit: int = Field(10_000, ge=1)
     gpu_list_ttl_s: float = Field(5.0, ge=0)
+    export_max_rows: int = Field(1_000_000, ge=1)  # CSV / Arrow export: samples per request
+    export_chunk_rows: int = Field(10_000, ge=1)
+    max_buckets: int = Field(10_000, ge=1)  # aggregate buckets per request
+    recent_window_s: float = Field(5.0, ge=0)  # a window ending this close to now is "recent" (cached briefly)
+    recent_ttl_s: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _limits(self) -> GatewaySettings:

@@ -135,6 +135,14 @@ GATEWAY_POOL = MetricDef(
     "gateway",
 )
 
+GATEWAY_CACHE = MetricDef(
+    "pipeline_gateway_cache_requests_total",
+    "counter",
+    "Redis cache lookups by result (hit, miss, error).",
+    ("result",),
+    "gateway",
+)
+
 RAY: tuple[MetricDef, ...] = (
     STREAMER_ROWS,
     REJECTS,
@@ -150,7 +158,14 @@ RAY: tuple[MetricDef, ...] = (
     CONTROLLER_ACTUAL,
     CONTROLLER_DECISIONS,
 )
-GATEWAY: tuple[MetricDef, ...] = (HTTP_DURATION, HTTP_REQUESTS, CONSUMER_LAG, CONSUMER_LAG_BATCHES, GATEWAY_POOL)
+GATEWAY: tuple[MetricDef, ...] = (
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    CONSUMER_LAG,
+    CONSUMER_LAG_BATCHES,
+    GATEWAY_POOL,
+    GATEWAY_CACHE,
+)
 ALL: tuple[MetricDef, ...] = RAY + GATEWAY
 
 

@@ -28,21 +28,25 @@ class Problem(JSONResponse):
         super().__init__(body, status_code=status)
 
 
-def _problem_schema(status: int, title: str, example_detail: str) -> dict[str, Any]:
+def _problem_schema(status: int, title: str, example_detail: str, **extra: str) -> dict[str, Any]:
+    example = {"type": "about:blank", "title": title, "status": status, "detail": example_detail, **extra}
     return {
-        "description": title,
-        "content": {
-            MEDIA_TYPE: {
-                "schema": {"$ref": "#/components/schemas/Problem"},
-                "example": {"type": "about:blank", "title": title, "status": status, "detail": example_detail},
-            }
-        },
+        "description": f"{title} (application/problem+json)",
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": example}},
     }
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _problem_schema(400, "Bad Request", "start_time 2025-07-18T21:00:00Z is after end_time 2025-07-18T20:00:00Z"),
+    400: _problem_schema(
+        400,
+        "Bad Request",
+        "start_time 2025-07-18T21:00:00+00:00 is after end_time 2025-07-18T20:00:00+00:00",
+        param="start_time",
+    ),
     404: _problem_schema(404, "Not Found", "GPU GPU-00000000-0000-0000-0000-000000000000 not found"),
+    406: _problem_schema(
+        406, "Not Acceptable", "Accept offers none of application/json, text/csv, application/vnd.apache.arrow.stream"
+    ),
     422: _problem_schema(
         422, "Unprocessable Content", "start_time: Input should be a valid datetime (got 'yesterday')"
     ),

@@ -7,6 +7,7 @@ from the environment (``DATABASE_URL``, ``PIPELINE_GATEWAY__*``) merged with the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from ray.serve import Application
 from pipeline.config import GatewaySettings, Settings
 from pipeline.errors import ConfigError
 from pipeline.gateway.app import build_app
+from pipeline.gateway.cache import RedisCache
 from pipeline.storage.reader import Reader
 
 __all__ = ["Gateway", "build", "gateway_app"]
@@ -54,16 +56,22 @@ class _BrokerStats:
 
 @serve.ingress()
 class Gateway:
-    """One replica: a pool of database connections and the FastAPI app over it."""
+    """One replica: a pool of database connections, the optional Redis cache, and the FastAPI app over them."""
 
     def __init__(self, conninfo: str, gateway: dict[str, Any], namespace: str, pool_max: int = 8) -> None:
         self._settings = GatewaySettings(**gateway)
         self._reader = Reader(conninfo, min_size=1, max_size=pool_max)
         self._reader.open(wait=False)
         self._namespace = namespace
+        self._cache: RedisCache | None = None
+        if self._settings.redis_url is not None:
+            # Keys are scoped to the Ray namespace and the database, never shared between deployments.
+            database = hashlib.sha256(conninfo.encode()).hexdigest()[:12]
+            prefix = f"gpu-telemetry:{namespace}:{database}:"
+            self._cache = RedisCache(self._settings.redis_url.get_secret_value(), prefix=prefix)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self._reader, self._settings, queue_stats=_BrokerStats(self._namespace))
+        return build_app(self._reader, self._settings, cache=self._cache, queue_stats=_BrokerStats(self._namespace))
 
     def check_health(self) -> None:
         """Serve's health check: fails while the database is unreachable."""
@@ -73,6 +81,9 @@ class Gateway:
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.close()
+        cache = getattr(self, "_cache", None)
+        if cache is not None:
+            cache.close()
 
 
 def gateway_app(

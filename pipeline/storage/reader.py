@@ -1,28 +1,50 @@
 """Queries the gateway answers: GPUs, hosts, metrics, and samples of one GPU over a time range.
 
-Every list is bounded: callers pass a limit and a keyset cursor (the last row's sort key), never an
-offset, so paging stays cheap and complete while new samples arrive.
+Every query is bounded: lists take a limit and a keyset cursor (the last row's sort key), never an
+offset, so paging stays cheap and complete while new samples arrive; per-GPU look-ups walk the
+``(gpu_key, ts, metric_id)`` index inside a recent window; exports and aggregates are capped by the
+caller and by the statement timeout.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, NamedTuple
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from pipeline.errors import DatabaseUnavailable, StorageError
+from pipeline.errors import DatabaseUnavailable, StorageError, ValidationError
 
-__all__ = ["GpuRow", "Reader", "SampleRow"]
+__all__ = [
+    "AGGREGATE_ORIGIN",
+    "METRIC_WINDOW",
+    "AggregateRow",
+    "Features",
+    "GpuRow",
+    "HostRow",
+    "LatestRow",
+    "MetricRow",
+    "Reader",
+    "SampleRow",
+]
 
 log = logging.getLogger(__name__)
 
 Order = Literal["asc", "desc"]
+AggFn = Literal["avg", "min", "max", "count", "last", "p95"]
+
+# Without a gpu_metrics table, "the metrics of a GPU" are those with a sample within this window of
+# the GPU's newest sample: a bounded walk of the (gpu_key, ts, metric_id) index per GPU.
+METRIC_WINDOW = timedelta(minutes=15)
+# Bucket boundaries are multiples of the bucket since this instant (TimescaleDB's time_bucket default),
+# so date_bin and time_bucket agree and minute/hour rollups line up with any multiple of them.
+AGGREGATE_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+_ROLLUPS = (("telemetry_1h", timedelta(hours=1)), ("telemetry_1m", timedelta(minutes=1)))
+_KEY_CACHE_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +59,42 @@ class GpuRow:
     model: str | None
     first_seen: datetime
     last_seen: datetime
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class SampleRow:
-    """One sample of one GPU."""
+class LatestRow:
+    """The newest sample of one metric of one GPU."""
+
+    metric: str
+    unit: str | None
+    ts: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One host and its GPUs."""
+
+    hostname: str | None
+    gpus: int
+    models: tuple[str, ...]
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    """One entry of the metric catalogue."""
+
+    metric_id: int
+    name: str
+    unit: str | None
+    help: str | None
+
+
+class SampleRow(NamedTuple):
+    """One sample of one GPU (a tuple: pages hold up to 10,000 of them, and tuples build fastest)."""
 
     ts: datetime
     metric_id: int
@@ -49,7 +102,65 @@ class SampleRow:
     value: float
 
 
-_GPU_COLUMNS = "gpu_key, uuid, hostname, gpu_index, device, model, first_seen, last_seen"
+class AggregateRow(NamedTuple):
+    """One bucket of one metric."""
+
+    ts: datetime
+    metric_id: int
+    metric: str
+    value: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What this database offers beyond the core schema (detected once per pool)."""
+
+    timescaledb: bool = False
+    gpu_metrics: bool = False
+    rollups: tuple[tuple[str, timedelta], ...] = ()
+
+
+_GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
+_GPU_ORDER = "coalesce(g.hostname, ''), coalesce(g.gpu_index, -1), g.uuid"
+# Per GPU g: its newest sample time (one backward index probe), then the metrics it reported recently.
+_NEWEST = "SELECT max(x.ts) AS newest FROM telemetry x WHERE x.gpu_key = g.gpu_key"
+_RECENT = "t.gpu_key = g.gpu_key AND t.metric_id = {m} AND t.ts >= ({newest}) - %(window)s"
+_NAMES_FALLBACK = (
+    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM metrics m "
+    "WHERE EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="m.metric_id", newest="n.newest") + ")"
+)
+_NAMES_TABLE = (
+    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
+    "WHERE gm.gpu_key = g.gpu_key"
+)
+_HAS_METRIC_FALLBACK = "EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="%(metric)s", newest=_NEWEST) + ")"
+_HAS_METRIC_TABLE = "EXISTS (SELECT 1 FROM gpu_metrics gm WHERE gm.gpu_key = g.gpu_key AND gm.metric_id = %(metric)s)"
+_LATEST_FALLBACK = (
+    "WITH n AS (SELECT max(ts) AS newest FROM telemetry WHERE gpu_key = %(gpu)s) "
+    "SELECT m.name, m.unit, l.ts, l.value FROM metrics m, n CROSS JOIN LATERAL ("
+    "SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.metric_id = m.metric_id "
+    "AND t.ts >= n.newest - %(window)s ORDER BY t.ts DESC LIMIT 1) l ORDER BY m.name"
+)
+_LATEST_TABLE = (
+    "SELECT m.name, m.unit, gm.last_ts, gm.last_value FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
+    "WHERE gm.gpu_key = %(gpu)s ORDER BY m.name"
+)
+_AGG_RAW: dict[str, str] = {
+    "avg": "avg(t.value)",
+    "min": "min(t.value)",
+    "max": "max(t.value)",
+    "count": "count(*)::float8",
+    "last": "(array_agg(t.value ORDER BY t.ts DESC))[1]",
+    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY t.value)",
+}
+# Re-aggregating a rollup view (columns bucket, gpu_key, metric_id, avg, min, max, count, last); p95 cannot be.
+_AGG_ROLLUP: dict[str, str] = {
+    "avg": "sum(t.avg * t.count) / nullif(sum(t.count), 0)",
+    "min": "min(t.min)",
+    "max": "max(t.max)",
+    "count": "sum(t.count)::float8",
+    "last": "(array_agg(t.last ORDER BY t.bucket DESC))[1]",
+}
 
 
 class Reader:
@@ -65,13 +176,19 @@ class Reader:
     ) -> None:
         self._conninfo = conninfo
         self._timeout = timeout_s
+        self._features: Features | None = None
+        self._keys: dict[str, int] = {}
+        self._names: dict[int, str] = {}
         self._pool = ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
             open=False,
             timeout=timeout_s,
-            kwargs={"autocommit": True, "options": f"-c statement_timeout={statement_timeout_ms}"},
+            kwargs={
+                "autocommit": True,
+                "options": f"-c statement_timeout={statement_timeout_ms} -c TimeZone=UTC",
+            },
             name="gateway",
         )
 
@@ -95,26 +212,57 @@ class Reader:
             "waiting": s.get("requests_waiting", 0),
         }
 
-    def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], row_factory: Any = None) -> list[Any]:
+    def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], binary: bool = False) -> list[Any]:
         try:
             with self._pool.connection() as conn:
-                cur = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
-                return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
-        except PoolTimeout:
-            raise DatabaseUnavailable("database unreachable: connection pool exhausted or down") from None
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"database unreachable: {str(exc).strip()}") from None
-        except psycopg.errors.QueryCanceled:
-            raise StorageError("query exceeded the statement timeout") from None
+                return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    def _metric_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """Metric names by id, remembered (the catalogue only grows; an unknown id reloads it)."""
+        if any(i not in self._names for i in ids):
+            self._names = {int(i): n for i, n in self._fetch("SELECT metric_id, name FROM metrics", ())}
+        return self._names
 
     def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless the database answers."""
         self._fetch("SELECT 1", ())
 
+    def features(self) -> Features:
+        """TimescaleDB, the gpu_metrics table and rollup views, detected on first use."""
+        if self._features is None:
+            ((tsdb, gpu_metrics, *views),) = self._fetch(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'), "
+                "to_regclass('gpu_metrics') IS NOT NULL, "
+                + ", ".join(f"to_regclass('{name}') IS NOT NULL" for name, _ in _ROLLUPS),
+                (),
+            )
+            rollups = tuple(r for r, present in zip(_ROLLUPS, views, strict=True) if present)
+            self._features = Features(bool(tsdb), bool(gpu_metrics), rollups)
+        return self._features
+
     def gpu(self, uuid: str) -> GpuRow | None:
-        """One GPU by UUID."""
-        rows = self._fetch(f"SELECT {_GPU_COLUMNS} FROM gpus WHERE uuid = %s", (uuid,))
-        return GpuRow(*rows[0]) if rows else None
+        """One GPU by UUID, with the metrics it reports."""
+        names = _NAMES_TABLE if self.features().gpu_metrics else _NAMES_FALLBACK
+        rows = self._fetch(
+            f"SELECT {_GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE WHERE g.uuid = "
+            "%(uuid)s",
+            {"uuid": uuid, "window": METRIC_WINDOW},
+        )
+        return _gpu_row(rows[0]) if rows else None
+
+    def gpu_key(self, uuid: str) -> int | None:
+        """The key of a GPU by UUID (remembered: a GPU's key never changes)."""
+        key = self._keys.get(uuid)
+        if key is None:
+            rows = self._fetch("SELECT gpu_key FROM gpus WHERE uuid = %s", (uuid,))
+            if not rows:
+                return None
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            key = self._keys[uuid] = int(rows[0][0])
+        return key
 
     def gpus(
         self,
@@ -122,25 +270,63 @@ class Reader:
         after: tuple[str, int, str] | None = None,
         hostname: str | None = None,
         model: str | None = None,
+        metric_id: int | None = None,
     ) -> list[GpuRow]:
-        """GPUs ordered by (hostname, gpu index, uuid), after a cursor, at most ``limit``."""
+        """GPUs ordered by (hostname, gpu index, uuid) after a cursor, at most ``limit``, with their metrics."""
+        table = self.features().gpu_metrics
         where = ["TRUE"]
-        params: dict[str, Any] = {"limit": limit}
+        params: dict[str, Any] = {"limit": limit, "window": METRIC_WINDOW}
         if after is not None:
-            where.append("(coalesce(hostname, ''), coalesce(gpu_index, -1), uuid) > (%(h)s, %(i)s, %(u)s)")
+            where.append(f"({_GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
             params.update(h=after[0], i=after[1], u=after[2])
         if hostname is not None:
-            where.append("hostname = %(hostname)s")
+            where.append("g.hostname = %(hostname)s")
             params["hostname"] = hostname
         if model is not None:
-            where.append("model = %(model)s")
+            where.append("g.model = %(model)s")
             params["model"] = model
+        if metric_id is not None:
+            where.append(_HAS_METRIC_TABLE if table else _HAS_METRIC_FALLBACK)
+            params["metric"] = metric_id
+        names = _NAMES_TABLE if table else _NAMES_FALLBACK
+        # The page is cut first, so the per-GPU metric look-ups run for at most `limit` GPUs.
         rows = self._fetch(
-            f"SELECT {_GPU_COLUMNS} FROM gpus WHERE {' AND '.join(where)} "
-            "ORDER BY coalesce(hostname, ''), coalesce(gpu_index, -1), uuid LIMIT %(limit)s",
+            f"WITH page AS (SELECT {_GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
+            f"ORDER BY {_GPU_ORDER} LIMIT %(limit)s) "
+            f"SELECT {_GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE "
+            f"ORDER BY {_GPU_ORDER}",
             params,
         )
-        return [GpuRow(*r) for r in rows]
+        return [_gpu_row(r) for r in rows]
+
+    def latest(self, gpu_key: int) -> list[LatestRow]:
+        """The newest sample of each metric of a GPU (metrics reported within the recent window)."""
+        query = _LATEST_TABLE if self.features().gpu_metrics else _LATEST_FALLBACK
+        rows = self._fetch(query, {"gpu": gpu_key, "window": METRIC_WINDOW})
+        return [LatestRow(*r) for r in rows]
+
+    def hosts(self, limit: int, after: str | None = None) -> list[HostRow]:
+        """Hosts ordered by name after a cursor, at most ``limit``, with their GPU counts and models."""
+        where, params = "TRUE", {"limit": limit, "after": after}
+        if after is not None:
+            where = "coalesce(g.hostname, '') > %(after)s"
+        rows = self._fetch(
+            "SELECT g.hostname, count(*)::int, "
+            "coalesce(array_agg(DISTINCT g.model) FILTER (WHERE g.model IS NOT NULL), '{}'), "
+            f"min(g.first_seen), max(g.last_seen) FROM gpus g WHERE {where} "
+            "GROUP BY g.hostname ORDER BY coalesce(g.hostname, '') LIMIT %(limit)s",
+            params,
+        )
+        return [HostRow(h, n, tuple(m), f, last) for h, n, m, f, last in rows]
+
+    def metrics(self, limit: int = 10_000, after: str | None = None) -> list[MetricRow]:
+        """The metric catalogue ordered by name after a cursor, at most ``limit``."""
+        rows = self._fetch(
+            "SELECT metric_id, name, unit, help FROM metrics WHERE %(after)s::text IS NULL OR name > %(after)s "
+            "ORDER BY name LIMIT %(limit)s",
+            {"after": after, "limit": limit},
+        )
+        return [MetricRow(*r) for r in rows]
 
     def metric_ids(self, names: Sequence[str]) -> dict[str, int]:
         """Metric ids by name (unknown names are absent)."""
@@ -158,22 +344,140 @@ class Reader:
         after: tuple[datetime, int] | None = None,
     ) -> list[SampleRow]:
         """Samples of one GPU with ``start <= ts <= end``, ordered by (ts, metric), after a cursor."""
-        op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
-        where = ["t.gpu_key = %(gpu)s", "t.ts >= %(start)s", "t.ts <= %(end)s"]
-        params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end, "limit": limit}
-        if metric_ids is not None:
-            where.append("t.metric_id = ANY(%(metrics)s)")
-            params["metrics"] = list(metric_ids)
-        if after is not None:
-            where.append(f"(t.ts, t.metric_id) {op} (%(after_ts)s, %(after_metric)s)")
-            params.update(after_ts=after[0], after_metric=after[1])
+        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        # Binary rows and names mapped here rather than joined: half the client-side cost per row.
         rows = self._fetch(
-            f"SELECT t.ts, t.metric_id, m.name, t.value FROM telemetry t JOIN metrics m USING (metric_id) "
-            f"WHERE {' AND '.join(where)} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s",
+            f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
+            f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s",
+            {**params, "limit": limit},
+            binary=True,
+        )
+        names = self._metric_names({r[1] for r in rows})
+        return [SampleRow(ts, mid, names[mid], value) for ts, mid, value in rows]
+
+    def count_telemetry(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        at_most: int,
+        metric_ids: Sequence[int] | None = None,
+        order: Order = "asc",
+        after: tuple[datetime, int] | None = None,
+    ) -> int:
+        """How many samples ``telemetry`` would walk, counting no further than ``at_most``."""
+        where, params, _ = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        rows = self._fetch(
+            f"SELECT count(*) FROM (SELECT 1 FROM telemetry t WHERE {where} LIMIT %(limit)s) x",
+            {**params, "limit": at_most},
+        )
+        return int(rows[0][0])
+
+    def stream_telemetry(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        max_rows: int,
+        metric_ids: Sequence[int] | None = None,
+        order: Order = "asc",
+        after: tuple[datetime, int] | None = None,
+        chunk_rows: int = 10_000,
+    ) -> Iterator[list[tuple[datetime, str, float]]]:
+        """The ``telemetry`` query through a server-side cursor: chunks of (ts, metric, value), at most ``max_rows``.
+
+        A pooled connection is held until the iterator is exhausted or closed.
+        """
+        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        query = (
+            f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
+            f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s"
+        )
+        try:
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="telemetry_export", binary=True) as cur,
+            ):
+                cur.execute(query, {**params, "limit": max_rows})
+                while rows := cur.fetchmany(chunk_rows):
+                    names = self._metric_names({r[1] for r in rows})
+                    yield [(ts, names[mid], value) for ts, mid, value in rows]
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    def aggregate(
+        self,
+        gpu_key: int,
+        lo: datetime,
+        hi: datetime,
+        bucket: timedelta,
+        fn: AggFn,
+        metric_ids: Sequence[int] | None = None,
+    ) -> tuple[str, list[AggregateRow]]:
+        """``fn`` of each metric per bucket over ``lo <= ts < hi`` (both aligned to ``bucket``), and its source.
+
+        The source is a rollup view (telemetry_1h, telemetry_1m) when one exists, ``bucket`` is a
+        multiple of it and ``fn`` can be re-aggregated; the raw table otherwise.
+        """
+        features = self.features()
+        source, column, expr = "telemetry", "ts", _AGG_RAW[fn]
+        for view, width in features.rollups:
+            if fn in _AGG_ROLLUP and bucket % width == timedelta(0):
+                source, column, expr = view, "bucket", _AGG_ROLLUP[fn]
+                break
+        binning = "time_bucket" if features.timescaledb else "date_bin"
+        params: dict[str, Any] = {"gpu": gpu_key, "lo": lo, "hi": hi, "bucket": bucket, "origin": AGGREGATE_ORIGIN}
+        where = f"t.gpu_key = %(gpu)s AND t.{column} >= %(lo)s AND t.{column} < %(hi)s"
+        if metric_ids is not None:
+            where += " AND t.metric_id = ANY(%(metrics)s)"
+            params["metrics"] = list(metric_ids)
+        rows = self._fetch(
+            f"SELECT b.ts, b.metric_id, m.name, b.value FROM ("
+            f"SELECT {binning}(%(bucket)s, t.{column}, %(origin)s) AS ts, t.metric_id, {expr} AS value "
+            f"FROM {source} t WHERE {where} GROUP BY 1, 2) b JOIN metrics m USING (metric_id) "
+            "ORDER BY b.ts, b.metric_id",
             params,
         )
-        return [SampleRow(*r) for r in rows]
+        return ("raw" if source == "telemetry" else source), [AggregateRow(*r) for r in rows]
 
-    def metrics(self) -> list[dict[str, Any]]:
-        """The metric catalogue."""
-        return self._fetch("SELECT metric_id, name, unit, help FROM metrics ORDER BY name", (), dict_row)
+
+def _gpu_row(row: Sequence[Any]) -> GpuRow:
+    key, uuid, hostname, index, device, model, first, last, names = row
+    return GpuRow(key, uuid, hostname, index, device, model, first, last, tuple(names or ()))
+
+
+def _samples_where(
+    gpu_key: int,
+    start: datetime,
+    end: datetime,
+    metric_ids: Sequence[int] | None,
+    order: Order,
+    after: tuple[datetime, int] | None,
+) -> tuple[str, dict[str, Any], str]:
+    op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+    where = ["t.gpu_key = %(gpu)s", "t.ts >= %(start)s", "t.ts <= %(end)s"]
+    params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end}
+    if metric_ids is not None:
+        where.append("t.metric_id = ANY(%(metrics)s)")
+        params["metrics"] = list(metric_ids)
+    if after is not None:
+        where.append(f"(t.ts, t.metric_id) {op} (%(after_ts)s, %(after_metric)s)")
+        params.update(after_ts=after[0], after_metric=after[1])
+    return " AND ".join(where), params, direction
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map psycopg and pool failures onto the pipeline's errors."""
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnavailable("database unreachable: connection pool exhausted or down")
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled):
+        return DatabaseUnavailable(f"database unreachable: {str(exc).strip()}")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return StorageError("query exceeded the statement timeout: narrow the time window")
+    if isinstance(exc, psycopg.DataError):
+        return ValidationError(f"a parameter value is out of range for the database: {str(exc).strip()}")
+    if isinstance(exc, psycopg.Error):
+        log.error("query failed: %s", exc)
+        return StorageError(f"query failed: {str(exc).strip()}")
+    return exc

@@ -1,0 +1,275 @@
+"""Gateway latency: one GPU, one hour (10 metrics at 1 Hz = 36,000 samples), first page and full walk.
+
+Builds a dedicated database ``bench_api`` (dropped and re-created) holding ``--rows`` samples (default
+10 M; ``--rows 100000000`` for 100 M): GPUs x 10 metrics x 4 hours at 1 Hz, written in time order as a
+collector would. Then, in the same run and over the same random (GPU, hour) windows, it times:
+
+* ``sql``    the gateway's query on one psycopg connection (the floor),
+* ``reader`` the same through ``Reader`` (pool, row objects),
+* ``app``    the FastAPI app in-process (httpx ASGI transport: routing, validation, JSON),
+* ``serve``  the app on Ray Serve over HTTP (proxy, replica, one keep-alive client).
+
+First page = ``limit=1000`` (the default); full walk = all 36,000 samples at ``limit=10000`` with
+cursors. The cache is off. Run by hand: ``python bench/api.py [--rows N] [--iterations N]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# Sibling scripts (bench/queue.py) must not shadow the standard library; the repository root must be importable.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
+
+from pipeline.config import GatewaySettings, Settings  # noqa: E402
+from pipeline.gateway.app import build_app  # noqa: E402
+from pipeline.storage.migrate import migrate  # noqa: E402
+from pipeline.storage.reader import Reader  # noqa: E402
+
+DB = "bench_api"
+METRICS = 10
+HOURS = 4
+SECONDS = HOURS * 3600
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PAGE, WALK_PAGE = 1000, 10_000
+# The gateway's page query (Reader.telemetry), fetched the way it fetches it: binary rows, names mapped after.
+QUERY = (
+    "SELECT t.ts, t.metric_id, t.value FROM telemetry t "
+    "WHERE t.gpu_key = %(gpu)s AND t.ts >= %(start)s AND t.ts <= %(end)s {after}"
+    "ORDER BY t.ts, t.metric_id LIMIT %(limit)s"
+)
+AFTER = "AND (t.ts, t.metric_id) > (%(after_ts)s, %(after_metric)s) "
+
+
+def with_db(url: str, name: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = name
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def build(admin: str, rows: int) -> tuple[str, int]:
+    """Create bench_api with ``rows`` samples; returns its conninfo and GPU count."""
+    gpus = max(1, round(rows / (METRICS * SECONDS)))
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {DB}")
+    url = with_db(admin, DB)
+    migrate(url)
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen, last_seen) "
+            "SELECT format('GPU-bench-%%s', lpad(i::text, 6, '0')), format('bench-%%s', lpad((i / 8)::text, 5, '0')), "
+            "i %% 8, format('nvidia%%s', i %% 8), 'NVIDIA H100 80GB HBM3', %s, %s FROM generate_series(0, %s - 1) i",
+            (T0, T0 + timedelta(seconds=SECONDS - 1), gpus),
+        )
+        c.execute("DROP INDEX telemetry_gpu_ts_idx")  # build it once at the end: much faster than row by row
+        step = 900
+        for lo in range(0, SECONDS, step):
+            c.execute(
+                "INSERT INTO telemetry (ts, value, gpu_key, metric_id) "
+                "SELECT %(t0)s + make_interval(secs => s), random() * 100, g.gpu_key, m.metric_id "
+                "FROM generate_series(%(lo)s::int, %(hi)s::int) s, gpus g, metrics m ORDER BY s",
+                {"t0": T0, "lo": lo, "hi": min(SECONDS, lo + step) - 1},
+            )
+            done = (lo + step) * gpus * METRICS
+            print(f"\r  inserted {done / 1e6:6.1f} M rows ({time.perf_counter() - started:5.0f} s)", end="", flush=True)
+        print()
+        c.execute("CREATE INDEX telemetry_gpu_ts_idx ON telemetry (gpu_key, ts, metric_id)")
+        c.execute("VACUUM ANALYZE telemetry")
+        ((count, size),) = c.execute(
+            "SELECT count(*), pg_size_pretty(pg_total_relation_size('telemetry')) FROM telemetry"
+        ).fetchall()
+    print(
+        f"  built {count:,} rows ({gpus} GPUs x {METRICS} metrics x {HOURS} h at 1 Hz), {size}, "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
+    return url, gpus
+
+
+def windows(gpus: int, n: int, seed: int = 7) -> list[tuple[int, datetime, datetime]]:
+    """Random (gpu_key, start, end) one-hour windows, both bounds inclusive: 36,000 samples each."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        start = T0 + timedelta(seconds=rnd.randrange(0, SECONDS - 3600))
+        out.append((rnd.randrange(1, gpus + 1), start, start + timedelta(seconds=3599)))
+    return out
+
+
+def timed(fn: Callable[[int, datetime, datetime], int], cases: list[tuple[int, datetime, datetime]]) -> list[float]:
+    for case in cases[:10]:  # warm-up
+        fn(*case)
+    out = []
+    for case in cases:
+        t = time.perf_counter()
+        fn(*case)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def sql_paths(url: str) -> tuple[Callable[[int, datetime, datetime], int], Callable[[int, datetime, datetime], int]]:
+    conn = psycopg.connect(url, autocommit=True, options="-c TimeZone=UTC")
+    cur = conn.cursor(binary=True)
+
+    def page(gpu: int, start: datetime, end: datetime, limit: int = PAGE + 1, after: Any = None) -> list[Any]:
+        params = {"gpu": gpu, "start": start, "end": end, "limit": limit}
+        if after is not None:
+            params.update(after_ts=after[0], after_metric=after[1])
+        return cur.execute(QUERY.format(after=AFTER if after else ""), params).fetchall()
+
+    def first(gpu: int, start: datetime, end: datetime) -> int:
+        return len(page(gpu, start, end))
+
+    def walk(gpu: int, start: datetime, end: datetime) -> int:
+        n, after = 0, None
+        while True:
+            rows = page(gpu, start, end, WALK_PAGE + 1, after)
+            n += min(len(rows), WALK_PAGE)
+            if len(rows) <= WALK_PAGE:
+                return n
+            after = (rows[WALK_PAGE - 1][0], rows[WALK_PAGE - 1][1])
+
+    return first, walk
+
+
+def reader_paths(reader: Reader) -> tuple[Callable[[int, datetime, datetime], int], Callable[..., int]]:
+    def first(gpu: int, start: datetime, end: datetime) -> int:
+        return len(reader.telemetry(gpu, start, end, PAGE + 1))
+
+    def walk(gpu: int, start: datetime, end: datetime) -> int:
+        n, after = 0, None
+        while True:
+            rows = reader.telemetry(gpu, start, end, WALK_PAGE + 1, after=after)
+            n += min(len(rows), WALK_PAGE)
+            if len(rows) <= WALK_PAGE:
+                return n
+            after = (rows[WALK_PAGE - 1].ts, rows[WALK_PAGE - 1].metric_id)
+
+    return first, walk
+
+
+def http_paths(get: Callable[..., Any]) -> tuple[Callable[..., int], Callable[..., int]]:
+    def params(start: datetime, end: datetime) -> dict[str, Any]:
+        return {"start_time": start.isoformat(), "end_time": end.isoformat()}
+
+    def first(gpu: int, start: datetime, end: datetime) -> int:
+        r = get(f"/api/v1/gpus/GPU-bench-{gpu - 1:06d}/telemetry", params=params(start, end))
+        return len(r.json()["items"])
+
+    def walk(gpu: int, start: datetime, end: datetime) -> int:
+        n, p = 0, {**params(start, end), "limit": WALK_PAGE}
+        while True:
+            body = get(f"/api/v1/gpus/GPU-bench-{gpu - 1:06d}/telemetry", params=p).json()
+            n += len(body["items"])
+            if body["next_cursor"] is None:
+                return n
+            p["cursor"] = body["next_cursor"]
+
+    return first, walk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="table size (default 10 M; try 100000000)")
+    parser.add_argument("--iterations", type=int, default=300, help="first-page requests per path")
+    parser.add_argument("--walks", type=int, default=30, help="full walks per path")
+    parser.add_argument(
+        "--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
+    )
+    parser.add_argument("--reuse", action="store_true", help="reuse an existing bench_api database")
+    parser.add_argument("--keep", action="store_true", help="keep bench_api afterwards")
+    args = parser.parse_args()
+
+    print(f"== building {DB} ({args.rows:,} rows)" if not args.reuse else f"== reusing {DB}")
+    if args.reuse:
+        url = with_db(args.database_url, DB)
+        with psycopg.connect(url) as c:
+            gpus = int(c.execute("SELECT count(*) FROM gpus").fetchone()[0])  # type: ignore[index]
+    else:
+        url, gpus = build(args.database_url, args.rows)
+    firsts, walks = windows(gpus, args.iterations), windows(gpus, args.walks, seed=11)
+    results: dict[str, tuple[list[float], list[float]]] = {}
+
+    first, walk = sql_paths(url)
+    assert first(*firsts[0]) == PAGE + 1 and walk(*walks[0]) == 36_000, "unexpected window size"
+    results["sql"] = (timed(first, firsts), timed(walk, walks))
+
+    reader = Reader(url, max_size=4)
+    reader.open(wait=True)
+    results["reader"] = tuple(timed(f, c) for f, c in zip(reader_paths(reader), (firsts, walks), strict=True))  # type: ignore[assignment]
+
+    app = build_app(reader, GatewaySettings())
+    loop = asyncio.new_event_loop()
+    asgi = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench")
+
+    def app_get(path: str, params: dict[str, Any]) -> httpx.Response:
+        return loop.run_until_complete(asgi.get(path, params=params))
+
+    results["app"] = tuple(timed(f, c) for f, c in zip(http_paths(app_get), (firsts, walks), strict=True))  # type: ignore[assignment]
+    loop.run_until_complete(asgi.aclose())
+    reader.close()
+
+    import ray
+    from ray import serve
+
+    from pipeline.gateway.serve import gateway_app
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(gateway_app(Settings(), url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        assert http.get("/ready").status_code == 200
+        results["serve"] = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))  # type: ignore[assignment]
+        floor = timed(lambda *_: http.get("/health").status_code, firsts)
+    serve.shutdown()
+    ray.shutdown()
+
+    print(f"\n== one GPU, one hour (36,000 samples), {gpus} GPUs / {gpus * METRICS * SECONDS:,} rows")
+    print(f"   first page: limit {PAGE}, {args.iterations} requests; full walk: limit {WALK_PAGE}, {args.walks} walks")
+    print(f"{'path':8} {'first p50':>10} {'first p99':>10} {'walk p50':>10} {'walk p99':>10}   (ms)")
+    for name, (f, w) in results.items():
+        print(f"{name:8} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
+    print(f"serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
+    sf, sw = results["serve"]
+    df, dw = results["sql"]
+    print(
+        f"serve / sql: first page p50 {pct(sf, 50) / pct(df, 50):.2f}x, p99 {pct(sf, 99) / pct(df, 99):.2f}x; "
+        f"walk p50 {pct(sw, 50) / pct(dw, 50):.2f}x (goal: first page p99 <= 50 ms via Serve, <= 1.5x direct)"
+    )
+    if not args.keep:
+        with psycopg.connect(args.database_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

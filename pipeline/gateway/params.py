@@ -1,0 +1,224 @@
+"""Request parameters: their OpenAPI declarations, opaque cursors, time windows, buckets, media types.
+
+FastAPI resolves parameter annotations at import time, so the ``Annotated`` aliases live here at
+module level (``from __future__ import annotations`` would otherwise hide them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+
+from pipeline.errors import ValidationError
+from pipeline.storage.reader import AGGREGATE_ORIGIN
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "MEDIA_ARROW",
+    "MEDIA_CSV",
+    "MEDIA_JSON",
+    "decode_cursor",
+    "encode_cursor",
+    "floor_to",
+    "from_us",
+    "negotiate",
+    "parse_bucket",
+    "reject_nul",
+    "ts_us",
+    "utc",
+    "window",
+]
+
+DEFAULT_WINDOW = timedelta(hours=1)
+MEDIA_JSON = "application/json"
+MEDIA_CSV = "text/csv"
+MEDIA_ARROW = "application/vnd.apache.arrow.stream"
+Media = Literal["json", "csv", "arrow"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+BUCKET_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
+
+# --- declarations --------------------------------------------------------------------------------------
+
+UuidParam = Annotated[str, Path(description="The GPU's UUID.", examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"])]
+_LIMIT = (
+    "Page size: default 1000, at most 10000 (the gateway's default_limit / max_limit); a larger value is refused "
+    "with 400, never clamped."
+)
+LimitParam = Annotated[int | None, Query(ge=1, description=_LIMIT, examples=[1000])]
+TelemetryLimitParam = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description=_LIMIT + " JSON pages only: CSV and Arrow exports ignore it (they are capped at 1000000 samples).",
+        examples=[1000],
+    ),
+]
+CursorParam = Annotated[
+    str | None,
+    Query(description="`next_cursor` of the previous page (opaque).", examples=["WyJncHVzIiwiaDEiLDAsIkdQVS1hIl0"]),
+]
+HostnameParam = Annotated[str | None, Query(description="Only GPUs of this host.", examples=["mtv5-dgx1-hgpu-031"])]
+ModelParam = Annotated[str | None, Query(description="Only GPUs of this model.", examples=["NVIDIA H100 80GB HBM3"])]
+HasMetricParam = Annotated[
+    str | None,
+    Query(
+        description="Only GPUs that report this metric (a sample within 15 minutes of their newest one).",
+        examples=["DCGM_FI_DEV_GPU_TEMP"],
+    ),
+]
+StartParam = Annotated[
+    datetime | None,
+    Query(
+        description="Inclusive start (RFC 3339; no offset means UTC); default end_time minus one hour.",
+        examples=["2025-07-18T19:42:34Z"],
+    ),
+]
+EndParam = Annotated[
+    datetime | None,
+    Query(description="Inclusive end (RFC 3339; no offset means UTC); default now.", examples=["2025-07-18T20:42:34Z"]),
+]
+MetricsParam = Annotated[
+    list[str] | None,
+    Query(description="Only these metrics (repeatable); default all.", examples=[["DCGM_FI_DEV_GPU_UTIL"]]),
+]
+OrderParam = Annotated[Literal["asc", "desc"], Query(description="Time order of (ts, metric).", examples=["asc"])]
+BucketParam = Annotated[
+    str,
+    Query(
+        pattern=BUCKET_PATTERN,
+        description="Bucket width: a positive integer and a unit, s, m, h or d (e.g. 10s, 1m, 1h). Buckets are "
+        "aligned to multiples of the width since 2000-01-03T00:00:00Z; at most 10000 buckets per request.",
+        examples=["1m"],
+    ),
+]
+FnParam = Annotated[
+    Literal["avg", "min", "max", "count", "last", "p95"],
+    Query(description="Aggregate of each bucket: avg, min, max, count, last (newest value) or p95.", examples=["avg"]),
+]
+
+# --- cursors -------------------------------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, values: Iterable[Any]) -> str:
+    """An opaque cursor: the last row's sort key."""
+    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str, types: tuple[type, ...]) -> list[Any]:
+    """Decode a cursor of ``kind`` whose values have ``types``; 400 naming the parameter if it is not ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
+            raise ValueError
+        values = data[1:]
+        for value, typ in zip(values, types, strict=True):
+            # bool is an int in Python; a cursor of ours never holds one.
+            if not isinstance(value, typ) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
+                raise ValueError
+            if isinstance(value, int) and not -(2**62) < value < 2**62:
+                raise ValueError
+        return values
+    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError):
+        raise ValidationError(f"cursor `{cursor[:64]}` is not a valid {kind} cursor", param="cursor") from None
+
+
+def ts_us(dt: datetime) -> int:
+    """Microseconds since the Unix epoch."""
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int, param: str = "cursor") -> datetime:
+    """The instant ``us`` microseconds after the Unix epoch; 400 naming ``param`` when out of range."""
+    try:
+        return _EPOCH + timedelta(microseconds=us)
+    except OverflowError:
+        raise ValidationError(f"{param} holds an out-of-range time", param=param) from None
+
+
+# --- values --------------------------------------------------------------------------------------------
+
+
+def utc(dt: datetime) -> datetime:
+    """``dt`` in UTC; a time without an offset is taken as UTC."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def window(
+    start_time: datetime | None, end_time: datetime | None, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """The inclusive window a request names: defaults filled in, ``start <= end`` enforced."""
+    try:
+        end = utc(end_time) if end_time is not None else (now or datetime.now(UTC))
+    except OverflowError:
+        raise ValidationError(f"end_time {end_time} is out of range", param="end_time") from None
+    try:
+        start = utc(start_time) if start_time is not None else end - DEFAULT_WINDOW
+    except OverflowError:
+        raise ValidationError(
+            f"start_time {start_time} is out of range" if start_time is not None else f"end_time {end} is too early",
+            param="start_time" if start_time is not None else "end_time",
+        ) from None
+    if start > end:
+        raise ValidationError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}", param="start_time")
+    return start, end
+
+
+def parse_bucket(text: str) -> timedelta:
+    """``10s``, ``1m``, ``1h``, ``7d`` as a timedelta."""
+    if not re.fullmatch(BUCKET_PATTERN, text):
+        raise ValidationError(f"bucket `{text[:32]}` is not a width like 10s, 1m, 1h or 1d", param="bucket")
+    return timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+
+
+def floor_to(dt: datetime, bucket: timedelta) -> datetime:
+    """The start of the bucket holding ``dt`` (buckets are aligned to the aggregate origin)."""
+    return AGGREGATE_ORIGIN + ((dt - AGGREGATE_ORIGIN) // bucket) * bucket
+
+
+def reject_nul(**values: str | list[str] | None) -> None:
+    """400 naming the first parameter that holds a NUL character (PostgreSQL text cannot)."""
+    for name, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        if any(v is not None and "\x00" in v for v in items):
+            raise ValidationError(f"{name} must not contain a NUL character", param=name)
+
+
+def negotiate(accept: str | None) -> Media | None:
+    """The representation an ``Accept`` header asks for (JSON by default); None when none is offered."""
+    if not accept:
+        return "json"
+    ranges: list[tuple[float, int, str]] = []
+    for i, part in enumerate(accept.split(",")):
+        media, *options = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for opt in options:
+            key, _, val = opt.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            ranges.append((-q, i, media.lower()))
+    offered: dict[str, Media] = {
+        MEDIA_JSON: "json",
+        "application/*": "json",
+        "*/*": "json",
+        MEDIA_CSV: "csv",
+        "text/*": "csv",
+        MEDIA_ARROW: "arrow",
+    }
+    for _, _, media in sorted(ranges):
+        if media in offered:
+            return offered[media]
+    return None
