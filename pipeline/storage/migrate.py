@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 # An arbitrary constant: every migrator takes the same session-level advisory lock.
 LOCK_KEY = 0x6770_7574_656C  # "gputel"
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+# A file whose first line is this runs outside a transaction block (for statements PostgreSQL or
+# TimescaleDB refuse inside one, e.g. refresh_continuous_aggregate); keep it one statement, safe to re-run.
+NO_TRANSACTION = "-- migrate: no-transaction"
+_RECORD = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,11 @@ class Migration:
     def checksum(self) -> str:
         """SHA-256 of the file, recorded when applied."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file's first line is ``-- migrate: no-transaction``."""
+        return self.sql.split("\n", 1)[0].strip() != NO_TRANSACTION
 
 
 def sql_dir() -> Path:
@@ -100,12 +109,15 @@ def migrate(conninfo: str, directory: Path | None = None, timeout_s: float = 5.0
                     continue
                 log.info("applying migration %03d_%s", m.version, m.name)
                 try:
-                    with conn.transaction():
+                    if m.transactional:
+                        with conn.transaction():
+                            conn.execute(m.sql.encode())
+                            conn.execute(_RECORD, (m.version, m.name, m.checksum))
+                    else:
+                        # The connection is in autocommit: the file runs as its own implicit transaction,
+                        # and is recorded only once it has succeeded.
                         conn.execute(m.sql.encode())
-                        conn.execute(
-                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                            (m.version, m.name, m.checksum),
-                        )
+                        conn.execute(_RECORD, (m.version, m.name, m.checksum))
                 except psycopg.Error as exc:
                     raise StorageError(f"migration {m.path.name} failed: {exc}".strip()) from None
                 done.append(m)
