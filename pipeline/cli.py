@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from pipeline.auth import use_token_auth
 from pipeline.config import Settings
@@ -97,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-serve", action="store_true", help="do not start the REST gateway")
     run.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
     run.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    scaling = run.add_argument_group("elastic scaling (the seed's HPA behaviour; on when a min < max is given)")
+    scaling.add_argument("--collectors-min", type=int, help="fewest collectors (default --collectors)")
+    scaling.add_argument("--collectors-max", type=int, help="most collectors (<= --partitions)")
+    scaling.add_argument("--streamers-min", type=int, help="fewest streamers")
+    scaling.add_argument("--streamers-max", type=int, help="most streamers")
+    scaling.add_argument("--target-lag", type=_positive_float, help="rows of lag per collector (default 1000)")
+    scaling.add_argument("--scale-period", type=_positive_float, help="seconds between decisions (default 5)")
+    scaling.add_argument("--scale-up-window", type=_positive_float, help="up stabilisation, s (default 60)")
+    scaling.add_argument("--scale-down-window", type=_positive_float, help="down stabilisation, s (default 300)")
+    scaling.add_argument("--scale-rate-period", type=_positive_float, help="rate-limit period, s (default 60)")
 
     serve = sub.add_parser("serve", help="serve the REST API over an existing database")
     serve.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
@@ -111,8 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--out", type=Path, required=True)
 
-    status = sub.add_parser("status", help="show a running pipeline's actors and queue")
+    status = sub.add_parser("status", help="show a running pipeline's actors, queue and scaling decisions")
     status.add_argument("--json", action="store_true")
+
+    scale = sub.add_parser("scale", help="pin the number of collectors or streamers of a running pipeline")
+    target = scale.add_mutually_exclusive_group(required=True)
+    target.add_argument("--collectors", type=int, help="run exactly N collectors")
+    target.add_argument("--streamers", type=int, help="run exactly N streamers (re-splits the source)")
+    target.add_argument("--auto", action="store_true", help="hand both roles back to the controller")
+    scale.add_argument("--json", action="store_true")
     return p
 
 
@@ -140,6 +157,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["collector"] = {"count": args.collectors}
         overrides["queue"] = {"partitions": args.partitions, "brokers": args.brokers, "dir": args.queue_dir}
         overrides["gateway"] = {"port": args.port}
+        overrides["scaling"] = {
+            "collectors_min": args.collectors_min,
+            "collectors_max": args.collectors_max,
+            "streamers_min": args.streamers_min,
+            "streamers_max": args.streamers_max,
+            "target_lag": args.target_lag,
+            "period_s": args.scale_period,
+            "up_window_s": args.scale_up_window,
+            "down_window_s": args.scale_down_window,
+            "rate_period_s": args.scale_rate_period,
+        }
     elif args.command == "serve":
         overrides["gateway"] = {"port": args.port, "host": args.host}
     return Settings.load(args.config, overrides)
@@ -160,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         settings = _settings(args)
-        if settings.ray.address or args.command == "status":
+        if settings.ray.address or args.command in ("status", "scale"):
             use_token_auth()  # before Ray is imported: it reads the mode at import
         if args.command == "run":
             return _run(settings, args)
@@ -172,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "status":
             return _status(settings, args.json)
+        if args.command == "scale":
+            return _scale(settings, args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -187,6 +217,11 @@ def _database(settings: Settings, out: TextIO = sys.stderr) -> Any:
     check(db.conninfo, settings.database.connect_timeout_s)
     applied = migrate(db.conninfo)
     print(f"database: {db.describe()}" + (f" ({len(applied)} migration(s) applied)" if applied else ""), file=out)
+    from pipeline.storage.partitions import PartitionManager
+
+    report = PartitionManager.for_settings(db.conninfo, settings.storage).ensure()
+    if report.created or report.dropped:
+        log.info("partitions: created %s, dropped %s", list(report.created), list(report.dropped))
     return db
 
 
@@ -413,7 +448,7 @@ class _Display:
             sys.stderr.write("\n")
 
 
-def _status(settings: Settings, as_json: bool) -> int:
+def _connect_existing(settings: Settings) -> str:
     import ray
 
     address = settings.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -421,6 +456,47 @@ def _status(settings: Settings, as_json: bool) -> int:
         ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError) as exc:
         raise PipelineError(f"no running Ray cluster at {address}: {exc}") from None
+    return address
+
+
+def _scale(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from pipeline.actors import CONTROLLER_NAME, NAMESPACE
+
+    for flag in ("collectors", "streamers"):
+        value = getattr(args, flag)
+        if value is not None and value < (1 if flag == "collectors" else 0):
+            raise ConfigError(f"--{flag} {value} is out of range")
+    address = _connect_existing(settings)
+    try:
+        try:
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            raise PipelineError(f"no pipeline controller on the Ray cluster at {address}") from None
+        status: dict[str, Any]
+        if args.auto:
+            ray.get(controller.scale.remote("collector", None), timeout=60)
+            status = cast(dict[str, Any], ray.get(controller.scale.remote("streamer", None), timeout=60))
+        elif args.collectors is not None:
+            status = cast(dict[str, Any], ray.get(controller.scale.remote("collector", args.collectors), timeout=900))
+        else:
+            status = cast(dict[str, Any], ray.get(controller.scale.remote("streamer", args.streamers), timeout=900))
+    finally:
+        ray.shutdown()
+    if args.json:
+        print(json.dumps(status, default=str))
+    else:
+        for role, r in status["roles"].items():
+            mode = f"pinned at {r['pinned']}" if r["pinned"] is not None else ("auto" if r["auto"] else "fixed")
+            print(f"{role}: {r['actual']} running, {mode} (policy {r['min']}..{r['max']})")
+    return 0
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    import ray
+
+    _connect_existing(settings)
     try:
         from pipeline.status import collect, render
 

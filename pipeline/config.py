@@ -26,7 +26,9 @@ __all__ = [
     "GatewaySettings",
     "QueueSettings",
     "RaySettings",
+    "ScalingSettings",
     "Settings",
+    "StorageSettings",
     "StreamerSettings",
     "default_data_dir",
 ]
@@ -116,6 +118,46 @@ class CollectorSettings(BaseModel):
     poll_timeout_s: float = Field(0.2, gt=0)
 
 
+class StorageSettings(BaseModel):
+    """Time partitions of ``telemetry`` on plain PostgreSQL (TimescaleDB manages its own chunks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition_interval_s: float = Field(86_400.0, ge=60)  # daily; hourly for fleets of 10k+ GPUs
+    partitions_ahead: int = Field(3, ge=1)
+    retention_s: float = Field(7 * 86_400.0, gt=0)
+    ensure_every_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retention(self) -> StorageSettings:
+        if self.retention_s <= self.partition_interval_s:
+            raise ValueError(
+                f"retention_s ({self.retention_s:g}) must be longer than partition_interval_s "
+                f"({self.partition_interval_s:g})"
+            )
+        return self
+
+
+class ScalingSettings(BaseModel):
+    """The elastic controller (seed HPA behaviour); off unless enabled or given min < max."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    period_s: float = Field(5.0, gt=0)  # how often the controller decides
+    collectors_min: int | None = Field(None, ge=0)  # default: collector.count
+    collectors_max: int | None = Field(None, ge=1)
+    streamers_min: int | None = Field(None, ge=0)  # default: streamer.count
+    streamers_max: int | None = Field(None, ge=1)
+    target_lag: float = Field(1000.0, gt=0)  # rows of lag per collector
+    target_utilization: float = Field(0.7, gt=0, le=1)  # busy fraction per streamer
+    up_window_s: float = Field(60.0, ge=0)
+    down_window_s: float = Field(300.0, ge=0)
+    up_percent: float = Field(50.0, gt=0)
+    down_percent: float = Field(25.0, gt=0, le=100)
+    rate_period_s: float = Field(60.0, gt=0)
+
+
 class GatewaySettings(BaseModel):
     """The REST gateway."""
 
@@ -167,7 +209,37 @@ class Settings(BaseSettings):
     streamer: StreamerSettings = Field(default_factory=StreamerSettings)  # type: ignore[arg-type]
     collector: CollectorSettings = Field(default_factory=CollectorSettings)  # type: ignore[arg-type]
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)  # type: ignore[arg-type]
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _scaling_bounds(self) -> Settings:
+        sc = self.scaling
+        for role, count in (("collectors", self.collector.count), ("streamers", self.streamer.count)):
+            low = getattr(sc, f"{role}_min")
+            high = getattr(sc, f"{role}_max")
+            low = count if low is None else low
+            high = max(count, low) if high is None else high
+            if low > high:
+                raise ValueError(f"scaling.{role}_min ({low}) exceeds scaling.{role}_max ({high})")
+        high_collectors = sc.collectors_max if sc.collectors_max is not None else self.collector.count
+        if high_collectors > self.queue.partitions:
+            raise ValueError(
+                f"queue.partitions ({self.queue.partitions}) must be at least the largest number of collectors "
+                f"({high_collectors})"
+            )
+        return self
+
+    def policy_bounds(self, role: str) -> tuple[int, int]:
+        """(min, max) actors for ``collector`` or ``streamer``."""
+        sc = self.scaling
+        count = self.collector.count if role == "collector" else self.streamer.count
+        low = getattr(sc, f"{role}s_min")
+        high = getattr(sc, f"{role}s_max")
+        low = count if low is None else low
+        high = max(count, low) if high is None else high
+        return low, high
 
     @classmethod
     def settings_customise_sources(

@@ -64,11 +64,12 @@ class Progress:
     streamers: list[dict[str, Any]] = field(default_factory=list)
     collectors: list[dict[str, Any]] = field(default_factory=list)
     brokers: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
     at: float = field(default_factory=time.monotonic)
 
 
 class Pipeline:
-    """Brokers, collectors and streamers of one run, on the connected Ray cluster."""
+    """Brokers and the controller (which owns streamers and collectors) of one run."""
 
     def __init__(self, settings: Settings, database: Database) -> None:
         if settings.queue.partitions < settings.collector.count:
@@ -79,15 +80,14 @@ class Pipeline:
         self.settings = settings
         self.database = database
         self.brokers: list[Any] = []
-        self.streamers: list[Any] = []
-        self.collectors: list[Any] = []
+        self.controller: Any = None
+        self.run_id = int(time.time() * 1000)
         self._baseline = (0, 0)
-        self._last: dict[str, dict[str, Any]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every actor; returns once they are constructed."""
+        """Start brokers (resuming offsets stored in the database), then the controller and its fleet."""
         q = self.settings.queue
         placement = self.settings.ray.placement
         offsets = self._stored_offsets()
@@ -98,18 +98,28 @@ class Pipeline:
             first = {p: starts.get(p, 0) for p in hosted}
             self.brokers.append(actors.make_broker(b, q, hosted, first, placement=placement))
         ray.get([b.stats.remote() for b in self.brokers])
-        for i in range(self.settings.collector.count):
-            self.collectors.append(
-                actors.make_collector(
-                    i, self.settings.collector, q, self.database.conninfo, self.brokers, placement=placement
-                )
-            )
-        n = self.settings.streamer.count
-        for i in range(n):
-            self.streamers.append(
-                actors.make_streamer(i, n, self.settings.streamer, q, self.brokers, placement=placement)
-            )
-        ray.get([a.stats.remote() for a in self.collectors + self.streamers])
+        self.controller = actors.make_controller(self.settings, self.database.conninfo, self.brokers, self.run_id)
+        ray.get(self.controller.stats.remote())
+
+    @property
+    def streamers(self) -> list[Any]:
+        """Current streamer handles (owned by the controller)."""
+        return [
+            ray.get_actor(actors.streamer_name(i), namespace=actors.NAMESPACE)
+            for i in range(self._counts()["streamer"])
+        ]
+
+    @property
+    def collectors(self) -> list[Any]:
+        """Current collector handles (owned by the controller)."""
+        return [
+            ray.get_actor(actors.collector_name(i), namespace=actors.NAMESPACE)
+            for i in range(self._counts()["collector"])
+        ]
+
+    def _counts(self) -> dict[str, int]:
+        roles = ray.get(self.controller.status.remote(), timeout=60)["roles"]
+        return {role: int(r["actual"]) for role, r in roles.items()}
 
     def _stored_offsets(self) -> dict[int, dict[str, int]]:
         writer = TelemetryWriter(self.database.conninfo)
@@ -122,12 +132,14 @@ class Pipeline:
     def progress(self) -> Progress:
         """Counters from every actor and the queue's lag."""
         p = Progress()
-        p.streamers = self._stats("streamer", self.streamers)
-        p.collectors = self._stats("collector", self.collectors)
+        fleet = self._call(self.controller, "progress")
+        p.streamers = fleet["streamers"]
+        p.collectors = fleet["collectors"]
+        p.status = fleet["status"]
         p.brokers = ray.get([b.stats.remote() for b in self.brokers]) if self.brokers else []
-        p.produced = sum(s["produced"] for s in p.streamers)
-        p.rejected = sum(s["rejected"] for s in p.streamers)
-        p.streamers_done = all(s["done"] or not s["running"] for s in p.streamers)
+        p.produced = fleet["retired"]["produced"] + sum(int(s.get("produced", 0)) for s in p.streamers)
+        p.rejected = fleet["retired"]["rejected"] + sum(int(s.get("rejected", 0)) for s in p.streamers)
+        p.streamers_done = all(s.get("done") or not s.get("running", True) for s in p.streamers)
         p.errors = [f"{s['id']}: {s['error']}" for s in p.streamers + p.collectors if s.get("error")]
         group = self.settings.queue.group
         for b in p.brokers:
@@ -139,31 +151,14 @@ class Pipeline:
                 else:
                     p.lag_batches += lag["lag_batches"]
                     p.lag_rows += lag["lag_rows"]
-        p.stored = sum(c["rows"] for c in p.collectors)
-        p.stored_rejects = sum(c["rejects"] for c in p.collectors)
+        p.stored = sum(int(c.get("rows", 0)) for c in p.collectors)
+        p.stored_rejects = sum(int(c.get("rejects", 0)) for c in p.collectors)
         return p
 
-    def _stats(self, role: str, handles: list[Any]) -> list[dict[str, Any]]:
-        """Each actor's stats; an actor that is restarting reports its last known figures."""
-        refs = [h.stats.remote() for h in handles]
-        out = []
-        for i, ref in enumerate(refs):
-            key = f"{role}-{i}"
-            try:
-                stats: dict[str, Any] = ray.get(ref, timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-                log.info("%s is unavailable (restarting?): %s", key, type(exc).__name__)
-                stats = {
-                    **self._last.get(key, {"id": key, "produced": 0, "rejected": 0, "rows": 0, "rejects": 0}),
-                    "restarting": True,
-                    "done": False,
-                    "running": True,
-                    "error": None,
-                }
-            else:
-                self._last[key] = stats
-            out.append(stats)
-        return out
+    def scale(self, role: str, count: int | None) -> dict[str, Any]:
+        """Pin a role's count (None: back to the policy)."""
+        result: dict[str, Any] = ray.get(self.controller.scale.remote(role, count), timeout=900)
+        return result
 
     def stored_totals(self) -> tuple[int, int]:
         """Rows and rejects committed by this run, from the database's own offsets table."""
@@ -173,20 +168,21 @@ class Pipeline:
         return rows, rejects
 
     def stop_streamers(self) -> None:
-        """Stop producing (each streamer finishes the message it is publishing)."""
-        self._call_all(self.streamers, "stop")
+        """Stop producing (each streamer finishes the message it is publishing); scaling freezes."""
+        self._call(self.controller, "stop_streamers")
 
     @staticmethod
-    def _call_all(handles: list[Any], method: str, attempts: int = 5) -> None:
-        """Call ``method`` on every actor, retrying one that is restarting."""
-        for handle in handles:
-            for attempt in range(attempts):
-                try:
-                    ray.get(getattr(handle, method).remote(), timeout=60)
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-                    log.info("%s() failed (%s); retrying", method, type(exc).__name__)
-                    time.sleep(min(2.0, 0.2 * 2**attempt))
+    def _call(handle: Any, method: str, attempts: int = 5) -> Any:
+        """Call ``method``, retrying an actor that is restarting."""
+        for attempt in range(attempts):
+            try:
+                return ray.get(getattr(handle, method).remote(), timeout=900)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.info("%s() failed (%s); retrying", method, type(exc).__name__)
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+        return None
 
     def drain(self, timeout_s: float = 300.0, on_tick: Callable[[Progress], None] | None = None) -> Progress:
         """Wait until the group has committed everything appended; raises on timeout."""
@@ -205,8 +201,11 @@ class Pipeline:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stop collectors (they finish their batch and leave), then kill every actor."""
-        self._call_all(self.collectors, "stop")
-        for a in self.streamers + self.collectors + self.brokers:
+        """Collectors finish their batch and leave; then every actor is killed."""
+        if self.controller is not None:
+            self._call(self.controller, "stop")
+            ray.kill(self.controller, no_restart=True)
+            self.controller = None
+        for a in self.brokers:
             ray.kill(a, no_restart=True)
-        self.streamers, self.collectors, self.brokers = [], [], []
+        self.brokers = []

@@ -66,6 +66,11 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
                 }
             )
     report["partitions"] = sorted(partitions, key=lambda r: r["partition"])
+    try:
+        controller = ray.get_actor("controller", namespace=namespace)
+        report["scaling"] = ray.get(controller.status.remote(), timeout=10)
+    except ValueError:
+        report["scaling"] = None
     return report
 
 
@@ -92,6 +97,15 @@ def render(report: dict[str, Any]) -> str:
             f"collector {c['id']}: rows {c['rows']} partitions {c['partitions']} generation "
             f"{c['generation']} retries {c['retries']}" + (f" error {c['error']}" if c.get("error") else "")
         )
+    scaling = report.get("scaling")
+    if scaling:
+        for role, r in scaling["roles"].items():
+            mode = f"pinned at {r['pinned']}" if r["pinned"] is not None else ("auto" if r["auto"] else "fixed")
+            lines.append(
+                f"{role}s: {r['actual']} running, target {r['desired']}, {mode}, bounds {r['min']}..{r['max']}"
+            )
+        for d in scaling["decisions"][-5:]:
+            lines.append(f"decision: {d['role']} {d['current']} -> {d['desired']} ({d['direction']}): {d['reason']}")
     if not report["brokers"]:
         lines.append("no pipeline actors found (is `python -m pipeline run` running on this cluster?)")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ class StreamerStats:
     passes: int = 0
     flushes: int = 0
     blocked_s: float = 0.0
+    busy_s: float = 0.0
     done: bool = False
     resumed_from: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
@@ -110,6 +111,7 @@ class Streamer:
         self._seq = 0
         self._last_stamp = 0
         self._stop = threading.Event()
+        self._stop_at: int | None = None
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -148,6 +150,8 @@ class Streamer:
             while not self.stats.done and not self._stop.is_set():
                 if self._passes is not None and self._pass >= self._passes:
                     break
+                if self._stop_at is not None and self._pass >= self._stop_at:
+                    break  # a re-split: every streamer stops at the same pass boundary
                 if self._duration is not None and self._clock() - started >= self._duration:
                     break
                 due = started + self._pass_index_since_start(started) * self._interval
@@ -156,7 +160,9 @@ class Streamer:
                     self.flush()
                     if self._stop.wait(wait) if self._sleep is time.sleep else self._sleep(wait):
                         break
+                began = time.monotonic()
                 self.run_pass()
+                self.stats.busy_s += time.monotonic() - began
             self.flush()
             finished = (self._passes is not None and self._pass >= self._passes) or (
                 self._duration is not None and not self._stop.is_set()
@@ -167,6 +173,15 @@ class Streamer:
         finally:
             self._source.close()
         return self.stats
+
+    def stop_at_pass(self, completed: int) -> None:
+        """Finish passes until ``completed`` passes are done, then flush, checkpoint and return."""
+        self._stop_at = completed
+
+    @property
+    def last_stamp_us(self) -> int:
+        """The newest timestamp this streamer gave a sample."""
+        return self._last_stamp
 
     def _pass_index_since_start(self, started: float) -> int:
         resumed = 0 if self.stats.resumed_from is None else int(self.stats.resumed_from["pass"])

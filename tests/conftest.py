@@ -24,16 +24,23 @@ def real_csv() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """Admin conninfo of a PostgreSQL server: DATABASE_URL if set, else an embedded one."""
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
+    import shutil
+    import tempfile
+
     from pipeline.storage.database import start_embedded
 
-    db = start_embedded(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's tmp_path: pytest prunes old base temp dirs, which would pull the data directory
+    # (and the server's socket) from under a session that is still running.
+    root = Path(tempfile.mkdtemp(prefix="pipeline-test-pg-"))
+    db = start_embedded(root / "data")
     yield db.conninfo
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _with_dbname(conninfo: str, dbname: str) -> str:

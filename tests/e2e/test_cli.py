@@ -62,7 +62,9 @@ def test_bad_arguments_and_unreachable_database_give_one_line(user_env: dict[str
     r = cli("migrate", env=env)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: cannot connect to PostgreSQL")
     r = cli("run", "--collectors", "4", "--partitions", "2", "--passes", "1", env=user_env)
-    assert r.returncode == 2 and "--partitions (2) must be at least --collectors (4)" in r.stderr
+    assert (
+        r.returncode == 2 and "queue.partitions (2) must be at least the largest number of collectors (4)" in r.stderr
+    )
 
 
 def test_run_then_serve(dataset: tuple[Path, int, int], fresh_db: str, user_env: dict[str, str]) -> None:

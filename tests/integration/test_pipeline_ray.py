@@ -57,6 +57,7 @@ def test_k_passes_with_two_streamers_and_collectors_store_exactly_k_times(
 def test_partitions_must_cover_the_collectors(fresh_db: str, tmp_path: Path) -> None:
     from pipeline.errors import ConfigError
 
-    s = Settings.load(overrides={"collector": {"count": 5}, "queue": {"partitions": 4}}, environ={})
-    with pytest.raises(ConfigError, match="must be at least the number of collectors"):
-        Pipeline(s, Database(fresh_db))
+    with pytest.raises(ConfigError, match=r"queue.partitions \(4\) must be at least the largest number of collectors"):
+        Settings.load(overrides={"collector": {"count": 5}, "queue": {"partitions": 4}}, environ={})
+    with pytest.raises(ConfigError, match="largest number of collectors \\(6\\)"):
+        Settings.load(overrides={"scaling": {"collectors_max": 6}, "queue": {"partitions": 4}}, environ={})
