@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from pipeline.partitioning import KeyHasher, split_by_partition
 from pipeline.queue.client import Producer
-from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
+from pipeline.records import TS_TYPE, Envelope, compact_dictionaries, empty_wire, to_wire
 from pipeline.sources import Shard, Source
 
 __all__ = ["Streamer", "StreamerStats", "stamp"]
@@ -243,7 +243,7 @@ class Streamer:
         if not parts and rejects is not None:
             parts = [(0, empty_wire())]
         for i, (partition, piece) in enumerate(parts):
-            env = Envelope(piece, rejects if i == 0 else None)
+            env = Envelope(compact_dictionaries(piece), rejects if i == 0 else None)
             messages.append((partition, self._seq + i, env))
         t0 = time.monotonic()
         results = self._producer.append_all(self.producer_id, messages)
