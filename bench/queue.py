@@ -49,24 +49,28 @@ class Producer:
 
     def __init__(self, brokers: list[Any], partitions: list[int], batch_rows: int, by_ref: bool) -> None:
         self._queue = RayQueue(brokers)
+        self._brokers = brokers
         self._partitions = partitions
         self._batch = wire_batch(batch_rows)
         self._by_ref = by_ref
 
     def run(self, count: int) -> int:
-        seq = 0
         rows = 0
         name = f"bench-{self._partitions[0]}"
-        for _ in range(count):
-            messages = []
-            for p in self._partitions:
-                env: Any = Envelope(self._batch)
-                if self._by_ref:
-                    env = RefEnvelope([ray.put(env)], env.num_rows, env.nbytes)
-                messages.append((p, seq, env))
-                seq += 1
-            self._queue.append_all(name, messages)
-            rows += sum(self._batch.num_rows for _ in self._partitions)
+        n = self._batch.num_rows
+        for seq in range(count):
+            if self._by_ref:
+                env = Envelope(self._batch)
+                refs = [
+                    self._brokers[0].append.remote(
+                        p, RefEnvelope([ray.put(env)], n, env.nbytes), n, env.nbytes, name, seq
+                    )
+                    for p in self._partitions
+                ]
+                ray.get(refs)
+            else:
+                self._queue.publish(name, seq, Envelope(self._batch), [(p, 0, n) for p in self._partitions])
+            rows += n * len(self._partitions)
         return rows
 
 

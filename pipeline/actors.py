@@ -172,6 +172,9 @@ class Streamer:
         self._error: str | None = None
         self._instruments = _Instruments((metrics.STREAMER_ROWS, metrics.REJECTS))
         self._reported = (0, 0)
+        # Load the checkpoint before answering anyone: stats() must report the resumed pass at once
+        # (a re-split computes its boundary from it).
+        self._logic.open()
         self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
         self._thread.start()
 
@@ -208,9 +211,18 @@ class Streamer:
             "targets": self._source.health() if isinstance(self._source, PrometheusSource) else {},
         }
 
-    def stop_at_pass(self, completed: int, timeout_s: float = 600.0) -> dict[str, Any]:
-        """Run until ``completed`` passes are done, then stop (for a re-split); returns final stats."""
-        self._logic.stop_at_pass(completed)
+    def pause(self, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Stop at the end of the pass in progress (never later); returns stats with the passes done."""
+        self._logic.stop_at_pass(self._logic.passes_done + 1)
+        self._thread.join(timeout_s)
+        return self.stats()
+
+    def run_until(self, completed: int, timeout_s: float = 600.0) -> dict[str, Any]:
+        """After ``pause``: stream on until ``completed`` passes are done, then stop again."""
+        if not self._thread.is_alive() and self._logic.passes_done < completed and not self._logic.stats.done:
+            self._logic.stop_at_pass(completed)
+            self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
+            self._thread.start()
         self._thread.join(timeout_s)
         return self.stats()
 
@@ -444,6 +456,9 @@ class Controller:
         self._desired = self._fleet.counts()
         self._frozen = threading.Event()
         self._stop = threading.Event()
+        # Decisions and their application are serialized: a tick never applies a decision taken
+        # before an operator's pin changed the picture.
+        self._decide_lock = threading.Lock()
         self._instruments = _Instruments(
             (metrics.CONTROLLER_DESIRED, metrics.CONTROLLER_ACTUAL, metrics.CONTROLLER_DECISIONS)
         )
@@ -502,6 +517,10 @@ class Controller:
 
     def tick(self) -> list[dict[str, Any]]:
         """One evaluation of every role; resizes the fleet where a decision says so."""
+        with self._decide_lock:
+            return self._tick()
+
+    def _tick(self) -> list[dict[str, Any]]:
         signals = self._signals()
         counts = self._fleet.counts()
         made = []
@@ -534,6 +553,11 @@ class Controller:
             raise ConfigError(f"unknown role {role!r}: use collector or streamer")
         if count is not None and role == "collector" and count > self._settings.queue.partitions:
             raise ConfigError(f"--collectors {count} exceeds the {self._settings.queue.partitions} partitions")
+        with self._decide_lock:
+            self._pin(role, count)
+        return self.status()
+
+    def _pin(self, role: str, count: int | None) -> None:
         self._scalers[role].pin(count)
         current = self._fleet.counts()[role]
         if count is not None and count != current:
@@ -552,7 +576,6 @@ class Controller:
                     "wall_time": time.time(),
                 }
             )
-        return self.status()
 
     def status(self) -> dict[str, Any]:
         """Counts, targets, pins, policy bounds and the last decisions."""

@@ -22,7 +22,7 @@ from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, Qu
 from pipeline.queue.broker import Fetched
 from pipeline.queue.client import Consumer
 from pipeline.queue.group import Assignment
-from pipeline.records import PartitionBatch, WriteResult
+from pipeline.records import Envelope, PartitionBatch, WriteResult, pack_envelopes
 
 __all__ = ["Collector", "CollectorStats", "Sink", "group_messages"]
 
@@ -44,8 +44,10 @@ class Sink(Protocol):
         """Own ``partitions`` in ``generation``; returns their stored next offsets."""
         ...
 
-    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
-        """Store the rows and advance offsets, all or nothing."""
+    def write(
+        self, group: str, generation: int, batches: Sequence[PartitionBatch], data: Envelope | None
+    ) -> WriteResult:
+        """Store ``data`` (the batches' rows and rejects) and advance offsets, all or nothing."""
         ...
 
     def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
@@ -72,7 +74,11 @@ class CollectorStats:
 
 
 def group_messages(messages: Sequence[Fetched], positions: Mapping[int, int]) -> list[PartitionBatch]:
-    """Turn fetched messages into one contiguous batch per partition, starting at ``positions``."""
+    """Turn fetched messages into one contiguous batch per partition, starting at ``positions``.
+
+    Raises ``QueueError`` if the messages do not continue each partition without a gap: the rows
+    travel packed in message order, so a dropped message would misalign rows and offsets.
+    """
     by_partition: dict[int, list[Fetched]] = {}
     for m in messages:
         by_partition.setdefault(m.partition, []).append(m)
@@ -80,16 +86,18 @@ def group_messages(messages: Sequence[Fetched], positions: Mapping[int, int]) ->
     for partition, items in sorted(by_partition.items()):
         items.sort(key=lambda m: m.offset)
         expected = positions[partition]
-        contiguous = []
         for m in items:
             if m.offset != expected:
-                break
-            contiguous.append(m)
+                raise QueueError(
+                    f"partition {partition}: fetched offset {m.offset}, expected {expected}",
+                    partition=partition,
+                )
             expected += 1
-        if contiguous:
-            batches.append(
-                PartitionBatch(partition, contiguous[0].offset, expected, tuple(m.payload for m in contiguous))
+        batches.append(
+            PartitionBatch(
+                partition, items[0].offset, expected, sum(m.rows for m in items), sum(m.rejects for m in items)
             )
+        )
     return batches
 
 
@@ -208,8 +216,11 @@ class Collector:
             batches = group_messages(fetched.messages, self._positions)
             if not batches:
                 return 0
+            data = fetched.data
+            if data is None:  # a broker that shipped payloads one by one
+                data = pack_envelopes([m.payload for m in fetched.messages if isinstance(m.payload, Envelope)])
             t0 = time.perf_counter()
-            result = self._sink.write(self.group, generation, batches)
+            result = self._sink.write(self.group, generation, batches, data)
             elapsed = time.perf_counter() - t0
         except (FencedError, OffsetMismatch) as exc:
             # Someone else owns or already stored this: nothing was written; re-sync from the database.

@@ -22,6 +22,7 @@ import ray
 
 from pipeline import actors
 from pipeline.config import Settings
+from pipeline.errors import PipelineError
 from pipeline.queue.ray_glue import RayQueue
 
 __all__ = ["LAYOUT_KEY", "Fleet"]
@@ -137,11 +138,19 @@ class Fleet:
             if old and all(s["done"] for s in stats):
                 log.info("streamers are done; not re-splitting")
                 return
-            boundary = max((s["passes"] for s in stats), default=0) + 1
+            # Two phases, so that no streamer ever runs past the common boundary: every streamer
+            # stops at the end of the pass it is in; the boundary is the furthest of those; the
+            # ones behind catch up to it. Each row of a pass then comes from exactly one layout.
+            paused = ray.get([h.pause.remote() for h in old], timeout=900)
+            boundary = max((int(s["passes"]) for s in paused), default=0)
             passes = self._settings.streamer.passes
             if passes is not None:
                 boundary = min(boundary, passes)
-            final = [_get(h.stop_at_pass.remote(boundary), timeout=900) for h in old]
+            final = ray.get([h.run_until.remote(boundary) for h in old], timeout=900)
+            if any(int(s["passes"]) != boundary and not s["done"] for s in final):
+                raise PipelineError(
+                    f"re-split: streamers did not all reach pass {boundary}: {[s['passes'] for s in final]}"
+                )
             for s in final:
                 self.retired["produced"] += int(s["produced"])
                 self.retired["rejected"] += int(s["rejected"])

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["KeyHasher", "split_by_partition"]
+__all__ = ["KeyHasher", "order_by_partition", "split_by_partition"]
 
 
 class KeyHasher:
@@ -72,3 +72,19 @@ def split_by_partition(
             out.append((partition, ordered.slice(start, n)))
             start += n
     return out
+
+
+def order_by_partition(
+    batch: pa.RecordBatch, partitions: npt.NDArray[np.int64], count: int
+) -> tuple[pa.RecordBatch, list[tuple[int, int, int]]]:
+    """The batch's rows grouped by partition (order kept within each) and (partition, first row, rows)."""
+    order = np.argsort(partitions, kind="stable")
+    counts = np.bincount(partitions, minlength=count)
+    ordered = batch.take(pa.array(order))
+    ranges: list[tuple[int, int, int]] = []
+    start = 0
+    for partition, n in enumerate(counts.tolist()):
+        if n:
+            ranges.append((partition, start, n))
+            start += n
+    return ordered, ranges

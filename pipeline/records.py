@@ -19,14 +19,15 @@ __all__ = [
     "SAMPLE_SCHEMA",
     "TS_TYPE",
     "WIRE_SCHEMA",
-    "compact_dictionaries",
     "Envelope",
     "PartitionBatch",
     "WriteResult",
+    "compact_dictionaries",
     "empty_rejects",
     "empty_samples",
     "empty_wire",
     "make_rejects",
+    "pack_envelopes",
     "to_wire",
 ]
 
@@ -86,14 +87,15 @@ def compact_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
     """
     arrays = []
     for column in batch.columns:
+        compacted = column
         if pa.types.is_dictionary(column.type) and len(column.dictionary) > 1:
             indices = column.indices.to_numpy(zero_copy_only=False)
             used, remapped = np.unique(indices, return_inverse=True)
             if len(used) < len(column.dictionary):
-                column = pa.DictionaryArray.from_arrays(
+                compacted = pa.DictionaryArray.from_arrays(
                     pa.array(remapped.astype(np.int32), pa.int32()), column.dictionary.take(pa.array(used))
                 )
-        arrays.append(column)
+        arrays.append(compacted)
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
@@ -189,12 +191,25 @@ class PartitionBatch:
     partition: int
     first_offset: int
     next_offset: int
-    envelopes: tuple[Envelope, ...]
+    rows: int
+    rejects: int = 0
 
-    @property
-    def rows(self) -> int:
-        """Sample rows in the batch."""
-        return sum(e.num_rows for e in self.envelopes)
+
+def pack_envelopes(envelopes: list[Envelope]) -> Envelope | None:
+    """One envelope holding the samples (and rejects) of many, in order; dictionaries unified."""
+    if not envelopes:
+        return None
+    samples = [e.samples for e in envelopes if e.num_rows]
+    rejects = [e.rejects for e in envelopes if e.rejects is not None and e.num_rejects]
+    if samples:
+        table = pa.Table.from_batches([to_wire(b) for b in samples]).unify_dictionaries().combine_chunks()
+        batch = table.to_batches(max_chunksize=max(1, table.num_rows))[0]
+    else:
+        batch = empty_wire()
+    packed_rejects = None
+    if rejects:
+        packed_rejects = pa.Table.from_batches(rejects).combine_chunks().to_batches(max_chunksize=1 << 62)[0]
+    return Envelope(batch, packed_rejects)
 
 
 @dataclass(frozen=True, slots=True)

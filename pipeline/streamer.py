@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.partitioning import KeyHasher, split_by_partition
+from pipeline.partitioning import KeyHasher, order_by_partition
 from pipeline.queue.client import Producer
-from pipeline.records import TS_TYPE, Envelope, compact_dictionaries, empty_wire, to_wire
+from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
 from pipeline.sources import Shard, Source
 
 __all__ = ["Streamer", "StreamerStats", "stamp"]
@@ -112,6 +112,7 @@ class Streamer:
         self._last_stamp = 0
         self._stop = threading.Event()
         self._stop_at: int | None = None
+        self._opened = False
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -125,7 +126,10 @@ class Streamer:
         self._stop.set()
 
     def open(self) -> None:
-        """Open the source and load the checkpoint, if any."""
+        """Open the source and load the checkpoint, if any (once; ``run`` calls it if nobody did)."""
+        if self._opened:
+            return
+        self._opened = True
         self._source.open()
         state = self._producer.producer_state(self.producer_id)
         if state:
@@ -146,15 +150,18 @@ class Streamer:
         """Stream until the pass or time bound is reached, or ``stop()``; flushes before returning."""
         self.open()
         started = self._clock()
+        first_pass = self._pass  # passes are paced from where this run began
+        paused = False
         try:
             while not self.stats.done and not self._stop.is_set():
                 if self._passes is not None and self._pass >= self._passes:
                     break
                 if self._stop_at is not None and self._pass >= self._stop_at:
+                    paused = True
                     break  # a re-split: every streamer stops at the same pass boundary
                 if self._duration is not None and self._clock() - started >= self._duration:
                     break
-                due = started + self._pass_index_since_start(started) * self._interval
+                due = started + (self._pass - first_pass) * self._interval
                 wait = due - self._clock()
                 if wait > 0:
                     self.flush()
@@ -164,8 +171,9 @@ class Streamer:
                 self.run_pass()
                 self.stats.busy_s += time.monotonic() - began
             self.flush()
-            finished = (self._passes is not None and self._pass >= self._passes) or (
-                self._duration is not None and not self._stop.is_set()
+            finished = not paused and (
+                (self._passes is not None and self._pass >= self._passes)
+                or (self._duration is not None and not self._stop.is_set())
             )
             if finished:
                 self.stats.done = True
@@ -179,13 +187,14 @@ class Streamer:
         self._stop_at = completed
 
     @property
+    def passes_done(self) -> int:
+        """Passes completed so far (resumed ones included)."""
+        return self._pass
+
+    @property
     def last_stamp_us(self) -> int:
         """The newest timestamp this streamer gave a sample."""
         return self._last_stamp
-
-    def _pass_index_since_start(self, started: float) -> int:
-        resumed = 0 if self.stats.resumed_from is None else int(self.stats.resumed_from["pass"])
-        return self._pass - resumed
 
     def run_pass(self) -> None:
         """Read one pass of the shard (from the resume position), flushing full batches."""
@@ -234,23 +243,17 @@ class Streamer:
             if self._pending_rejects
             else None
         )
-        messages: list[tuple[int, int, Envelope]] = []
-        parts = (
-            split_by_partition(batch, self._hasher.partitions(batch.column("uuid"), self._partitions), self._partitions)
-            if batch is not None and batch.num_rows
-            else []
-        )
-        if not parts and rejects is not None:
-            parts = [(0, empty_wire())]
-        for i, (partition, piece) in enumerate(parts):
-            env = Envelope(compact_dictionaries(piece), rejects if i == 0 else None)
-            messages.append((partition, self._seq + i, env))
+        if batch is not None and batch.num_rows:
+            partitions = self._hasher.partitions(batch.column("uuid"), self._partitions)
+            ordered, ranges = order_by_partition(batch, partitions, self._partitions)
+        else:
+            ordered, ranges = empty_wire(), [(0, 0, 0)]  # rejects alone still travel, on partition 0
         t0 = time.monotonic()
-        results = self._producer.append_all(self.producer_id, messages)
+        results = self._producer.publish(self.producer_id, self._seq, Envelope(ordered, rejects), ranges)
         self.stats.blocked_s += time.monotonic() - t0
         self.stats.duplicates += sum(1 for r in results if r.duplicate)
-        self._seq += len(messages)
-        self.stats.messages += len(messages)
+        self._seq += 1
+        self.stats.messages += len(ranges)
         self.stats.produced += self._pending_rows
         self.stats.rejected += 0 if rejects is None else rejects.num_rows
         self.stats.flushes += 1

@@ -8,7 +8,18 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import FencedError, OffsetMismatch
-from pipeline.records import PartitionBatch, WriteResult
+from pipeline.records import Envelope, PartitionBatch, WriteResult, pack_envelopes
+
+
+def batches(
+    *specs: tuple[int, int, int, tuple[Envelope, ...]],
+) -> tuple[list[PartitionBatch], Envelope | None]:
+    """(partition, first, next, envelopes) specs -> the (batches, data) a sink's write() takes."""
+    out = [
+        PartitionBatch(p, first, nxt, sum(e.num_rows for e in envs), sum(e.num_rejects for e in envs))
+        for p, first, nxt, envs in specs
+    ]
+    return out, pack_envelopes([e for *_, envs in specs for e in envs])
 
 
 class MemorySink:
@@ -40,7 +51,9 @@ class MemorySink:
             self.offsets.setdefault((group, p), 0)
         return {p: self.offsets[(group, p)] for p in partitions}
 
-    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
+    def write(
+        self, group: str, generation: int, batches: Sequence[PartitionBatch], data: Envelope | None
+    ) -> WriteResult:
         if self.fail_next:
             raise self.fail_next.pop(0)
         for b in batches:
@@ -48,16 +61,17 @@ class MemorySink:
                 raise FencedError("stale generation", group=group)
             if self.offsets.get((group, b.partition)) != b.first_offset:
                 raise OffsetMismatch("offset moved", partition=b.partition)
-        rows = rejects = 0
         for b in batches:
             self.offsets[(group, b.partition)] = b.next_offset
-            for e in b.envelopes:
-                if e.num_rows:
-                    self.rows.append(e.samples)
-                    rows += e.num_rows
-                if e.rejects is not None:
-                    self.rejects.append(e.rejects)
-                    rejects += e.num_rejects
+        rows = rejects = 0
+        if data is not None:
+            if data.num_rows:
+                self.rows.append(data.samples)
+                rows = data.num_rows
+            if data.rejects is not None and data.num_rejects:
+                self.rejects.append(data.rejects)
+                rejects = data.num_rejects
+        assert rows == sum(b.rows for b in batches), "data does not match the batches' row counts"
         return WriteResult(rows, rejects, {b.partition: b.next_offset for b in batches})
 
     def reset(self, group: str, generation: int, partition: int, offset: int) -> None:

@@ -27,6 +27,7 @@ from pipeline.errors import FencedError, QueueError
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import OffsetOutOfRange, PartitionLog
 from pipeline.queue.segments import SegmentStore, StateFile
+from pipeline.records import Envelope, pack_envelopes
 
 __all__ = ["AppendResult", "Broker", "FetchResult", "Fetched", "Persistence"]
 
@@ -50,6 +51,7 @@ class Fetched:
     offset: int
     payload: Any
     rows: int
+    rejects: int = 0
 
 
 @dataclass(slots=True)
@@ -58,6 +60,9 @@ class FetchResult:
 
     messages: list[Fetched] = field(default_factory=list)
     out_of_range: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # When every payload is an Envelope, the broker ships them as one (its dictionaries unified) and
+    # leaves ``payload`` None: one Arrow batch per fetch instead of one per message.
+    data: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,23 @@ class Broker:
             self._data.notify_all()
         return AppendResult(partition, offset)
 
+    async def append_batch(
+        self, producer: str | None, seq: int | None, envelope: Envelope, ranges: list[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """Append one batch already ordered by partition: ``ranges`` are (partition, first row, rows).
+
+        One call (and one Arrow batch through Ray) per flush instead of one per partition; each
+        partition's log gets a zero-copy slice. Deduplication stays per (producer, partition), so a
+        flush interrupted half way is completed, not dropped, when it is re-sent.
+        """
+        total = max(1, envelope.num_rows)
+        results = []
+        for i, (partition, first, rows) in enumerate(ranges):
+            piece = Envelope(envelope.samples.slice(first, rows), envelope.rejects if i == 0 else None)
+            nbytes = max(1, envelope.nbytes * rows // total)
+            results.append(await self.append(partition, piece, rows, nbytes, producer, seq))
+        return results
+
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Store a producer's resume state (its replay position), after its appends were acknowledged."""
         self._checkpoints[producer] = dict(state)
@@ -346,7 +368,7 @@ class Broker:
             # The group may have rebalanced while we waited.
             for partition in positions:
                 self._check(group, member, generation, partition)
-        return result
+        return _packed(result)
 
     def _collect(self, positions: Mapping[int, int], max_rows: int) -> FetchResult:
         result = FetchResult()
@@ -361,7 +383,8 @@ class Broker:
                 result.out_of_range[partition] = (plog.start_offset, plog.end_offset)
                 continue
             for e in entries:
-                result.messages.append(Fetched(partition, e.offset, e.payload, e.rows))
+                rejects = e.payload.num_rejects if isinstance(e.payload, Envelope) else 0
+                result.messages.append(Fetched(partition, e.offset, e.payload, e.rows, rejects))
                 budget -= e.rows
             self._stats[partition].fetched_rows += sum(e.rows for e in entries)
         return result
@@ -420,3 +443,13 @@ class Broker:
             "groups": {g: self.group_state(g) for g in self._groups},
             "uptime_s": time.time() - self.started_at,
         }
+
+
+def _packed(result: FetchResult) -> FetchResult:
+    """Ship the fetched envelopes as one (see ``FetchResult.data``)."""
+    payloads = [m.payload for m in result.messages]
+    if not payloads or not all(isinstance(p, Envelope) for p in payloads):
+        return result
+    result.data = pack_envelopes(payloads)
+    result.messages = [Fetched(m.partition, m.offset, None, m.rows, m.rejects) for m in result.messages]
+    return result

@@ -12,11 +12,14 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+import pyarrow as pa
+
 from pipeline.queue.broker import AppendResult, Broker, FetchResult
 from pipeline.queue.group import Assignment
-from pipeline.records import Envelope
+from pipeline.records import Envelope, pack_envelopes
 
-__all__ = ["Consumer", "LocalQueue", "Producer", "broker_of"]
+__all__ = ["Consumer", "LocalQueue", "Producer", "broker_of", "merge_results", "split_for_brokers"]
 
 
 def broker_of(partition: int, brokers: int) -> int:
@@ -24,11 +27,53 @@ def broker_of(partition: int, brokers: int) -> int:
     return partition % brokers
 
 
-class Producer(Protocol):
-    """Appends messages; remembers a resume checkpoint per producer."""
+def split_for_brokers(
+    envelope: Envelope, ranges: Sequence[tuple[int, int, int]], brokers: int
+) -> dict[int, tuple[Envelope, list[tuple[int, int, int]]]]:
+    """Per broker: the rows of its partitions (one batch) and their ranges within it.
 
-    def append_all(self, producer: str, messages: Sequence[tuple[int, int, Envelope]]) -> list[AppendResult]:
-        """Append ``(partition, seq, envelope)`` messages; returns when every one is acknowledged."""
+    With one broker this is the envelope itself. Rejects travel with the first range.
+    """
+    if brokers == 1:
+        return {0: (envelope, list(ranges))} if ranges else {}
+    out: dict[int, tuple[Envelope, list[tuple[int, int, int]]]] = {}
+    by_broker: dict[int, list[tuple[int, int, int]]] = {}
+    for r in ranges:
+        by_broker.setdefault(broker_of(r[0], brokers), []).append(r)
+    first_broker = broker_of(ranges[0][0], brokers) if ranges else -1
+    for b, mine in by_broker.items():
+        indices = np.concatenate([np.arange(first, first + rows) for _, first, rows in mine])
+        samples = envelope.samples.take(pa.array(indices))
+        rebased, at = [], 0
+        for partition, _, rows in mine:
+            rebased.append((partition, at, rows))
+            at += rows
+        out[b] = (Envelope(samples, envelope.rejects if b == first_broker else None), rebased)
+    return out
+
+
+def merge_results(parts: Sequence[FetchResult]) -> FetchResult:
+    """One fetch result from several brokers' (their packed data concatenated in message order)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = FetchResult()
+    datas = []
+    for part in parts:
+        merged.messages.extend(part.messages)
+        merged.out_of_range.update(part.out_of_range)
+        if part.data is not None:
+            datas.append(part.data)
+    merged.data = pack_envelopes(datas)
+    return merged
+
+
+class Producer(Protocol):
+    """Publishes batches; remembers a resume checkpoint per producer."""
+
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """Append a batch ordered by partition (``ranges``: partition, first row, rows); returns when acked."""
         ...
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
@@ -102,12 +147,14 @@ class LocalQueue:
     def _broker(self, partition: int) -> Broker:
         return self.brokers[broker_of(partition, len(self.brokers))]
 
-    def append_all(self, producer: str, messages: Sequence[tuple[int, int, Envelope]]) -> list[AppendResult]:
-        """Append each message in order."""
-        return [
-            self._run(self._broker(p).append(p, env, env.num_rows, env.nbytes, producer, seq))
-            for p, seq, env in messages
-        ]
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """One ``append_batch`` per broker holding some of the ranges."""
+        results: list[AppendResult] = []
+        for b, (part, part_ranges) in split_for_brokers(envelope, ranges, len(self.brokers)).items():
+            results += self._run(self.brokers[b].append_batch(producer, seq, part, part_ranges))
+        return results
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Checkpoints live on broker 0."""
@@ -133,14 +180,14 @@ class LocalQueue:
         self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
     ) -> FetchResult:
         """Fetch from each broker holding a requested partition."""
-        merged = FetchResult()
+        parts = []
         for b, broker in enumerate(self.brokers):
             mine = {p: o for p, o in positions.items() if broker_of(p, len(self.brokers)) == b}
             if mine:
-                part = self._run(broker.fetch(group, member, generation, mine, max_rows, timeout_s if b == 0 else 0))
-                merged.messages.extend(part.messages)
-                merged.out_of_range.update(part.out_of_range)
-        return merged
+                parts.append(
+                    self._run(broker.fetch(group, member, generation, mine, max_rows, timeout_s if b == 0 else 0))
+                )
+        return merge_results(parts)
 
     def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
         """Commit on each broker holding a committed partition."""

@@ -8,7 +8,7 @@ from typing import Any
 import ray
 
 from pipeline.queue.broker import AppendResult, FetchResult
-from pipeline.queue.client import broker_of
+from pipeline.queue.client import broker_of, merge_results, split_for_brokers
 from pipeline.queue.group import Assignment
 from pipeline.records import Envelope
 
@@ -32,11 +32,14 @@ class RayQueue:
 
     # --- Producer -----------------------------------------------------------------------------------
 
-    def append_all(self, producer: str, messages: Sequence[tuple[int, int, Envelope]]) -> list[AppendResult]:
-        """Send every message at once, then wait for all acknowledgements."""
-        refs = [self._of(p).append.remote(p, env, env.num_rows, env.nbytes, producer, seq) for p, seq, env in messages]
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """One ``append_batch`` call per broker (one Arrow batch each), then wait for every ack."""
+        parts = split_for_brokers(envelope, ranges, len(self._brokers))
+        refs = [self._brokers[b].append_batch.remote(producer, seq, part, r) for b, (part, r) in parts.items()]
         # Waiting on backpressure may take long: no timeout here, the broker never drops.
-        return list(ray.get(refs))
+        return [result for results in ray.get(refs) for result in results]
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Store on broker 0."""
@@ -74,11 +77,7 @@ class RayQueue:
             self._brokers[b].fetch.remote(group, member, generation, mine, max_rows, timeout_s)
             for b, mine in per_broker.items()
         ]
-        merged = FetchResult()
-        for part in self._get(refs):
-            merged.messages.extend(part.messages)
-            merged.out_of_range.update(part.out_of_range)
-        return merged
+        return merge_results(self._get(refs))
 
     def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
         """Commit on every broker holding a committed partition."""

@@ -29,7 +29,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from pipeline.errors import QueueError
-from pipeline.records import Envelope
+from pipeline.records import Envelope, compact_dictionaries
 
 __all__ = ["Frame", "SegmentStore", "StateFile", "decode_envelope", "encode_envelope"]
 
@@ -187,7 +187,9 @@ class SegmentStore:
         """Write one message (offset must follow the previous); returns bytes written."""
         if self._file is None or self._file_size >= self._segment_bytes:
             self._roll(offset)
-        frame = encode_envelope({**header, "offset": offset}, envelope)
+        # A slice keeps its parent's whole dictionary; only the entries it uses are written.
+        compact = Envelope(compact_dictionaries(envelope.samples), envelope.rejects)
+        frame = encode_envelope({**header, "offset": offset}, compact)
         self._file.write(frame)
         self._file.flush()
         if self._fsync:

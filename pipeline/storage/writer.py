@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
-from pipeline.records import PartitionBatch, WriteResult, to_wire
+from pipeline.records import Envelope, PartitionBatch, WriteResult, to_wire
 from pipeline.storage.copy_format import encode_telemetry
 from pipeline.storage.database import connect
 
@@ -156,16 +156,14 @@ class TelemetryWriter:
 
     # --- rows ----------------------------------------------------------------------------------------
 
-    def write(self, group: str, generation: int, batches: Sequence[PartitionBatch]) -> WriteResult:
-        """Store the batches' rows and rejects and advance their offsets, atomically."""
-        samples = [e.samples for b in batches for e in b.envelopes if e.num_rows]
-        rejects = [e.rejects for b in batches for e in b.envelopes if e.rejects is not None and e.num_rejects]
+    def write(
+        self, group: str, generation: int, batches: Sequence[PartitionBatch], data: Envelope | None
+    ) -> WriteResult:
+        """Store ``data`` (the batches' rows and rejects) and advance their offsets, atomically."""
+        samples = [] if data is None or not data.num_rows else [data.samples]
+        rejects = [] if data is None or not data.num_rejects or data.rejects is None else [data.rejects]
         try:
-            table = (
-                pa.Table.from_batches([to_wire(s) for s in samples]).unify_dictionaries().combine_chunks()
-                if samples
-                else None
-            )
+            table = pa.Table.from_batches([to_wire(samples[0])]) if samples else None
             payload = self._encode(table) if table is not None else None
             conn = self._db()
             with conn.transaction():
@@ -175,7 +173,7 @@ class TelemetryWriter:
                         {
                             "next": b.next_offset,
                             "rows": b.rows,
-                            "rejects": sum(e.num_rejects for e in b.envelopes),
+                            "rejects": b.rejects,
                             "group": group,
                             "partition": b.partition,
                             "first": b.first_offset,

@@ -147,6 +147,7 @@ def test_a_collector_that_stalls_past_its_session_is_fenced(fresh_db: str, fleet
     generation = a.stats.generation
     fetched = q.fetch("g", "a", generation, a.positions, 10**6, 0)
     batches = group_messages(fetched.messages, a.positions)
+    data = fetched.data
     now[0] += 10  # A stalls for longer than the session timeout
     b = Collector("b", "g", q, TelemetryWriter(fresh_db), poll_timeout_s=0.0, clock=lambda: now[0])
     b.start()
@@ -155,7 +156,7 @@ def test_a_collector_that_stalls_past_its_session_is_fenced(fresh_db: str, fleet
     assert stored_count(fresh_db) == 2 * 640
     writer = TelemetryWriter(fresh_db)
     with pytest.raises(FencedError):
-        writer.write("g", generation, batches)  # the zombie's transaction is refused by the database
+        writer.write("g", generation, batches, data)  # the zombie's transaction is refused by the database
     with pytest.raises(FencedError):
         q.commit("g", "a", generation, {0: batches[0].next_offset})  # and by the broker
     assert a.poll_once() == 0  # A notices, rejoins, and writes nothing twice

@@ -16,10 +16,11 @@ import pytest
 from psycopg import sql
 
 from pipeline.errors import ConfigError
-from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, Envelope, PartitionBatch
+from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, Envelope
 from pipeline.storage.migrate import migrate, sql_dir
 from pipeline.storage.partitions import ORIGIN, PartitionInfo, PartitionManager, _gaps
 from pipeline.storage.writer import TelemetryWriter
+from tests.support import batches as partition_batches
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
@@ -52,7 +53,7 @@ def write(conninfo: str, *batches: pa.RecordBatch, offset: int = 0) -> int:
     try:
         w.claim("g", 1, [0])
         envs = tuple(Envelope(b) for b in batches)
-        return w.write("g", 1, [PartitionBatch(0, offset, offset + len(envs), envs)]).rows
+        return w.write("g", 1, *partition_batches((0, offset, offset + len(envs), envs))).rows
     finally:
         w.close()
 

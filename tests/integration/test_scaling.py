@@ -99,8 +99,14 @@ def test_streamers_rescaled_during_a_run_produce_each_row_once(ray_local: None, 
         stored, _ = p.stored_totals()
     finally:
         p.stop()
+    got, want = stored_multiset(fresh_db), expected_multiset(csv, passes)
+    assert got == want, (
+        final.produced,
+        stored,
+        sum(got.values()),
+        {k: (got[k], want[k]) for k in want if got[k] != want[k]},
+    )
     assert final.produced == stored == passes * rows
-    assert stored_multiset(fresh_db) == expected_multiset(csv, passes)
 
 
 def test_bounds_are_checked_when_settings_load() -> None:

@@ -11,11 +11,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.errors import ConfigError, DatabaseUnavailable, FencedError, OffsetMismatch
-from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, Envelope, PartitionBatch, make_rejects
+from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, Envelope, make_rejects
 from pipeline.storage.database import check, connect
 from pipeline.storage.migrate import discover, migrate
 from pipeline.storage.reader import Reader
 from pipeline.storage.writer import TelemetryWriter
+from tests.support import batches
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -77,7 +78,7 @@ def test_writer_stores_rows_and_moves_offsets_atomically(fresh_db: str) -> None:
     w.open()
     assert w.claim("g", 5, [0, 1]) == {0: 0, 1: 0}
     rejects = make_rejects(0, "x.csv", [7], ["raw"], ["value `abc` is not a number"])
-    b0 = PartitionBatch(
+    b0 = (
         0,
         0,
         2,
@@ -86,13 +87,13 @@ def test_writer_stores_rows_and_moves_offsets_atomically(fresh_db: str) -> None:
             Envelope(samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [2]), rejects),
         ),
     )
-    b1 = PartitionBatch(1, 0, 1, (Envelope(samples("GPU-b", "NEW_METRIC", [0, 1, 2])),))
-    result = w.write("g", 5, [b0, b1])
+    b1 = (1, 0, 1, (Envelope(samples("GPU-b", "NEW_METRIC", [0, 1, 2])),))
+    result = w.write("g", 5, *batches(b0, b1))
     assert (result.rows, result.rejects, result.offsets) == (6, 1, {0: 2, 1: 1})
     assert count(fresh_db, "telemetry") == 6 and count(fresh_db, "rejects") == 1
     # Replaying the same batch (an ambiguous commit retried) is refused and stores nothing.
     with pytest.raises(OffsetMismatch, match="stored offset is 2, batch starts at 0"):
-        w.write("g", 5, [b0])
+        w.write("g", 5, *batches(b0))
     assert count(fresh_db, "telemetry") == 6
     assert w.offsets("g")[0] == {"next_offset": 2, "generation": 5, "rows": 3, "rejects": 1}
     with psycopg.connect(fresh_db) as c:
@@ -108,12 +109,12 @@ def test_a_zombie_generation_cannot_write(fresh_db: str) -> None:
     owner.open()
     zombie.claim("g", 1, [0])
     owner.claim("g", 2, [0])  # rebalanced to a newer generation
-    batch = PartitionBatch(0, 0, 1, (Envelope(samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [0])),))
+    batch = batches((0, 0, 1, (Envelope(samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [0])),)))
     with pytest.raises(FencedError, match="held by generation 2, not 1"):
-        zombie.write("g", 1, [batch])
+        zombie.write("g", 1, *batch)
     with pytest.raises(FencedError, match="already claimed by generation 2"):
         zombie.claim("g", 1, [0])
-    assert owner.write("g", 2, [batch]).rows == 1
+    assert owner.write("g", 2, *batch).rows == 1
     assert count(fresh_db, "telemetry") == 1
 
 
@@ -126,10 +127,10 @@ def test_writer_reconnects_after_its_connection_is_terminated(fresh_db: str) -> 
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid()"
         )
-    batch = PartitionBatch(0, 0, 1, (Envelope(samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [0])),))
+    batch = batches((0, 0, 1, (Envelope(samples("GPU-a", "DCGM_FI_DEV_GPU_TEMP", [0])),)))
     with pytest.raises(DatabaseUnavailable):
-        w.write("g", 1, [batch])
-    assert w.write("g", 1, [batch]).rows == 1  # reconnected
+        w.write("g", 1, *batch)
+    assert w.write("g", 1, *batch).rows == 1  # reconnected
     assert count(fresh_db, "telemetry") == 1
 
 
@@ -143,7 +144,7 @@ def loaded(fresh_db: str) -> str:
         for u, h in (("GPU-a", "h1"), ("GPU-b", "h2"))
         for m in ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_GPU_UTIL")
     )
-    w.write("g", 1, [PartitionBatch(0, 0, len(envs), envs)])
+    w.write("g", 1, *batches((0, 0, len(envs), envs)))
     w.close()
     return fresh_db
 
@@ -198,7 +199,7 @@ def test_writer_handles_slices_of_a_shared_dictionary(fresh_db: str) -> None:
     w = TelemetryWriter(fresh_db)
     w.open()
     w.claim("g", 1, [0])
-    result = w.write("g", 1, [PartitionBatch(0, 0, 1, (Envelope(parts[0][1]),))])
+    result = w.write("g", 1, *batches((0, 0, 1, (Envelope(parts[0][1]),))))
     assert result.rows == parts[0][1].num_rows
     with psycopg.connect(fresh_db) as c:
         assert c.execute("SELECT count(*) FROM gpus").fetchone() == (1,)  # only the GPU in use registered

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.collector import Collector, group_messages
-from pipeline.errors import DatabaseUnavailable
+from pipeline.errors import DatabaseUnavailable, QueueError
 from pipeline.queue.broker import Fetched
 from pipeline.queue.client import LocalQueue
 from pipeline.sources import Shard
@@ -84,20 +84,20 @@ def test_a_restarted_streamer_resumes_without_duplicates_or_gaps(tmp_path: Path)
         pass
 
     calls = {"n": 0}
-    real_append = q.append_all
+    real_publish = q.publish
 
-    def flaky(producer, messages):  # type: ignore[no-untyped-def]
+    def flaky(producer, seq, envelope, ranges):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 4:
-            real_append(producer, messages[:2])  # half the flush lands, then the process dies
+            real_publish(producer, seq, envelope, ranges[:2])  # half the flush lands, then the process dies
             raise Crash
-        return real_append(producer, messages)
+        return real_publish(producer, seq, envelope, ranges)
 
-    q.append_all = flaky  # type: ignore[method-assign]
+    q.publish = flaky  # type: ignore[method-assign]
     first = Streamer("s", DcgmCsvSource(path, batch_rows=50), q, partitions=4, interval_s=0, batch_rows=50, passes=3)
     with pytest.raises(Crash):
         first.run()
-    q.append_all = real_append  # type: ignore[method-assign]
+    q.publish = real_publish  # type: ignore[method-assign]
     second = Streamer("s", DcgmCsvSource(path, batch_rows=50), q, partitions=4, interval_s=0, batch_rows=50, passes=3)
     stats = second.run()
     assert stats.resumed_from is not None and stats.duplicates == 2
@@ -152,10 +152,33 @@ def test_a_stale_collector_cannot_write() -> None:
     del other
 
 
-def test_group_messages_keeps_only_contiguous_runs() -> None:
-    msgs = [Fetched(0, 5, "a", 1), Fetched(0, 6, "b", 1), Fetched(0, 8, "c", 1), Fetched(1, 2, "d", 1)]
+def test_group_messages_counts_rows_and_refuses_gaps() -> None:
+    msgs = [Fetched(0, 5, None, 10, 1), Fetched(0, 6, None, 20), Fetched(1, 3, None, 7)]
     batches = group_messages(msgs, {0: 5, 1: 3})
-    assert [(b.partition, b.first_offset, b.next_offset) for b in batches] == [(0, 5, 7)]
+    assert [(b.partition, b.first_offset, b.next_offset, b.rows, b.rejects) for b in batches] == [
+        (0, 5, 7, 30, 1),
+        (1, 3, 4, 7, 0),
+    ]
+    with pytest.raises(QueueError, match="partition 0: fetched offset 8, expected 7"):
+        group_messages([msgs[0], msgs[1], Fetched(0, 8, None, 1)], {0: 5})
+
+
+def test_one_flush_is_one_batch_per_broker_and_fetches_come_packed() -> None:
+    q = LocalQueue(partitions=4, brokers=2, budget_bytes=1 << 30)
+    fleet = SyntheticFleet(hosts=2)
+    s = Streamer("s", fleet, q, partitions=4, interval_s=0, batch_rows=10_000, passes=1)
+    s.run()
+    assert s.stats.flushes == 1 and s.stats.messages == 4  # one publish, a message per partition
+    a = q.join("g", "c")
+    got = q.fetch("g", "c", a.generation, dict.fromkeys(a.partitions, 0), 10**6, 0)
+    assert len(got.messages) == 4 and all(m.payload is None for m in got.messages)
+    assert got.data is not None and got.data.num_rows == sum(m.rows for m in got.messages) == 160
+    # rows arrive in message order: each message's rows belong to its partition
+    from pipeline.partitioning import KeyHasher
+
+    parts = KeyHasher().partitions(got.data.samples.column("uuid"), 4)
+    expected = [m.partition for m in got.messages for _ in range(m.rows)]
+    assert list(parts) == expected
 
 
 def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
