@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="seconds between passes (scrape rounds); 0 = as fast as possible",
     )
-    run.add_argument("--batch-rows", type=_positive_int, help="rows per published batch (default 20000)")
+    run.add_argument("--batch-rows", type=_positive_int, help="rows per published batch (default 100000)")
     bound = run.add_mutually_exclusive_group()
     bound.add_argument("--passes", type=_positive_int, help="stop after K passes over the source")
     bound.add_argument("--duration", type=_positive_float, help="stop after S seconds")

@@ -63,7 +63,7 @@ class QueueSettings(BaseModel):
 
     partitions: int = Field(16, ge=1, le=4096)
     brokers: int = Field(1, ge=1, le=256)
-    partition_budget_bytes: int = Field(64 * MiB, ge=64 * 1024)
+    partition_budget_bytes: int = Field(16 * MiB, ge=64 * 1024)  # uncommitted bytes before producers wait
     group: str = Field("telemetry-collectors", min_length=1)
     session_timeout_s: float = Field(10.0, gt=0)
     dir: Path | None = None
@@ -95,7 +95,7 @@ class StreamerSettings(BaseModel):
     hosts: int = Field(32, ge=1, le=100_000)  # synthetic fleet size when no CSV is given
     gpus_per_host: int = Field(8, ge=1, le=64)
     interval_s: float = Field(1.0, ge=0)
-    batch_rows: int = Field(20_000, ge=1)
+    batch_rows: int = Field(100_000, ge=1)
     passes: int | None = Field(None, ge=1)
     duration_s: float | None = Field(None, gt=0)
 
@@ -114,7 +114,7 @@ class CollectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(1, ge=0, le=1024)
-    max_rows: int = Field(100_000, ge=1)  # rows per transaction, across partitions
+    max_rows: int = Field(200_000, ge=1)  # rows per transaction, across partitions
     poll_timeout_s: float = Field(0.2, gt=0)
 
 

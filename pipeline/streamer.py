@@ -51,11 +51,17 @@ class StreamerStats:
     started_at: float = field(default_factory=time.time)
 
 
-def stamp(samples: pa.RecordBatch, at_us: int) -> tuple[pa.RecordBatch, int]:
-    """Set ``ts`` to ``at_us``; repeats of a (uuid, metric) get +1 us each. Returns the batch and last stamp."""
+def stamp(samples: pa.RecordBatch, at_us: int, unique: bool = False) -> tuple[pa.RecordBatch, int]:
+    """Set ``ts`` to ``at_us``; repeats of a (uuid, metric) get +1 us each. Returns the batch and last stamp.
+
+    ``unique``: the caller guarantees no (uuid, metric) repeats in the batch (skips the check).
+    """
     n = samples.num_rows
     if n == 0:
         return samples, at_us - 1
+    if unique:
+        column = pa.array(np.full(n, at_us, dtype=np.int64), pa.int64()).cast(TS_TYPE)
+        return samples.set_column(0, samples.schema.field(0), column), at_us
     uuid_idx = pc.dictionary_encode(samples.column("uuid")).indices.to_numpy(zero_copy_only=False)
     metric_enc = pc.dictionary_encode(samples.column("metric"))
     key = uuid_idx.astype(np.int64) * len(metric_enc.dictionary) + metric_enc.indices.to_numpy(zero_copy_only=False)
@@ -204,7 +210,8 @@ class Streamer:
             if self._stop.is_set():
                 return
             at = max(int(self._clock() * 1_000_000), self._last_stamp + 1)
-            samples, self._last_stamp = stamp(self._wire(item.samples), at)
+            wire = item.wire if item.wire is not None else self._wire(item.samples)
+            samples, self._last_stamp = stamp(wire, at, unique=item.unique_series)
             self._pending.append(samples)
             self._pending_rows += samples.num_rows
             if item.rejects is not None:

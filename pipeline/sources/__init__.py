@@ -33,6 +33,10 @@ class SourceBatch:
     samples: pa.RecordBatch
     rejects: pa.RecordBatch | None
     position: int
+    # Optional fast paths a source may offer: the batch already in the queue's wire form, and a
+    # promise that no (GPU, metric) occurs twice in it (the streamer then skips that check).
+    wire: pa.RecordBatch | None = None
+    unique_series: bool = False
 
 
 @runtime_checkable

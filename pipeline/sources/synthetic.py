@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipeline.partitioning import KeyHasher
-from pipeline.records import DCGM_FIELDS, SAMPLE_SCHEMA, TS_TYPE
+from pipeline.records import DCGM_FIELDS, SAMPLE_SCHEMA, TS_TYPE, WIRE_SCHEMA
 from pipeline.sources import Shard, SourceBatch
 
 __all__ = ["FLEET_MODEL", "SyntheticFleet", "write_csv"]
@@ -55,6 +55,7 @@ class SyntheticFleet:
         self._load = rng.uniform(0.0, 1.0, n)
         self._rng = rng
         self._static: dict[Shard, tuple[npt.NDArray[np.int64], list[pa.Array]]] = {}
+        self._wire_static: dict[Shard, list[pa.Array]] = {}
 
     @property
     def name(self) -> str:
@@ -72,6 +73,7 @@ class SyntheticFleet:
     def close(self) -> None:
         """Drop cached columns."""
         self._static.clear()
+        self._wire_static.clear()
 
     def values(self, gpus: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """One scrape of the given GPUs: a (len(gpus), 10) array in DCGM_FIELDS order; advances load."""
@@ -124,13 +126,27 @@ class SyntheticFleet:
         zeros = pa.array(np.zeros(n, dtype=np.int64)).cast(TS_TYPE)
         labels = pa.nulls(n, SAMPLE_SCHEMA.field("labels").type)
         uuids, hosts, index, device, model, metric = static
+        value_array = pa.array(values)
         whole = pa.RecordBatch.from_arrays(
-            [zeros, source_ts, uuids, hosts, index, device, model, metric, pa.array(values), labels],
+            [zeros, source_ts, uuids, hosts, index, device, model, metric, value_array, labels],
             schema=SAMPLE_SCHEMA,
+        )
+        encoded = self._wire_columns(shard, static)
+        wire = pa.RecordBatch.from_arrays(
+            [zeros, encoded[0], encoded[1], index, encoded[2], encoded[3], encoded[4], value_array], schema=WIRE_SCHEMA
         )
         for offset in range(start, n, self._batch_rows):
             piece = whole.slice(offset, self._batch_rows)
-            yield SourceBatch(piece, None, offset + piece.num_rows)
+            yield SourceBatch(piece, None, offset + piece.num_rows, wire.slice(offset, self._batch_rows), True)
+
+    def _wire_columns(self, shard: Shard, static: list[pa.Array]) -> list[pa.Array]:
+        """The string columns dictionary-encoded once per shard (they never change)."""
+        cached = self._wire_static.get(shard)
+        if cached is None:
+            uuids, hosts, _, device, model, metric = static
+            cached = [c.dictionary_encode() for c in (uuids, hosts, device, model, metric)]
+            self._wire_static[shard] = cached
+        return cached
 
 
 def write_csv(
