@@ -95,7 +95,7 @@ def encode_numpy(batch: pa.RecordBatch, keys: dict[str, int], metric_ids: dict[s
 
 
 def prepare_keys(url: str, batches: list[pa.RecordBatch]) -> tuple[dict[str, int], dict[str, int]]:
-    uuids = sorted({u for b in batches[:1] for u in b.column("uuid").dictionary.to_pylist()})
+    uuids = sorted({u for b in batches for u in b.column("uuid").dictionary.to_pylist()})
     with psycopg.connect(url) as c:
         c.execute("INSERT INTO gpus (uuid) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (uuids,))
         keys = dict(c.execute("SELECT uuid, gpu_key FROM gpus").fetchall())
@@ -334,7 +334,7 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=10_000, help="synthetic fleet size (x10 metrics at 1 Hz)")
     parser.add_argument("--quick", action="store_true", help="short phases: under 5 minutes in all")
     parser.add_argument("--minutes", type=float, help="steady-state minutes (shows lag and memory stay flat)")
-    parser.add_argument("--collectors", type=int, default=1)
+    parser.add_argument("--collectors", type=int, default=2)
     parser.add_argument("--streamers", type=int, default=1)
     parser.add_argument("--encoders", action="store_true", help="also compare COPY encoders")
     args = parser.parse_args()

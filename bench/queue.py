@@ -104,10 +104,9 @@ class Consumer:
             if not got.messages:
                 continue
             for m in got.messages:
-                payload = m.payload
-                if isinstance(payload, RefEnvelope):
-                    payload = ray.get(payload.ref[0])
-                rows += payload.num_rows
+                if isinstance(m.payload, RefEnvelope):
+                    ray.get(m.payload.ref[0])  # materialise the referenced batch, as a collector would
+                rows += m.rows
                 positions[m.partition] = m.offset + 1
             try:
                 self._queue.commit("bench", self._member, a.generation, positions)

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--hosts", type=_positive_int, help="hosts of the generated fleet (default 32)")
     run.add_argument("--streamers", type=int, help="streamer actors (default 1)")
-    run.add_argument("--collectors", type=int, help="collector actors (default 1)")
+    run.add_argument("--collectors", type=int, help="collector actors (default 2)")
     run.add_argument("--partitions", type=_positive_int, help="queue partitions (default 16)")
     run.add_argument("--brokers", type=_positive_int, help="broker actors (default 1)")
     run.add_argument(

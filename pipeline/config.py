@@ -113,7 +113,7 @@ class CollectorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    count: int = Field(1, ge=0, le=1024)
+    count: int = Field(2, ge=0, le=1024)  # two overlap one's encoding with the other's COPY
     max_rows: int = Field(200_000, ge=1)  # rows per transaction, across partitions
     poll_timeout_s: float = Field(0.2, gt=0)
 
