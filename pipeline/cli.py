@@ -428,7 +428,9 @@ class _Display:
         self._last: tuple[float, int] | None = None
 
     def show(self, p: Any, elapsed: float) -> None:
-        rate = 0.0
+        if not self._tty and elapsed - self._last_print < 5.0:
+            return
+        rate = 0.0  # over the interval since the last line shown
         if self._last is not None and elapsed > self._last[0]:
             rate = (p.stored - self._last[1]) / (elapsed - self._last[0])
         self._last = (elapsed, p.stored)
@@ -439,7 +441,7 @@ class _Display:
         if self._tty:
             sys.stderr.write("\r" + line.ljust(100))
             sys.stderr.flush()
-        elif elapsed - self._last_print >= 5.0:
+        else:
             self._last_print = elapsed
             print(line, file=sys.stderr)
 

@@ -8,6 +8,8 @@ drained until every partition's committed offset equals its end offset, then col
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import ray
 
 from pipeline import actors
 from pipeline.config import Settings
+from pipeline.controller_actor import make_controller
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.queue.client import broker_of
 from pipeline.storage.database import Database
@@ -25,6 +28,19 @@ from pipeline.storage.writer import TelemetryWriter
 __all__ = ["Pipeline", "Progress", "connect_ray"]
 
 log = logging.getLogger(__name__)
+
+
+def local_cpus(settings: Settings) -> int:
+    """Logical CPUs for a local cluster: the machine's, or enough for every actor the run may start.
+
+    Ray schedules by the CPUs actors *request* (0.5 each here), not by load: on a 2-core laptop two
+    collectors, a streamer and a broker already ask for 2, and the gateway's replicas would wait
+    forever. The actors mostly wait on I/O, so advertising more logical CPUs than cores is safe.
+    """
+    low_c, high_c = settings.policy_bounds("collector")
+    low_s, high_s = settings.policy_bounds("streamer")
+    wanted = 0.5 * (settings.queue.brokers + max(high_c, low_c) + max(high_s, low_s)) + 0.25 * 2 + 1
+    return max(os.cpu_count() or 1, math.ceil(wanted))
 
 
 def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
@@ -40,8 +56,8 @@ def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
     if settings.ray.address:
         kwargs["address"] = settings.ray.address
         kwargs.pop("include_dashboard")
-    elif settings.ray.num_cpus:
-        kwargs["num_cpus"] = settings.ray.num_cpus
+    else:
+        kwargs["num_cpus"] = settings.ray.num_cpus or local_cpus(settings)
     context = ray.init(**kwargs)
     return {
         "dashboard_url": getattr(context, "dashboard_url", None),
@@ -98,7 +114,7 @@ class Pipeline:
             first = {p: starts.get(p, 0) for p in hosted}
             self.brokers.append(actors.make_broker(b, q, hosted, first, placement=placement))
         ray.get([b.stats.remote() for b in self.brokers])
-        self.controller = actors.make_controller(self.settings, self.database.conninfo, self.brokers, self.run_id)
+        self.controller = make_controller(self.settings, self.database.conninfo, self.brokers, self.run_id)
         ray.get(self.controller.stats.remote())
 
     @property

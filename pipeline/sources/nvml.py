@@ -204,7 +204,7 @@ class NvmlSource:
             import pynvml
         except ImportError:
             raise SourceError(
-                "NVML source needs nvidia-ml-py: pip install 'gpu-telemetry[nvml]'", host=self._hostname
+                "NVML source needs nvidia-ml-py: pip install 'gpu-telemetry-pipeline[nvml]'", host=self._hostname
             ) from None
         try:
             pynvml.nvmlInit()

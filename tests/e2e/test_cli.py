@@ -145,10 +145,12 @@ def test_embedded_default(user_env: dict[str, str]) -> None:
     assert (Path(env["XDG_DATA_HOME"]) / "gpu-telemetry" / "postgres" / "PG_VERSION").exists()
 
 
-def test_status_of_a_running_pipeline(fresh_db: str, user_env: dict[str, str]) -> None:
+def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, user_env: dict[str, str]) -> None:
+    """`run` with the gateway (the README's `make run`), then `status` and `scale` against it."""
     import threading
 
     env = {**user_env, "DATABASE_URL": fresh_db}
+    port = free_port()
     run = subprocess.Popen(
         [
             sys.executable,
@@ -161,9 +163,10 @@ def test_status_of_a_running_pipeline(fresh_db: str, user_env: dict[str, str]) -
             "0.2",
             "--duration",
             "60",
-            "--no-serve",
             "--partitions",
             "4",
+            "--port",
+            str(port),
         ],
         cwd=ROOT,
         env=env,
@@ -193,6 +196,22 @@ def test_status_of_a_running_pipeline(fresh_db: str, user_env: dict[str, str]) -
         assert report["streamers"][0]["produced"] > 0 and report["collectors"][0]["partitions"]
         text = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=120).stdout
         assert "consumer group telemetry-collectors" in text and "append/s" in text
+        scaled = cli("scale", "--collectors", "3", "--json", env={**env, "RAY_ADDRESS": address}, timeout=300)
+        assert scaled.returncode == 0, scaled.stderr
+        roles = json.loads(scaled.stdout.strip().splitlines()[-1])["roles"]
+        assert roles["collector"]["actual"] == 3 and roles["collector"]["pinned"] == 3
+        text = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=120).stdout
+        assert "collectors: 3 running, target 3, pinned at 3" in text
+        deadline = time.monotonic() + 120
+        while True:  # the gateway of the same run answers
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/gpus", timeout=5)
+                if listed.status_code == 200 and len(listed.json()["items"]) == 16:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
     finally:
         run.send_signal(signal.SIGINT)
         try:
