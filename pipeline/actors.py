@@ -25,7 +25,7 @@ from pipeline.queue.broker import Broker as BrokerLogic
 from pipeline.queue.broker import Persistence
 from pipeline.queue.ray_glue import RayQueue
 from pipeline.records import WriteResult
-from pipeline.sources import Shard, build_source
+from pipeline.sources import Shard, source_for
 from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
@@ -139,18 +139,7 @@ class Streamer:
         shard: tuple[int, int],
     ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        source = build_source(
-            str(settings.csv) if settings.csv else None,
-            settings.batch_rows,
-            settings.hosts,
-            settings.gpus_per_host,
-            kind=settings.source,
-            scrape=settings.scrape,
-            scrape_file=str(settings.scrape_file) if settings.scrape_file else None,
-            interval_s=settings.interval_s,
-            scrape_timeout_s=settings.scrape_timeout_s,
-            scrape_retries=settings.scrape_retries,
-        )
+        source = source_for(settings)
         self._source = source
         self._logic = StreamerLogic(
             streamer_id,

@@ -267,21 +267,10 @@ class _Stop:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.sources import build_source
+    from pipeline.sources import source_for
 
     s = settings.streamer
-    source = build_source(
-        str(s.csv) if s.csv else None,
-        s.batch_rows,
-        s.hosts,
-        s.gpus_per_host,
-        kind=s.source,
-        scrape=s.scrape,
-        scrape_file=str(s.scrape_file) if s.scrape_file else None,
-        interval_s=s.interval_s,
-        scrape_timeout_s=s.scrape_timeout_s,
-        scrape_retries=s.scrape_retries,
-    )
+    source = source_for(s)
     try:
         source.open()  # a missing file or unknown header fails here, before anything starts
     except SourceError as exc:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["Shard", "Source", "SourceBatch", "build_source"]
+if TYPE_CHECKING:
+    from pipeline.config import StreamerSettings
+
+__all__ = ["Shard", "Source", "SourceBatch", "build_source", "source_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +98,19 @@ def build_source(
     from pipeline.sources.synthetic import SyntheticFleet
 
     return SyntheticFleet(hosts, gpus_per_host, batch_rows=batch_rows)
+
+
+def source_for(settings: StreamerSettings) -> Source:
+    """The source a streamer's settings describe."""
+    return build_source(
+        str(settings.csv) if settings.csv else None,
+        settings.batch_rows,
+        settings.hosts,
+        settings.gpus_per_host,
+        kind=settings.source,
+        scrape=settings.scrape,
+        scrape_file=str(settings.scrape_file) if settings.scrape_file else None,
+        interval_s=settings.interval_s,
+        scrape_timeout_s=settings.scrape_timeout_s,
+        scrape_retries=settings.scrape_retries,
+    )
