@@ -129,6 +129,7 @@ class Collector:
         self._clock = clock
         self._assignment = Assignment(0, ())
         self._positions: dict[int, int] = {}
+        self._reported: dict[int, int] = {}  # offsets the brokers have acknowledged, per partition
         self._last_heartbeat = 0.0
         self._failures = 0
         self._stop = threading.Event()
@@ -175,6 +176,7 @@ class Collector:
         ):
             return
         self._positions = self._sink.claim(self.group, assignment.generation, assignment.partitions)
+        self._reported = {}  # the brokers learn this generation's offsets on the next idle poll
         self._assignment = assignment
         self.stats.rebalances += 1
         self.stats.generation = assignment.generation
@@ -215,6 +217,9 @@ class Collector:
                 self._out_of_range(generation, partition, start, end)
             batches = group_messages(fetched.messages, self._positions)
             if not batches:
+                behind = {p: o for p, o in self._positions.items() if self._reported.get(p) != o}
+                if behind:
+                    self._tell_broker(generation, behind)
                 return 0
             data = fetched.data
             if data is None:  # a broker that shipped payloads one by one
@@ -241,12 +246,21 @@ class Collector:
         self.stats.last_commit_at = time.time()
         if self._on_commit is not None:
             self._on_commit(result, elapsed)
-        try:
-            self._consumer.commit(self.group, self.member, generation, result.offsets)
-        except FencedError as exc:
-            # The rows are safely stored; the broker just will not take this member's word any more.
-            log.info("%s: broker refused commit after rebalance: %s", self.member, exc)
+        self._tell_broker(generation, result.offsets)
         return result.rows
+
+    def _tell_broker(self, generation: int, offsets: Mapping[int, int]) -> None:
+        """Report committed offsets to the brokers (advisory: retention and lag; the database decides).
+
+        A report that fails (a broker restarting, a rebalance) is repeated when the collector is
+        next idle, so the brokers' view catches up with the database even when no data follows.
+        """
+        try:
+            self._consumer.commit(self.group, self.member, generation, offsets)
+        except (FencedError, QueueError) as exc:
+            log.info("%s: brokers did not take the commit (%s); will report again", self.member, exc)
+            return
+        self._reported.update(offsets)
 
     def _out_of_range(self, generation: int, partition: int, start: int, end: int) -> None:
         stored = self._positions[partition]

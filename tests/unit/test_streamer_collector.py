@@ -191,3 +191,21 @@ def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
     # every piece carries the parent's dictionary, though it uses only some of it
     assert all(len(p.column("uuid").dictionary) == 32 for _, p in parts)
     assert sum(len(set(p.column("uuid").to_pylist())) for _, p in parts) == 32
+
+
+def test_a_commit_the_broker_missed_is_reported_again_when_idle(real_csv: Path) -> None:
+    q = LocalQueue(partitions=2, budget_bytes=1 << 30)
+    Streamer("s", DcgmCsvSource(real_csv), q, partitions=2, interval_s=0, passes=1).run()
+    sink = MemorySink()
+    c = Collector("c", "g", q, sink, poll_timeout_s=0.0)
+    c.start()
+    real_commit = q.commit
+    q.commit = lambda *a, **k: (_ for _ in ()).throw(QueueError("broker restarting"))  # type: ignore[method-assign]
+    drain([c])
+    assert len(sink.sample_keys()) == 2470
+    lag = sum(p["groups"]["g"]["lag_batches"] for b in q.stats() for p in b["partitions"].values())
+    assert lag > 0  # the brokers never heard of the commits
+    q.commit = real_commit  # type: ignore[method-assign]
+    c.poll_once()  # idle: nothing to fetch, so it reports what the database holds
+    lag = sum(p["groups"]["g"]["lag_batches"] for b in q.stats() for p in b["partitions"].values())
+    assert lag == 0
