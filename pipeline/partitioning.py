@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["KeyHasher", "order_by_partition", "split_by_partition"]
+__all__ = ["KeyHasher", "order_by_partition"]
 
 
 class KeyHasher:
@@ -54,24 +54,6 @@ class KeyHasher:
     def shard_of(self, uuid: str, count: int) -> int:
         """Streamer shard of one UUID."""
         return (self.hash_one(uuid) >> 16) % count
-
-
-def split_by_partition(
-    batch: pa.RecordBatch, partitions: npt.NDArray[np.int64], count: int
-) -> list[tuple[int, pa.RecordBatch]]:
-    """Split a batch into per-partition batches, keeping row order within each partition."""
-    if batch.num_rows == 0:
-        return []
-    order = np.argsort(partitions, kind="stable")
-    counts = np.bincount(partitions, minlength=count)
-    ordered = batch.take(pa.array(order))
-    out: list[tuple[int, pa.RecordBatch]] = []
-    start = 0
-    for partition, n in enumerate(counts.tolist()):
-        if n:
-            out.append((partition, ordered.slice(start, n)))
-            start += n
-    return out
 
 
 def order_by_partition(

@@ -23,7 +23,6 @@ __all__ = [
     "PartitionBatch",
     "WriteResult",
     "compact_dictionaries",
-    "empty_rejects",
     "empty_samples",
     "empty_wire",
     "make_rejects",
@@ -160,11 +159,6 @@ def empty_samples() -> pa.RecordBatch:
 def empty_wire() -> pa.RecordBatch:
     """A wire batch with no rows."""
     return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in WIRE_SCHEMA], schema=WIRE_SCHEMA)
-
-
-def empty_rejects() -> pa.RecordBatch:
-    """A reject batch with no rows."""
-    return pa.RecordBatch.from_pylist([], schema=REJECT_SCHEMA)
 
 
 def make_rejects(

@@ -11,6 +11,14 @@ from pipeline.errors import FencedError, OffsetMismatch
 from pipeline.records import Envelope, PartitionBatch, WriteResult, pack_envelopes
 
 
+def split(batch: pa.RecordBatch, partitions: Any, count: int) -> list[tuple[int, pa.RecordBatch]]:
+    """Per-partition slices of a batch, as a broker keeps them after ``append_batch``."""
+    from pipeline.partitioning import order_by_partition
+
+    ordered, ranges = order_by_partition(batch, partitions, count)
+    return [(p, ordered.slice(first, rows)) for p, first, rows in ranges]
+
+
 def batches(
     *specs: tuple[int, int, int, tuple[Envelope, ...]],
 ) -> tuple[list[PartitionBatch], Envelope | None]:

@@ -274,10 +274,6 @@ class Broker:
         state = self._checkpoints.get(producer)
         return None if state is None else dict(state)
 
-    def last_sequence(self, producer: str, partition: int) -> int:
-        """The newest sequence stored for a producer in a partition (-1 if none)."""
-        return self._last_seq.get((producer, partition), -1)
-
     # --- consumer groups --------------------------------------------------------------------------
 
     def _coordinator(self, group: str) -> GroupCoordinator:

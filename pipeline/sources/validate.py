@@ -8,7 +8,6 @@ which are rare.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
@@ -17,7 +16,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.records import REJECT_SCHEMA, SAMPLE_SCHEMA, TS_TYPE, make_rejects
+from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, make_rejects
 
 __all__ = ["RAW_COLUMNS", "ValidatedBatch", "blank_code", "parse_labels", "validate"]
 
@@ -248,13 +247,3 @@ def _samples(
 def _raw_text(col: dict[str, pa.Array], i: int) -> str:
     fields = [col[name][i].as_py() for name in RAW_COLUMNS]
     return ",".join('"' + ("" if f is None else str(f)).replace('"', '""') + '"' for f in fields)
-
-
-def reject_schema() -> pa.Schema:
-    """The schema rejects are returned in (re-exported for callers that build empties)."""
-    return REJECT_SCHEMA
-
-
-def columns_as_strings(names: Sequence[str]) -> dict[str, pa.DataType]:
-    """Column types that make a CSV reader keep every field as text."""
-    return {name: pa.string() for name in names}

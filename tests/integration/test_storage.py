@@ -16,7 +16,7 @@ from pipeline.storage.database import check, connect
 from pipeline.storage.migrate import discover, migrate
 from pipeline.storage.reader import Reader
 from pipeline.storage.writer import TelemetryWriter
-from tests.support import batches
+from tests.support import batches, split
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -183,7 +183,7 @@ def test_connect_reports_the_target_without_password() -> None:
 
 
 def test_writer_handles_slices_of_a_shared_dictionary(fresh_db: str) -> None:
-    from pipeline.partitioning import KeyHasher, split_by_partition
+    from pipeline.partitioning import KeyHasher
     from pipeline.records import to_wire
 
     both = (
@@ -194,7 +194,7 @@ def test_writer_handles_slices_of_a_shared_dictionary(fresh_db: str) -> None:
         .to_batches()[0]
     )
     wire = to_wire(both)
-    parts = split_by_partition(wire, KeyHasher().partitions(wire.column("uuid"), 64), 64)
+    parts = split(wire, KeyHasher().partitions(wire.column("uuid"), 64), 64)
     assert len(parts) == 2
     w = TelemetryWriter(fresh_db)
     w.open()

@@ -13,9 +13,10 @@ import pytest
 import pipeline.errors as errors
 from pipeline import metrics
 from pipeline.config import Settings
-from pipeline.partitioning import KeyHasher, split_by_partition
+from pipeline.partitioning import KeyHasher
 from pipeline.records import SAMPLE_SCHEMA, Envelope, make_rejects
 from pipeline.storage.copy_format import HEADER, PG_EPOCH_US, encode_telemetry
+from tests.support import split
 
 
 def test_settings_sources_in_order(tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ def test_partitions_are_stable_and_split_keeps_order() -> None:
     parts = h.partitions(uuids, 4)
     assert parts[0] == parts[2] and list(parts) == list(KeyHasher().partitions(uuids, 4))
     batch = pa.RecordBatch.from_arrays([uuids, pa.array([0, 1, 2, 3])], names=["uuid", "i"])
-    pieces = dict(split_by_partition(batch, parts, 4))
+    pieces = dict(split(batch, parts, 4))
     assert pieces[int(parts[0])].column("i").to_pylist()[:2] == [0, 2]
     assert sum(p.num_rows for p in pieces.values()) == 4
 

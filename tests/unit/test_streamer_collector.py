@@ -182,15 +182,21 @@ def test_one_flush_is_one_batch_per_broker_and_fetches_come_packed() -> None:
 
 
 def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
-    from pipeline.partitioning import KeyHasher, split_by_partition
-    from pipeline.records import to_wire
+    from pipeline.partitioning import KeyHasher
+    from pipeline.records import compact_dictionaries, to_wire
+    from tests.support import split
 
     fleet = SyntheticFleet(hosts=4)
     wire = to_wire(next(iter(fleet.read_pass(Shard()))).samples)
-    parts = split_by_partition(wire, KeyHasher().partitions(wire.column("uuid"), 8), 8)
+    parts = split(wire, KeyHasher().partitions(wire.column("uuid"), 8), 8)
     # every piece carries the parent's dictionary, though it uses only some of it
     assert all(len(p.column("uuid").dictionary) == 32 for _, p in parts)
     assert sum(len(set(p.column("uuid").to_pylist())) for _, p in parts) == 32
+    # what persistence writes keeps only the entries in use, values unchanged
+    for _, p in parts:
+        compact = compact_dictionaries(p)
+        assert len(compact.column("uuid").dictionary) == len(set(p.column("uuid").to_pylist()))
+        assert compact.column("uuid").to_pylist() == p.column("uuid").to_pylist()
 
 
 def test_a_commit_the_broker_missed_is_reported_again_when_idle(real_csv: Path) -> None:
