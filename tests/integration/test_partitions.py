@@ -16,10 +16,11 @@ import pytest
 from psycopg import sql
 
 from pipeline.errors import ConfigError
-from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, Envelope
+from pipeline.records import Envelope
 from pipeline.storage.migrate import migrate, sql_dir
 from pipeline.storage.partitions import ORIGIN, PartitionInfo, PartitionManager, _gaps
 from pipeline.storage.writer import TelemetryWriter
+from tests.integration.test_storage import samples
 from tests.support import batches as partition_batches
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -27,23 +28,7 @@ DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 
 
 def batch(uuid: str, metric: str, start: datetime, seconds: range) -> pa.RecordBatch:
-    n = len(seconds)
-    base = int(start.timestamp() * 1_000_000)
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([base + s * 1_000_000 for s in seconds], pa.int64()).cast(TS_TYPE),
-            pa.nulls(n, TS_TYPE),
-            pa.array([uuid] * n),
-            pa.array(["h1"] * n),
-            pa.array([0] * n, pa.int16()),
-            pa.array(["nvidia0"] * n),
-            pa.array(["H100"] * n),
-            pa.array([metric] * n),
-            pa.array([float(s) for s in seconds]),
-            pa.nulls(n, SAMPLE_SCHEMA.field("labels").type),
-        ],
-        schema=SAMPLE_SCHEMA,
-    )
+    return samples(uuid, metric, list(seconds), start=start)
 
 
 def write(conninfo: str, *batches: pa.RecordBatch, offset: int = 0) -> int:
