@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 from pipeline.auth import use_token_auth
 from pipeline.config import Settings
@@ -439,61 +438,34 @@ class _Display:
             sys.stderr.write("\n")
 
 
-def _connect_existing(settings: Settings) -> str:
-    import ray
-
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
-    try:
-        ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError) as exc:
-        raise PipelineError(f"no running Ray cluster at {address}: {exc}") from None
-    return address
-
-
 def _scale(settings: Settings, args: argparse.Namespace) -> int:
-    import ray
-
-    from pipeline.actors import CONTROLLER_NAME, NAMESPACE
+    from pipeline.status import attached, mode, pin
 
     for flag in ("collectors", "streamers"):
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "collectors" else 0):
             raise ConfigError(f"--{flag} {value} is out of range")
-    address = _connect_existing(settings)
-    try:
-        try:
-            controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-        except ValueError:
-            raise PipelineError(f"no pipeline controller on the Ray cluster at {address}") from None
-        status: dict[str, Any]
-        if args.auto:
-            ray.get(controller.scale.remote("collector", None), timeout=60)
-            status = cast(dict[str, Any], ray.get(controller.scale.remote("streamer", None), timeout=60))
-        elif args.collectors is not None:
-            status = cast(dict[str, Any], ray.get(controller.scale.remote("collector", args.collectors), timeout=900))
-        else:
-            status = cast(dict[str, Any], ray.get(controller.scale.remote("streamer", args.streamers), timeout=900))
-    finally:
-        ray.shutdown()
+    if args.auto:
+        changes: list[tuple[str, int | None]] = [("collector", None), ("streamer", None)]
+    elif args.collectors is not None:
+        changes = [("collector", args.collectors)]
+    else:
+        changes = [("streamer", args.streamers)]
+    with attached(settings.ray.address, settings.ray.namespace) as address:
+        status = pin(address, changes)
     if args.json:
         print(json.dumps(status, default=str))
     else:
         for role, r in status["roles"].items():
-            mode = f"pinned at {r['pinned']}" if r["pinned"] is not None else ("auto" if r["auto"] else "fixed")
-            print(f"{role}: {r['actual']} running, {mode} (policy {r['min']}..{r['max']})")
+            print(f"{role}: {r['actual']} running, {mode(r)} (policy {r['min']}..{r['max']})")
     return 0
 
 
 def _status(settings: Settings, as_json: bool) -> int:
-    import ray
+    from pipeline.status import attached, collect, render
 
-    _connect_existing(settings)
-    try:
-        from pipeline.status import collect, render
-
+    with attached(settings.ray.address, settings.ray.namespace):
         report = collect(settings.ray.namespace, settings.queue.group)
-    finally:
-        ray.shutdown()
     if as_json:
         print(json.dumps(report, default=str))
     else:

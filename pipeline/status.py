@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 
 import ray
 
-__all__ = ["collect", "render"]
+__all__ = ["attached", "collect", "mode", "pin", "render"]
+
+
+@contextmanager
+def attached(address: str | None, namespace: str) -> Iterator[str]:
+    """Connect to a running cluster (``address``, RAY_ADDRESS or the local one) for the block's length."""
+    from pipeline.errors import PipelineError
+
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, namespace=namespace, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise PipelineError(f"no running Ray cluster at {target}: {exc}") from None
+    try:
+        yield target
+    finally:
+        ray.shutdown()
+
+
+def pin(address: str, changes: list[tuple[str, int | None]]) -> dict[str, Any]:
+    """Pin roles at counts (None: back to the policy) on the running controller; returns its status."""
+    from pipeline.actors import CONTROLLER_NAME, NAMESPACE
+    from pipeline.errors import PipelineError
+
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        raise PipelineError(f"no pipeline controller on the Ray cluster at {address}") from None
+    status: dict[str, Any] = {}
+    for role, count in changes:
+        status = cast(dict[str, Any], ray.get(controller.scale.remote(role, count), timeout=900))
+    return status
+
+
+def mode(role: dict[str, Any]) -> str:
+    """How a role's count is decided: pinned, by the policy, or fixed."""
+    if role["pinned"] is not None:
+        return f"pinned at {role['pinned']}"
+    return "auto" if role["auto"] else "fixed"
 
 
 def _named(namespace: str, prefix: str) -> list[Any]:
@@ -100,9 +141,8 @@ def render(report: dict[str, Any]) -> str:
     scaling = report.get("scaling")
     if scaling:
         for role, r in scaling["roles"].items():
-            mode = f"pinned at {r['pinned']}" if r["pinned"] is not None else ("auto" if r["auto"] else "fixed")
             lines.append(
-                f"{role}s: {r['actual']} running, target {r['desired']}, {mode}, bounds {r['min']}..{r['max']}"
+                f"{role}s: {r['actual']} running, target {r['desired']}, {mode(r)}, bounds {r['min']}..{r['max']}"
             )
         for d in scaling["decisions"][-5:]:
             lines.append(f"decision: {d['role']} {d['current']} -> {d['desired']} ({d['direction']}): {d['reason']}")
