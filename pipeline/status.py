@@ -65,19 +65,45 @@ def _named(namespace: str, prefix: str) -> list[Any]:
     return found
 
 
+def _stats(handles: list[Any], role: str) -> list[dict[str, Any]]:
+    """Each actor's stats; one that is starting or restarting is reported as unavailable, not fatal."""
+    refs = [h.stats.remote() for h in handles]
+    out = []
+    for i, ref in enumerate(refs):
+        try:
+            out.append(ray.get(ref, timeout=60))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            out.append(
+                {
+                    "id": f"{role}-{i}",
+                    "unavailable": type(exc).__name__,
+                    "produced": 0,
+                    "rejected": 0,
+                    "passes": 0,
+                    "done": False,
+                    "rows": 0,
+                    "partitions": [],
+                    "generation": 0,
+                    "retries": 0,
+                    "error": None,
+                }
+            )
+    return out
+
+
 def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]:
     """Stats of every broker, streamer and collector in ``namespace``; rates over ``sample_s``."""
     brokers = _named(namespace, "broker")
-    before = {b["broker"]: b for b in ray.get([b.stats.remote() for b in brokers], timeout=10)}
+    before = {b["broker"]: b for b in ray.get([b.stats.remote() for b in brokers], timeout=60)}
     started = time.monotonic()
     time.sleep(sample_s)
     streamers = _named(namespace, "streamer")
     collectors = _named(namespace, "collector")
     report: dict[str, Any] = {
         "group": group,
-        "brokers": ray.get([b.stats.remote() for b in brokers], timeout=10),
-        "streamers": ray.get([s.stats.remote() for s in streamers], timeout=10),
-        "collectors": ray.get([c.stats.remote() for c in collectors], timeout=10),
+        "brokers": ray.get([b.stats.remote() for b in brokers], timeout=60),
+        "streamers": _stats(streamers, "streamer"),
+        "collectors": _stats(collectors, "collector"),
     }
     elapsed = max(time.monotonic() - started, 1e-6)
     partitions = []

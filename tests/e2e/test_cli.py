@@ -200,8 +200,9 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
         assert scaled.returncode == 0, scaled.stderr
         roles = json.loads(scaled.stdout.strip().splitlines()[-1])["roles"]
         assert roles["collector"]["actual"] == 3 and roles["collector"]["pinned"] == 3
-        text = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=120).stdout
-        assert "collectors: 3 running, target 3, pinned at 3" in text
+        again = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=180)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "collectors: 3 running, target 3, pinned at 3" in again.stdout
         deadline = time.monotonic() + 120
         while True:  # the gateway of the same run answers
             try:
