@@ -273,7 +273,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         source.open()  # a missing file or unknown header fails here, before anything starts
     except SourceError as exc:
-        if getattr(exc, "line", None) is not None:
+        if exc.line is not None:
             # A file that is not dcgm-exporter CSV is bad input too: keep it as a reject, then stop.
             _record_reject(settings, exc)
         raise
@@ -362,9 +362,9 @@ def _record_reject(settings: Settings, exc: SourceError) -> None:
     db = _database(settings)
     batch = make_rejects(
         time.time_ns() // 1000,
-        str(exc.fields.get("path", "")),
-        [exc.fields.get("line")],
-        [exc.fields.get("raw")],
+        exc.path,
+        [exc.line],
+        [exc.raw],
         [str(exc)],
     )
     record_rejects(db.conninfo, batch)

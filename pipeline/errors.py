@@ -1,64 +1,85 @@
-"""One exception tree for the whole pipeline.
+"""One exception tree for the whole pipeline, with typed fields.
 
-Every exception here survives a ``pickle`` round trip: Ray ships exceptions between processes, and
-an exception whose ``__init__`` takes other arguments than its message would fail to unpickle.
-Subclasses therefore keep the message as their only positional argument and store extra fields as
-keyword-only arguments, re-created by ``__reduce__``.
+Every error names what it is about in fields a caller can branch on (``exc.param``, ``exc.partition``,
+``exc.path``), never by parsing the message. Every exception here survives a ``pickle`` round trip
+(Ray ships exceptions between processes): the message is the only positional argument, the fields
+are keyword-only with defaults, so ``Exception.__reduce__`` (``cls(*args)`` then ``__dict__``)
+rebuilds them exactly. ``tests/unit/test_errors.py`` checks each one.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "FencedError",
-    "NotFound",
+    "InvalidParameter",
     "OffsetMismatch",
+    "OffsetOutOfRange",
     "PipelineError",
     "QueueError",
+    "ResourceNotFound",
     "SourceError",
     "StorageError",
-    "ValidationError",
 ]
 
 
 class PipelineError(Exception):
     """Root of every error the pipeline raises on purpose."""
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.fields = fields
-        for key, value in fields.items():
-            setattr(self, key, value)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.fields))
 
     def __str__(self) -> str:
         return self.message
 
 
-def _rebuild(cls: type[PipelineError], message: str, fields: dict[str, Any]) -> PipelineError:
-    return cls(message, **fields)
-
-
 class ConfigError(PipelineError):
-    """A setting or command-line argument is invalid; the message names it."""
+    """A setting or command-line argument is invalid; ``setting`` names it where one is known."""
+
+    def __init__(
+        self, message: str, *, setting: str = "", value: str = "", path: str = "", line: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.value = value
+        self.path = path
+        self.line = line
 
 
 class SourceError(PipelineError):
-    """An input cannot be read at all (missing file, unknown header)."""
+    """An input cannot be read at all (missing file, unknown header, no GPU).
+
+    ``path`` and ``line`` locate it; ``raw`` keeps the offending text when there is one, so the
+    CLI can store it as a reject before it stops.
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "", line: int | None = None, raw: str | None = None, host: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.raw = raw
+        self.host = host
 
 
-class ValidationError(PipelineError):
-    """A request parameter is invalid; ``param`` names it."""
+class InvalidParameter(PipelineError):
+    """A request parameter is invalid; ``param`` names it (the gateway answers 400)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
-class NotFound(PipelineError):
-    """A requested object (GPU, actor, partition) does not exist."""
+class ResourceNotFound(PipelineError):
+    """A requested object (GPU, host, actor) does not exist; ``kind`` and ``name`` say which."""
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
 
 
 class StorageError(PipelineError):
@@ -66,16 +87,57 @@ class StorageError(PipelineError):
 
 
 class DatabaseUnavailable(StorageError):
-    """The database cannot be reached."""
+    """The database cannot be reached (a state to wait out, not a reason to die)."""
 
 
 class QueueError(PipelineError):
-    """The message queue refused an operation."""
+    """The message queue refused an operation; ``partition`` and ``path`` locate it where known."""
+
+    def __init__(
+        self, message: str, *, partition: int | None = None, path: str = "", position: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.path = path
+        self.position = position
 
 
 class FencedError(QueueError):
-    """A consumer acted with a generation older than the group's current one."""
+    """A consumer acted with a generation older than the group's current one (it must rejoin)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        group: str = "",
+        member: str = "",
+        generation: int = 0,
+        current: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        super().__init__(message, partition=partition)
+        self.group = group
+        self.member = member
+        self.generation = generation
+        self.current = current
 
 
 class OffsetMismatch(QueueError):
     """A commit's first offset is not the stored next offset (a duplicate or a gap)."""
+
+    def __init__(self, message: str, *, partition: int | None = None, stored: int = 0, first: int = 0) -> None:
+        super().__init__(message, partition=partition)
+        self.stored = stored
+        self.first = first
+
+
+class OffsetOutOfRange(QueueError):
+    """A fetch asked for an offset outside the retained range ``[start, end]`` of a partition."""
+
+    def __init__(
+        self, message: str, *, partition: int | None = None, offset: int = 0, start: int = 0, end: int = 0
+    ) -> None:
+        super().__init__(message, partition=partition)
+        self.offset = offset
+        self.start = start
+        self.end = end

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 
-from pipeline.errors import ValidationError
+from pipeline.errors import InvalidParameter
 from pipeline.storage.reader import AGGREGATE_ORIGIN
 
 __all__ = [
@@ -129,7 +129,7 @@ def decode_cursor(kind: str, cursor: str, types: tuple[type, ...]) -> list[Any]:
                 raise ValueError
         return values
     except (ValueError, binascii.Error, UnicodeDecodeError, TypeError):
-        raise ValidationError(f"cursor `{cursor[:64]}` is not a valid {kind} cursor", param="cursor") from None
+        raise InvalidParameter(f"cursor `{cursor[:64]}` is not a valid {kind} cursor", param="cursor") from None
 
 
 def ts_us(dt: datetime) -> int:
@@ -142,7 +142,7 @@ def from_us(us: int, param: str = "cursor") -> datetime:
     try:
         return _EPOCH + timedelta(microseconds=us)
     except OverflowError:
-        raise ValidationError(f"{param} holds an out-of-range time", param=param) from None
+        raise InvalidParameter(f"{param} holds an out-of-range time", param=param) from None
 
 
 # --- values --------------------------------------------------------------------------------------------
@@ -160,23 +160,25 @@ def window(
     try:
         end = utc(end_time) if end_time is not None else (now or datetime.now(UTC))
     except OverflowError:
-        raise ValidationError(f"end_time {end_time} is out of range", param="end_time") from None
+        raise InvalidParameter(f"end_time {end_time} is out of range", param="end_time") from None
     try:
         start = utc(start_time) if start_time is not None else end - DEFAULT_WINDOW
     except OverflowError:
-        raise ValidationError(
+        raise InvalidParameter(
             f"start_time {start_time} is out of range" if start_time is not None else f"end_time {end} is too early",
             param="start_time" if start_time is not None else "end_time",
         ) from None
     if start > end:
-        raise ValidationError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}", param="start_time")
+        raise InvalidParameter(
+            f"start_time {start.isoformat()} is after end_time {end.isoformat()}", param="start_time"
+        )
     return start, end
 
 
 def parse_bucket(text: str) -> timedelta:
     """``10s``, ``1m``, ``1h``, ``7d`` as a timedelta."""
     if not re.fullmatch(BUCKET_PATTERN, text):
-        raise ValidationError(f"bucket `{text[:32]}` is not a width like 10s, 1m, 1h or 1d", param="bucket")
+        raise InvalidParameter(f"bucket `{text[:32]}` is not a width like 10s, 1m, 1h or 1d", param="bucket")
     return timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
 
 
@@ -190,7 +192,7 @@ def reject_nul(**values: str | list[str] | None) -> None:
     for name, value in values.items():
         items = value if isinstance(value, list) else [value]
         if any(v is not None and "\x00" in v for v in items):
-            raise ValidationError(f"{name} must not contain a NUL character", param=name)
+            raise InvalidParameter(f"{name} must not contain a NUL character", param=name)
 
 
 def negotiate(accept: str | None) -> Media | None:

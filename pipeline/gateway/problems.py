@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import DatabaseUnavailable, NotFound, PipelineError, StorageError, ValidationError
+from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError, ResourceNotFound, StorageError
 
 __all__ = ["PROBLEM_RESPONSES", "Problem", "install"]
 
@@ -59,10 +59,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PipelineError)
     async def pipeline_error(_: Request, exc: PipelineError) -> Problem:
-        if isinstance(exc, NotFound):
+        if isinstance(exc, ResourceNotFound):
             return Problem(404, "Not Found", str(exc))
-        if isinstance(exc, ValidationError):
-            return Problem(400, "Bad Request", str(exc), param=getattr(exc, "param", None))
+        if isinstance(exc, InvalidParameter):
+            return Problem(400, "Bad Request", str(exc), param=exc.param)
         if isinstance(exc, DatabaseUnavailable):
             return Problem(503, "Service Unavailable", str(exc))
         if isinstance(exc, StorageError):

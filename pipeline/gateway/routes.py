@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from pipeline.config import GatewaySettings
-from pipeline.errors import NotFound, ValidationError
+from pipeline.errors import InvalidParameter, ResourceNotFound
 from pipeline.gateway import problems
 from pipeline.gateway.cache import Cache, cache_key
 from pipeline.gateway.export import export_response
@@ -125,7 +125,7 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
         if limit is None:
             return cfg.default_limit
         if limit > cfg.max_limit:
-            raise ValidationError(f"limit {limit} exceeds the maximum {cfg.max_limit}", param="limit")
+            raise InvalidParameter(f"limit {limit} exceeds the maximum {cfg.max_limit}", param="limit")
         return limit
 
     def json_response(
@@ -148,7 +148,7 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
     def gpu_key(uuid: str) -> int:
         key = reader.gpu_key(uuid)
         if key is None:
-            raise NotFound(f"GPU {uuid} not found")
+            raise ResourceNotFound(f"GPU {uuid} not found", kind="gpu", name=uuid)
         return key
 
     def metric_ids(names: Sequence[str] | None) -> list[int] | None:
@@ -157,7 +157,7 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
         known = reader.metric_ids(names)
         for name in names:
             if name not in known:
-                raise ValidationError(f"metric `{name[:128]}` is not a known metric", param="metric")
+                raise InvalidParameter(f"metric `{name[:128]}` is not a known metric", param="metric")
         return sorted(set(known.values()))
 
     @router.get(
@@ -208,7 +208,7 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
         def produce() -> GpuDetail:
             row = reader.gpu(uuid)
             if row is None:
-                raise NotFound(f"GPU {uuid} not found")
+                raise ResourceNotFound(f"GPU {uuid} not found", kind="gpu", name=uuid)
             latest = [Latest(metric=r.metric, unit=r.unit, ts=r.ts, value=r.value) for r in reader.latest(row.gpu_key)]
             return GpuDetail(**_gpu(row).model_dump(), latest=latest)
 
@@ -246,7 +246,7 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
             ids = metric_ids(metric)
             cap = limits.export_max_rows
             if reader.count_telemetry(key, start, end, cap + 1, ids, order, after) > cap:
-                raise ValidationError(
+                raise InvalidParameter(
                     f"the window {start.isoformat()}..{end.isoformat()} holds more than {cap} samples, the export "
                     "maximum: narrow start_time/end_time",
                     param="end_time",
@@ -298,10 +298,10 @@ def api_router(reader: Reader, cfg: GatewaySettings, cache: Cache | None, limits
         try:
             lo, hi = floor_to(start, width), floor_to(end, width) + width
         except OverflowError:
-            raise ValidationError(f"bucket {bucket} reaches outside the representable times", param="bucket") from None
+            raise InvalidParameter(f"bucket {bucket} reaches outside the representable times", param="bucket") from None
         count = (hi - lo) // width
         if count > limits.max_buckets:
-            raise ValidationError(
+            raise InvalidParameter(
                 f"bucket {bucket} makes {count} buckets over {start.isoformat()}..{end.isoformat()}; at most "
                 f"{limits.max_buckets} per request: widen the bucket or narrow the window",
                 param="bucket",

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FencedError, QueueError
+from pipeline.errors import FencedError, OffsetOutOfRange, QueueError
 from pipeline.queue.group import Assignment, GroupCoordinator
-from pipeline.queue.log import OffsetOutOfRange, PartitionLog
+from pipeline.queue.log import PartitionLog
 from pipeline.queue.segments import SegmentStore, StateFile
 from pipeline.records import Envelope, pack_envelopes
 

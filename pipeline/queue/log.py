@@ -11,13 +11,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import QueueError
+from pipeline.errors import OffsetOutOfRange
 
-__all__ = ["Entry", "OffsetOutOfRange", "PartitionLog"]
-
-
-class OffsetOutOfRange(QueueError):
-    """A fetch asked for an offset outside the retained range."""
+__all__ = ["Entry", "PartitionLog"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,20 +47,20 @@ def normalize_target(text: str) -> str:
     """One target as a full URL: ``host[:port][/path]`` gets ``http://``, port 9400 and ``/metrics``."""
     raw = text.strip()
     if any(ch.isspace() for ch in raw):
-        raise ConfigError(f"scrape target `{text}` contains whitespace", target=text)
+        raise ConfigError(f"scrape target `{text}` contains whitespace", value=text)
     bare = "://" not in raw
     parts = urlsplit(f"http://{raw}" if bare else raw)
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigError(
-            f"scrape target `{text}`: scheme `{parts.scheme}` is not one of {', '.join(_SCHEMES)}", target=text
+            f"scrape target `{text}`: scheme `{parts.scheme}` is not one of {', '.join(_SCHEMES)}", value=text
         )
     if not parts.hostname:
-        raise ConfigError(f"scrape target `{text}` has no host", target=text)
+        raise ConfigError(f"scrape target `{text}` has no host", value=text)
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"scrape target `{text}` has an invalid port", target=text) from None
+        raise ConfigError(f"scrape target `{text}` has an invalid port", value=text) from None
     netloc = parts.netloc
     if bare and port is None:
         netloc = f"{netloc}:{DEFAULT_PORT}"

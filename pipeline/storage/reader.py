@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from pipeline.errors import DatabaseUnavailable, StorageError, ValidationError
+from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
 
 __all__ = [
     "AGGREGATE_ORIGIN",
@@ -476,7 +476,7 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return StorageError("query exceeded the statement timeout: narrow the time window")
     if isinstance(exc, psycopg.DataError):
-        return ValidationError(f"a parameter value is out of range for the database: {str(exc).strip()}")
+        return InvalidParameter(f"a parameter value is out of range for the database: {str(exc).strip()}")
     if isinstance(exc, psycopg.Error):
         log.error("query failed: %s", exc)
         return StorageError(f"query failed: {str(exc).strip()}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import struct
 from pathlib import Path
 
@@ -59,16 +58,6 @@ def test_config_file_errors(tmp_path: Path) -> None:
     unknown.write_text("queue: {partitons: 3}\n")
     with pytest.raises(errors.ConfigError, match="queue.partitons"):
         Settings.load(unknown)
-
-
-@pytest.mark.parametrize(
-    "cls", [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.PipelineError)]
-)
-def test_every_exception_survives_pickle(cls: type[errors.PipelineError]) -> None:
-    exc = cls("partition 3: offset 7 is stale", partition=3, offset=7)
-    back = pickle.loads(pickle.dumps(exc))
-    assert type(back) is cls and str(back) == str(exc) and back.fields == {"partition": 3, "offset": 7}
-    assert back.partition == 3  # type: ignore[attr-defined]
 
 
 def test_envelope_counts() -> None:

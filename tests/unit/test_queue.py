@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import FencedError
+from pipeline.errors import FencedError, OffsetOutOfRange
 from pipeline.queue.broker import Broker
 from pipeline.queue.group import GroupCoordinator, sticky_assign
-from pipeline.queue.log import OffsetOutOfRange, PartitionLog
+from pipeline.queue.log import PartitionLog
 
 
 class Clock:
