@@ -266,7 +266,7 @@ def run_pipeline(
     report_every: float | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline for ``seconds`` after ``warmup``; returns its steady-state figures."""
-    from pipeline.driver import Pipeline
+    from pipeline.runtime.driver import Pipeline
     from pipeline.storage.database import Database
 
     group = f"bench-{int(time.time())}"

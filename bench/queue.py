@@ -1,13 +1,12 @@
-"""Rows per second through the queue alone (no database), and the data-path design measurement.
+"""Rows per second through the queue alone (no database).
 
     python bench/queue.py                 # 1, 2 and 4 partitions/consumers, memory and --queue-dir
     python bench/queue.py --rows 2000000  # more rows per configuration
 
 Producers are Ray actors appending pre-built Arrow wire batches through ``RayQueue``; consumers are
 Ray actors that join the group, fetch and commit (no database), so the figure is the queue's own
-ceiling. ``--design`` also measures the alternative data path where producers ``ray.put`` batches
-and brokers only pass object references (``ray.put(_owner=broker)`` no longer exists in Ray >= 2.56,
-so such references are owned by the producer). Prints one line per configuration.
+ceiling. (The pass-by-reference data path once measured with ``--design`` is gone: messages are
+typed envelopes travelling by value; its figures stay in docs/PERFORMANCE.md.)
 """
 
 from __future__ import annotations
@@ -29,12 +28,12 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from pipeline.actors import Broker
 from pipeline.errors import FencedError
 from pipeline.queue.broker import Persistence
-from pipeline.queue.client import broker_of
-from pipeline.queue.ray_glue import RayQueue
+from pipeline.queue.routing import broker_of
 from pipeline.records import Envelope, to_wire
+from pipeline.runtime.actors import Broker
+from pipeline.runtime.transport import RayQueue
 from pipeline.sources import Shard
 from pipeline.sources.synthetic import SyntheticFleet
 
@@ -47,40 +46,20 @@ def wire_batch(rows: int) -> pa.RecordBatch:
 class Producer:
     """Appends ``count`` copies of a batch to its partitions, in flushes of one message per partition."""
 
-    def __init__(self, brokers: list[Any], partitions: list[int], batch_rows: int, by_ref: bool) -> None:
+    def __init__(self, brokers: list[Any], partitions: list[int], batch_rows: int) -> None:
         self._queue = RayQueue(brokers)
         self._brokers = brokers
         self._partitions = partitions
         self._batch = wire_batch(batch_rows)
-        self._by_ref = by_ref
 
     def run(self, count: int) -> int:
         rows = 0
         name = f"bench-{self._partitions[0]}"
         n = self._batch.num_rows
         for seq in range(count):
-            if self._by_ref:
-                env = Envelope(self._batch)
-                refs = [
-                    self._brokers[0].append.remote(
-                        p, RefEnvelope([ray.put(env)], n, env.nbytes), n, env.nbytes, name, seq
-                    )
-                    for p in self._partitions
-                ]
-                ray.get(refs)
-            else:
-                self._queue.publish(name, seq, Envelope(self._batch), [(p, 0, n) for p in self._partitions])
+            self._queue.publish(name, seq, Envelope(self._batch), [(p, 0, n) for p in self._partitions])
             rows += n * len(self._partitions)
         return rows
-
-
-class RefEnvelope:
-    """An envelope passed by reference (the list keeps Ray from resolving the ref in the broker)."""
-
-    def __init__(self, ref: list[Any], rows: int, nbytes: int) -> None:
-        self.ref = ref
-        self.num_rows = rows
-        self.nbytes = nbytes
 
 
 class Consumer:
@@ -104,8 +83,6 @@ class Consumer:
             if not got.messages:
                 continue
             for m in got.messages:
-                if isinstance(m.payload, RefEnvelope):
-                    ray.get(m.payload.ref[0])  # materialise the referenced batch, as a collector would
                 rows += m.rows
                 positions[m.partition] = m.offset + 1
             try:
@@ -115,7 +92,7 @@ class Consumer:
         return rows
 
 
-def measure(partitions: int, rows: int, batch_rows: int, queue_dir: Path | None, by_ref: bool) -> float:
+def measure(partitions: int, rows: int, batch_rows: int, queue_dir: Path | None) -> float:
     brokers_n = 1
     persistence = Persistence(queue_dir, fsync=True) if queue_dir else None
     broker_cls = ray.remote(num_cpus=0, max_concurrency=1000)(Broker)
@@ -131,7 +108,7 @@ def measure(partitions: int, rows: int, batch_rows: int, queue_dir: Path | None,
         )
         for b in range(brokers_n)
     ]
-    producers = [ray.remote(num_cpus=0)(Producer).remote(brokers, [p], batch_rows, by_ref) for p in range(partitions)]
+    producers = [ray.remote(num_cpus=0)(Producer).remote(brokers, [p], batch_rows) for p in range(partitions)]
     consumers = [ray.remote(num_cpus=0)(Consumer).remote(brokers, f"c{i}") for i in range(partitions)]
     per_partition = max(1, rows // (partitions * batch_rows))
     total = per_partition * partitions * batch_rows
@@ -152,7 +129,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per configuration")
     parser.add_argument("--batch-rows", type=int, default=10_000)
     parser.add_argument("--partitions", default="1,2,4")
-    parser.add_argument("--design", action="store_true", help="also measure pass-by-reference")
     args = parser.parse_args()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"# queue only, {args.rows:,} rows per line, {args.batch_rows:,}-row messages, 1 broker")
@@ -161,7 +137,7 @@ def main() -> None:
         for persisted in (False, True):
             tmp = Path(tempfile.mkdtemp(prefix="bench-queue-")) if persisted else None
             try:
-                rate = measure(n, args.rows, args.batch_rows, tmp, by_ref=False)
+                rate = measure(n, args.rows, args.batch_rows, tmp)
             finally:
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -169,13 +145,6 @@ def main() -> None:
             print(
                 f"partitions={n} consumers={n} producers={n} persistence={'on ' if persisted else 'off'} "
                 f"rows_per_s={rate:,.0f}"
-            )
-    if args.design:
-        for n in [int(x) for x in args.partitions.split(",")]:
-            rate = measure(n, args.rows, args.batch_rows, None, by_ref=True)
-            print(
-                f"partitions={n} design=by-reference (producer-owned) rows_per_s={rate:,.0f} "
-                f"vs by-value {results[(n, False)]:,.0f}"
             )
     best = max(results.values())
     print(f"RESULT queue_rows_per_s_max={best:.0f}")

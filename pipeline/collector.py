@@ -16,43 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, QueueError, StorageError
-from pipeline.queue.broker import Fetched
-from pipeline.queue.client import Consumer
+from pipeline.queue.api import Consumer, Fetched
 from pipeline.queue.group import Assignment
-from pipeline.records import Envelope, PartitionBatch, WriteResult, pack_envelopes
+from pipeline.storage.sink import PartitionBatch, Sink, WriteResult
 
-__all__ = ["Collector", "CollectorStats", "Sink", "group_messages"]
+__all__ = ["Collector", "CollectorStats", "group_messages"]
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    """Where collectors write: claims partitions, writes batches with offsets atomically."""
-
-    def open(self) -> None:
-        """Connect."""
-        ...
-
-    def close(self) -> None:
-        """Disconnect."""
-        ...
-
-    def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
-        """Own ``partitions`` in ``generation``; returns their stored next offsets."""
-        ...
-
-    def write(
-        self, group: str, generation: int, batches: Sequence[PartitionBatch], data: Envelope | None
-    ) -> WriteResult:
-        """Store ``data`` (the batches' rows and rejects) and advance offsets, all or nothing."""
-        ...
-
-    def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
-        """Move a stored offset (the broker no longer holds the stored position)."""
-        ...
 
 
 @dataclass(slots=True)
@@ -222,8 +194,6 @@ class Collector:
                     self._tell_broker(generation, behind)
                 return 0
             data = fetched.data
-            if data is None:  # a broker that shipped payloads one by one
-                data = pack_envelopes([m.payload for m in fetched.messages if isinstance(m.payload, Envelope)])
             t0 = time.perf_counter()
             result = self._sink.write(self.group, generation, batches, data)
             elapsed = time.perf_counter() - t0

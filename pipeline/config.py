@@ -182,6 +182,16 @@ class GatewaySettings(BaseModel):
         return self
 
 
+def collectors_problem(partitions: int, collectors: int) -> str | None:
+    """Why ``collectors`` cannot share ``partitions`` (each collector needs one), or None when they can."""
+    if collectors > partitions:
+        return (
+            f"queue.partitions ({partitions}) must be at least the largest number of collectors ({collectors}) "
+            "[PIPELINE_QUEUE__PARTITIONS, --partitions]"
+        )
+    return None
+
+
 class RaySettings(BaseModel):
     """Where Ray runs: an existing cluster (``address``) or a local one."""
 
@@ -223,12 +233,9 @@ class Settings(BaseSettings):
             high = max(count, low) if high is None else high
             if low > high:
                 raise ValueError(f"scaling.{role}_min ({low}) exceeds scaling.{role}_max ({high})")
-        high_collectors = sc.collectors_max if sc.collectors_max is not None else self.collector.count
-        if high_collectors > self.queue.partitions:
-            raise ValueError(
-                f"queue.partitions ({self.queue.partitions}) must be at least the largest number of collectors "
-                f"({high_collectors})"
-            )
+        problem = collectors_problem(self.queue.partitions, self.policy_bounds("collector")[1])
+        if problem:
+            raise ValueError(problem)
         return self
 
     def policy_bounds(self, role: str) -> tuple[int, int]:

@@ -20,8 +20,6 @@ __all__ = [
     "TS_TYPE",
     "WIRE_SCHEMA",
     "Envelope",
-    "PartitionBatch",
-    "WriteResult",
     "compact_dictionaries",
     "empty_samples",
     "empty_wire",
@@ -178,17 +176,6 @@ def make_rejects(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionBatch:
-    """Consecutive messages ``[first_offset, next_offset)`` of one partition, written together."""
-
-    partition: int
-    first_offset: int
-    next_offset: int
-    rows: int
-    rejects: int = 0
-
-
 def pack_envelopes(envelopes: list[Envelope]) -> Envelope | None:
     """One envelope holding the samples (and rejects) of many, in order; dictionaries unified."""
     if not envelopes:
@@ -204,12 +191,3 @@ def pack_envelopes(envelopes: list[Envelope]) -> Envelope | None:
     if rejects:
         packed_rejects = pa.Table.from_batches(rejects).combine_chunks().to_batches(max_chunksize=1 << 62)[0]
     return Envelope(batch, packed_rejects)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What one committed transaction stored."""
-
-    rows: int
-    rejects: int
-    offsets: dict[int, int]  # partition -> next offset now stored

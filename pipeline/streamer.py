@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.partitioning import KeyHasher, order_by_partition
-from pipeline.queue.client import Producer
+from pipeline.queue.api import Producer, ProducerCheckpoint
+from pipeline.queue.keys import KeyHasher, order_by_partition
 from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
 from pipeline.sources import Shard, Source
 
@@ -84,7 +84,7 @@ class Streamer:
 
     def __init__(
         self,
-        streamer_id: str,
+        producer_id: str,
         source: Source,
         producer: Producer,
         partitions: int,
@@ -96,7 +96,7 @@ class Streamer:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
-        self.streamer_id = streamer_id
+        self._producer_id = producer_id
         self._source = source
         self._producer = producer
         self._partitions = partitions
@@ -124,8 +124,8 @@ class Streamer:
 
     @property
     def producer_id(self) -> str:
-        """The id the broker deduplicates on: stable across restarts of this shard."""
-        return f"{self.streamer_id}/shard-{self._shard.index}-of-{self._shard.count}"
+        """The id the broker deduplicates on (given by the runtime: stable across restarts of this shard)."""
+        return self._producer_id
 
     def stop(self) -> None:
         """Ask ``run`` to flush and return."""
@@ -270,15 +270,13 @@ class Streamer:
         return published
 
     def _checkpoint(self) -> None:
-        self._producer.checkpoint(
-            self.producer_id,
-            {
-                "pass": self._pass,
-                "position": self._position,
-                "seq": self._seq,
-                "stamp_us": self._last_stamp,
-                "done": self.stats.done,
-                "produced": self.stats.produced,
-                "rejected": self.stats.rejected,
-            },
-        )
+        state: ProducerCheckpoint = {
+            "pass": self._pass,
+            "position": self._position,
+            "seq": self._seq,
+            "stamp_us": self._last_stamp,
+            "done": self.stats.done,
+            "produced": self.stats.produced,
+            "rejected": self.stats.rejected,
+        }
+        self._producer.checkpoint(self.producer_id, state)

@@ -8,15 +8,30 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import FencedError, OffsetMismatch
-from pipeline.records import Envelope, PartitionBatch, WriteResult, pack_envelopes
+from pipeline.records import Envelope, pack_envelopes
+from pipeline.storage.sink import PartitionBatch, WriteResult
 
 
 def split(batch: pa.RecordBatch, partitions: Any, count: int) -> list[tuple[int, pa.RecordBatch]]:
     """Per-partition slices of a batch, as a broker keeps them after ``append_batch``."""
-    from pipeline.partitioning import order_by_partition
+    from pipeline.queue.keys import order_by_partition
 
     ordered, ranges = order_by_partition(batch, partitions, count)
     return [(p, ordered.slice(first, rows)) for p, first, rows in ranges]
+
+
+def envelope_of(rows: int, tag: str = "h") -> Envelope:
+    """A queue message of ``rows`` samples of one GPU whose hostname is ``tag`` (to tell messages apart)."""
+    from pipeline.records import SAMPLE_SCHEMA, to_wire
+
+    samples = pa.RecordBatch.from_pylist(
+        [
+            {"ts": i, "uuid": "GPU-t", "hostname": tag, "gpu_index": 0, "metric": "DCGM_FI_DEV_GPU_TEMP", "value": 1.0}
+            for i in range(rows)
+        ],
+        schema=SAMPLE_SCHEMA,
+    )
+    return Envelope(to_wire(samples))
 
 
 def batches(

@@ -21,6 +21,7 @@ from pipeline.config import GatewaySettings, Settings
 from pipeline.errors import ConfigError
 from pipeline.gateway.app import build_app
 from pipeline.gateway.cache import RedisCache
+from pipeline.runtime.names import find_brokers
 from pipeline.storage.reader import Reader
 
 __all__ = ["Gateway", "build", "gateway_app"]
@@ -41,14 +42,7 @@ class _BrokerStats:
     def __call__(self) -> list[dict[str, Any]]:
         if time.monotonic() - self._at < self._ttl:
             return self._value
-        handles = []
-        i = 0
-        while True:
-            try:
-                handles.append(ray.get_actor(f"broker-{i}", namespace=self._namespace))
-            except ValueError:
-                break
-            i += 1
+        handles = find_brokers(self._namespace)
         self._value = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
         self._at = time.monotonic()
         return self._value

@@ -1,6 +1,6 @@
 """The broker: hosts partition logs, coordinates consumer groups, applies backpressure.
 
-A plain class with ``async`` methods: ``pipeline.actors`` runs it as an async Ray actor (all calls
+A plain class with ``async`` methods: ``pipeline.runtime.actors`` runs it as an async Ray actor (all calls
 on one event loop, so no locks), and unit tests drive it with ``asyncio`` directly.
 
 Guarantees:
@@ -19,50 +19,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FencedError, OffsetOutOfRange, QueueError
+from pipeline.queue.api import AppendResult, BrokerStats, Fetched, FetchResult, GroupLag, PartitionStats
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import PartitionLog
 from pipeline.queue.segments import SegmentStore, StateFile
 from pipeline.records import Envelope, pack_envelopes
 
-__all__ = ["AppendResult", "Broker", "FetchResult", "Fetched", "Persistence"]
+__all__ = ["Broker", "Persistence"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """Where an append landed; ``duplicate`` when the producer had already stored it."""
-
-    partition: int
-    offset: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One message handed to a consumer."""
-
-    partition: int
-    offset: int
-    payload: Any
-    rows: int
-    rejects: int = 0
-
-
-@dataclass(slots=True)
-class FetchResult:
-    """Messages, plus partitions whose requested offset is outside the log (``partition -> (start, end)``)."""
-
-    messages: list[Fetched] = field(default_factory=list)
-    out_of_range: dict[int, tuple[int, int]] = field(default_factory=dict)
-    # When every payload is an Envelope, the broker ships them as one (its dictionaries unified) and
-    # leaves ``payload`` None: one Arrow batch per fetch instead of one per message.
-    data: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +180,13 @@ class Broker:
             ) from None
 
     async def append(
-        self, partition: int, payload: Any, rows: int, nbytes: int, producer: str | None = None, seq: int | None = None
+        self,
+        partition: int,
+        payload: Envelope,
+        rows: int,
+        nbytes: int,
+        producer: str | None = None,
+        seq: int | None = None,
     ) -> AppendResult:
         """Append one message, waiting while the partition is over its byte budget."""
         plog = self._log(partition)
@@ -364,10 +340,12 @@ class Broker:
             # The group may have rebalanced while we waited.
             for partition in positions:
                 self._check(group, member, generation, partition)
-        return _packed(result)
+        return result
 
     def _collect(self, positions: Mapping[int, int], max_rows: int) -> FetchResult:
+        """Read up to ``max_rows`` rows; ship the envelopes packed as one (see ``FetchResult.data``)."""
         result = FetchResult()
+        payloads: list[Envelope] = []
         budget = max_rows
         for partition, offset in positions.items():
             plog = self._log(partition)
@@ -379,10 +357,11 @@ class Broker:
                 result.out_of_range[partition] = (plog.start_offset, plog.end_offset)
                 continue
             for e in entries:
-                rejects = e.payload.num_rejects if isinstance(e.payload, Envelope) else 0
-                result.messages.append(Fetched(partition, e.offset, e.payload, e.rows, rejects))
+                result.messages.append(Fetched(partition, e.offset, e.rows, e.payload.num_rejects))
+                payloads.append(e.payload)
                 budget -= e.rows
             self._stats[partition].fetched_rows += sum(e.rows for e in entries)
+        result.data = pack_envelopes(payloads)
         return result
 
     async def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
@@ -406,12 +385,12 @@ class Broker:
 
     # --- observability ------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BrokerStats:
         """Per-partition offsets, lag per group, bytes held and counters."""
-        parts = {}
+        parts: dict[int, PartitionStats] = {}
         for p, plog in self._logs.items():
             s = self._stats[p]
-            lag = {}
+            lag: dict[str, GroupLag] = {}
             for group, committed in self._committed.items():
                 c = committed.get(p, plog.start_offset)
                 lag[group] = {
@@ -439,13 +418,3 @@ class Broker:
             "groups": {g: self.group_state(g) for g in self._groups},
             "uptime_s": time.time() - self.started_at,
         }
-
-
-def _packed(result: FetchResult) -> FetchResult:
-    """Ship the fetched envelopes as one (see ``FetchResult.data``)."""
-    payloads = [m.payload for m in result.messages]
-    if not payloads or not all(isinstance(p, Envelope) for p in payloads):
-        return result
-    result.data = pack_envelopes(payloads)
-    result.messages = [Fetched(m.partition, m.offset, None, m.rows, m.rejects) for m in result.messages]
-    return result

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipeline.errors import SourceError
-from pipeline.partitioning import KeyHasher
+from pipeline.queue.keys import KeyHasher
 from pipeline.records import empty_samples, make_rejects
-from pipeline.sources import Shard, SourceBatch
+from pipeline.sources.base import Shard, SourceBatch
 from pipeline.sources.validate import validate
 
 __all__ = ["HEADER", "DcgmCsvSource"]

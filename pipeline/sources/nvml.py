@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import SourceError
-from pipeline.partitioning import KeyHasher
+from pipeline.queue.keys import KeyHasher
 from pipeline.records import make_rejects
-from pipeline.sources import Shard, SourceBatch
+from pipeline.sources.base import Shard, SourceBatch
 from pipeline.sources.validate import RAW_COLUMNS, ValidatedBatch, validate
 
 __all__ = ["FIELD_READINGS", "GpuReading", "NvmlSource", "read_gpu", "rows_from_readings"]

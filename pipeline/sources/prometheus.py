@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from pipeline.records import empty_samples, make_rejects
-from pipeline.sources import Shard, SourceBatch
+from pipeline.sources.base import Shard, SourceBatch
 from pipeline.sources.targets import TargetList, assign_targets
 from pipeline.sources.validate import RAW_COLUMNS, ValidatedBatch, validate
 

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from pipeline.partitioning import KeyHasher
+from pipeline.queue.keys import KeyHasher
 from pipeline.records import DCGM_FIELDS, SAMPLE_SCHEMA, TS_TYPE, WIRE_SCHEMA
-from pipeline.sources import Shard, SourceBatch
+from pipeline.sources.base import Shard, SourceBatch
 
 __all__ = ["FLEET_MODEL", "SyntheticFleet", "write_csv"]
 

@@ -20,8 +20,8 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import ConfigError, SourceError
-from pipeline.partitioning import KeyHasher
-from pipeline.sources import Shard
+from pipeline.queue.keys import KeyHasher
+from pipeline.sources.base import Shard
 
 __all__ = [
     "DEFAULT_PATH",

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
-from pipeline.records import Envelope, PartitionBatch, WriteResult, to_wire
+from pipeline.records import Envelope, to_wire
 from pipeline.storage.copy_format import encode_telemetry
 from pipeline.storage.database import connect
+from pipeline.storage.sink import PartitionBatch, WriteResult
 
 __all__ = ["TelemetryWriter", "record_rejects"]
 

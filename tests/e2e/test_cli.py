@@ -146,10 +146,13 @@ def test_embedded_default(user_env: dict[str, str]) -> None:
 
 
 def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, user_env: dict[str, str]) -> None:
-    """`run` with the gateway (the README's `make run`), then `status` and `scale` against it."""
+    """`run` with the gateway (the README's `make run`), then `status` and `scale` against it.
+
+    In a non-default Ray namespace: every command and the gateway's lag metric must look there.
+    """
     import threading
 
-    env = {**user_env, "DATABASE_URL": fresh_db}
+    env = {**user_env, "DATABASE_URL": fresh_db, "PIPELINE_RAY__NAMESPACE": "telemetry-other"}
     port = free_port()
     run = subprocess.Popen(
         [
@@ -184,10 +187,14 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
             assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
             address = next((ln.split()[1] for ln in list(lines) if ln.startswith("ray: ")), None)
             time.sleep(0.2)
-        time.sleep(2)
-        r = cli("status", "--json", env={**env, "RAY_ADDRESS": address}, timeout=120)
-        assert r.returncode == 0, r.stderr
-        report = json.loads(r.stdout.strip().splitlines()[-1])
+        deadline = time.monotonic() + 120
+        while True:  # the actors start in the background: wait until samples flow (bounded)
+            r = cli("status", "--json", env={**env, "RAY_ADDRESS": address}, timeout=120)
+            assert r.returncode == 0, r.stderr
+            report = json.loads(r.stdout.strip().splitlines()[-1])
+            if sum(p["rows_appended"] for p in report["partitions"]) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert [p["partition"] for p in report["partitions"]] == [0, 1, 2, 3]
         assert sum(p["rows_appended"] for p in report["partitions"]) > 0
         assert {"lag_rows", "lag_batches", "committed", "bytes_held", "append_rows_per_s", "blocked_s"} <= set(
@@ -196,6 +203,9 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
         assert report["streamers"][0]["produced"] > 0 and report["collectors"][0]["partitions"]
         text = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=120).stdout
         assert "consumer group telemetry-collectors" in text and "append/s" in text
+        elsewhere = {k: v for k, v in env.items() if k != "PIPELINE_RAY__NAMESPACE"}
+        empty = cli("status", env={**elsewhere, "RAY_ADDRESS": address}, timeout=120)
+        assert empty.returncode == 1 and "no pipeline actors found in namespace 'gpu-telemetry'" in empty.stdout
         scaled = cli("scale", "--collectors", "3", "--json", env={**env, "RAY_ADDRESS": address}, timeout=300)
         assert scaled.returncode == 0, scaled.stderr
         roles = json.loads(scaled.stdout.strip().splitlines()[-1])["roles"]
@@ -213,6 +223,9 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
                 pass
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.5)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lag = [ln for ln in metrics.splitlines() if ln.startswith("message_queue_consumer_lag{")]
+        assert len(lag) == 4, metrics[-2000:]  # one series per partition, read from the brokers in that namespace
     finally:
         run.send_signal(signal.SIGINT)
         try:

@@ -7,7 +7,7 @@ with another Ray session); also runnable by hand::
 
 It starts a private Ray cluster shaped like the KubeRay one: a head with ``num-cpus 0`` and a worker
 node type ``collector`` advertising ``{"CPU": 1, "collector": 1, "memory": 1 GiB}`` (0..N nodes). It
-then creates collector stand-ins with the options ``pipeline.actors.make_collector`` gives the real
+then creates collector stand-ins with the options ``pipeline.runtime.actors.make_collector`` gives the real
 ones (``actor_options`` + ``role_resources("collector", i, placement=True)``): one collector, then N,
 then back to one, and prints one JSON line with the node counts and timings it observed.
 
@@ -42,7 +42,7 @@ from unittest import mock
 
 import psutil
 
-from pipeline.auth import use_token_auth
+from pipeline.runtime.ray_token import use_token_auth
 
 use_token_auth()  # before `import ray`: a client of an existing cluster presents the token only in token mode
 
@@ -80,7 +80,7 @@ class FakeNodeProvider(FakeMultiNodeProvider):  # type: ignore[misc]  # Ray's cl
 
 
 class Collector:
-    """Stands in for ``pipeline.actors.Collector`` (which needs a database): only its resources matter."""
+    """Stands in for ``pipeline.runtime.actors.Collector`` (which needs a database): only its resources matter."""
 
     def node(self) -> str:
         """The id of the node this actor was placed on."""
@@ -89,15 +89,16 @@ class Collector:
 
 def collector_options(index: int) -> dict[str, Any]:
     """Exactly the options ``make_collector`` gives collector ``index`` with ``ray.placement: true``."""
-    from pipeline import actors
+    from pipeline.runtime import actors, names
 
     num_cpus = inspect.signature(actors.make_collector).parameters["num_cpus"].default
-    return actors.actor_options(
-        actors.collector_name(index),
+    return names.actor_options(
+        names.collector_name(index),
+        "gpu-telemetry",
         num_cpus,
-        memory_bytes=actors.COLLECTOR_MEMORY,
+        memory_bytes=names.COLLECTOR_MEMORY,
         max_concurrency=4,
-        **actors.role_resources("collector", index, placement=True),
+        **names.role_resources("collector", index, placement=True),
     )
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from pipeline.collector import Collector, group_messages
 from pipeline.config import Settings
-from pipeline.driver import Pipeline
 from pipeline.errors import FencedError
-from pipeline.queue.client import LocalQueue
+from pipeline.queue.local import LocalQueue
+from pipeline.runtime.driver import Pipeline
 from pipeline.sources.dcgm_csv import DcgmCsvSource
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database

@@ -18,7 +18,7 @@ from psycopg import sql
 from pipeline.errors import ConfigError
 from pipeline.records import Envelope
 from pipeline.storage.migrate import migrate, sql_dir
-from pipeline.storage.partitions import ORIGIN, PartitionInfo, PartitionManager, _gaps
+from pipeline.storage.time_partitions import ORIGIN, PartitionInfo, PartitionManager, _gaps
 from pipeline.storage.writer import TelemetryWriter
 from tests.integration.test_storage import samples
 from tests.support import batches as partition_batches

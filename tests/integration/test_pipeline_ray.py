@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
-from pipeline.driver import Pipeline
+from pipeline.runtime.driver import Pipeline
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
 

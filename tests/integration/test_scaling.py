@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.driver import Pipeline
+from pipeline.runtime.driver import Pipeline
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
 from tests.integration.test_faults import expected_multiset, stored_multiset

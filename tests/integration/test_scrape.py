@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pipeline.collector import Collector
-from pipeline.queue.client import LocalQueue
+from pipeline.queue.local import LocalQueue
 from pipeline.sources import Shard
 from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.writer import TelemetryWriter

@@ -183,7 +183,7 @@ def test_connect_reports_the_target_without_password() -> None:
 
 
 def test_writer_handles_slices_of_a_shared_dictionary(fresh_db: str) -> None:
-    from pipeline.partitioning import KeyHasher
+    from pipeline.queue.keys import KeyHasher
     from pipeline.records import to_wire
 
     both = (

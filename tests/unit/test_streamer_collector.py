@@ -10,13 +10,14 @@ import pytest
 
 from pipeline.collector import Collector, group_messages
 from pipeline.errors import DatabaseUnavailable, QueueError
-from pipeline.queue.broker import Fetched
-from pipeline.queue.client import LocalQueue
+from pipeline.queue.api import Fetched
+from pipeline.queue.local import LocalQueue
 from pipeline.sources import Shard
 from pipeline.sources.dcgm_csv import DcgmCsvSource
 from pipeline.sources.synthetic import SyntheticFleet, write_csv
 from pipeline.streamer import Streamer, stamp
 from tests.support import MemorySink
+from tests.unit.conftest import FleetCsv
 
 
 def drain(collectors: list[Collector], rounds: int = 200) -> None:
@@ -27,28 +28,28 @@ def drain(collectors: list[Collector], rounds: int = 200) -> None:
             return
 
 
-def test_k_passes_are_stored_exactly_once(real_csv: Path) -> None:
+def test_k_passes_are_stored_exactly_once(fleet_csv: FleetCsv) -> None:
     q = LocalQueue(partitions=4, budget_bytes=1 << 30)
-    s = Streamer("s", DcgmCsvSource(real_csv), q, partitions=4, interval_s=0, batch_rows=5000, passes=3)
+    s = Streamer("s", DcgmCsvSource(fleet_csv.path), q, partitions=4, interval_s=0, batch_rows=5000, passes=3)
     stats = s.run()
-    assert stats.produced == 3 * 2470 and stats.done
+    assert stats.produced == 3 * fleet_csv.rows and stats.done
     sink = MemorySink()
     c = Collector("c", "g", q, sink, poll_timeout_s=0.0)
     c.start()
     drain([c])
     keys = sink.sample_keys()
-    assert len(keys) == 7410
-    assert len(set(keys)) == 7410
+    assert len(keys) == 3 * fleet_csv.rows
+    assert len(set(keys)) == 3 * fleet_csv.rows
     per_series = Counter((u, m) for u, m, _, _ in keys)
     assert set(per_series.values()) == {3}
 
 
-def test_timestamps_strictly_increase_per_series_across_passes(real_csv: Path) -> None:
+def test_timestamps_strictly_increase_per_series_across_passes(fleet_csv: FleetCsv) -> None:
     q = LocalQueue(partitions=2, budget_bytes=1 << 30)
     times = iter(range(10**9))
     Streamer(
         "s",
-        DcgmCsvSource(real_csv),
+        DcgmCsvSource(fleet_csv.path),
         q,
         partitions=2,
         interval_s=0,
@@ -109,9 +110,9 @@ def test_a_restarted_streamer_resumes_without_duplicates_or_gaps(tmp_path: Path)
     assert len(per_series) == 320 and set(per_series.values()) == {3}
 
 
-def test_two_collectors_share_partitions_and_store_everything_once(real_csv: Path) -> None:
+def test_two_collectors_share_partitions_and_store_everything_once(fleet_csv: FleetCsv) -> None:
     q = LocalQueue(partitions=8, budget_bytes=1 << 30)
-    Streamer("s", DcgmCsvSource(real_csv), q, partitions=8, interval_s=0, batch_rows=2000, passes=2).run()
+    Streamer("s", DcgmCsvSource(fleet_csv.path), q, partitions=8, interval_s=0, batch_rows=2000, passes=2).run()
     sink = MemorySink()
     a = Collector("a", "g", q, sink, poll_timeout_s=0.0)
     b = Collector("b", "g", q, sink, poll_timeout_s=0.0, heartbeat_s=0.0)
@@ -120,19 +121,19 @@ def test_two_collectors_share_partitions_and_store_everything_once(real_csv: Pat
     a._sync(force=True)
     assert set(a.positions).isdisjoint(b.positions) and len(a.positions) + len(b.positions) == 8
     drain([a, b])
-    assert len(sink.sample_keys()) == len(set(sink.sample_keys())) == 4940
+    assert len(sink.sample_keys()) == len(set(sink.sample_keys())) == 2 * fleet_csv.rows
 
 
-def test_a_failed_write_is_retried_and_nothing_is_lost(real_csv: Path) -> None:
+def test_a_failed_write_is_retried_and_nothing_is_lost(fleet_csv: FleetCsv) -> None:
     q = LocalQueue(partitions=2, budget_bytes=1 << 30)
-    Streamer("s", DcgmCsvSource(real_csv), q, partitions=2, interval_s=0, batch_rows=1000, passes=1).run()
+    Streamer("s", DcgmCsvSource(fleet_csv.path), q, partitions=2, interval_s=0, batch_rows=1000, passes=1).run()
     sink = MemorySink()
     sink.fail_next = [DatabaseUnavailable("connection lost")]
     c = Collector("c", "g", q, sink, poll_timeout_s=0.0, backoff_s=(0.0, 0.0))
     c.start()
     assert c.poll_once() == 0 and c.stats.retries == 1
     drain([c])
-    assert len(sink.sample_keys()) == 2470
+    assert len(sink.sample_keys()) == fleet_csv.rows
 
 
 def test_a_stale_collector_cannot_write() -> None:
@@ -153,14 +154,14 @@ def test_a_stale_collector_cannot_write() -> None:
 
 
 def test_group_messages_counts_rows_and_refuses_gaps() -> None:
-    msgs = [Fetched(0, 5, None, 10, 1), Fetched(0, 6, None, 20), Fetched(1, 3, None, 7)]
+    msgs = [Fetched(0, 5, 10, 1), Fetched(0, 6, 20), Fetched(1, 3, 7)]
     batches = group_messages(msgs, {0: 5, 1: 3})
     assert [(b.partition, b.first_offset, b.next_offset, b.rows, b.rejects) for b in batches] == [
         (0, 5, 7, 30, 1),
         (1, 3, 4, 7, 0),
     ]
     with pytest.raises(QueueError, match="partition 0: fetched offset 8, expected 7"):
-        group_messages([msgs[0], msgs[1], Fetched(0, 8, None, 1)], {0: 5})
+        group_messages([msgs[0], msgs[1], Fetched(0, 8, 1)], {0: 5})
 
 
 def test_one_flush_is_one_batch_per_broker_and_fetches_come_packed() -> None:
@@ -171,10 +172,10 @@ def test_one_flush_is_one_batch_per_broker_and_fetches_come_packed() -> None:
     assert s.stats.flushes == 1 and s.stats.messages == 4  # one publish, a message per partition
     a = q.join("g", "c")
     got = q.fetch("g", "c", a.generation, dict.fromkeys(a.partitions, 0), 10**6, 0)
-    assert len(got.messages) == 4 and all(m.payload is None for m in got.messages)
+    assert len(got.messages) == 4
     assert got.data is not None and got.data.num_rows == sum(m.rows for m in got.messages) == 160
     # rows arrive in message order: each message's rows belong to its partition
-    from pipeline.partitioning import KeyHasher
+    from pipeline.queue.keys import KeyHasher
 
     parts = KeyHasher().partitions(got.data.samples.column("uuid"), 4)
     expected = [m.partition for m in got.messages for _ in range(m.rows)]
@@ -182,7 +183,7 @@ def test_one_flush_is_one_batch_per_broker_and_fetches_come_packed() -> None:
 
 
 def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
-    from pipeline.partitioning import KeyHasher
+    from pipeline.queue.keys import KeyHasher
     from pipeline.records import compact_dictionaries, to_wire
     from tests.support import split
 
@@ -199,16 +200,16 @@ def test_sliced_wire_batches_keep_only_used_dictionary_entries() -> None:
         assert compact.column("uuid").to_pylist() == p.column("uuid").to_pylist()
 
 
-def test_a_commit_the_broker_missed_is_reported_again_when_idle(real_csv: Path) -> None:
+def test_a_commit_the_broker_missed_is_reported_again_when_idle(fleet_csv: FleetCsv) -> None:
     q = LocalQueue(partitions=2, budget_bytes=1 << 30)
-    Streamer("s", DcgmCsvSource(real_csv), q, partitions=2, interval_s=0, passes=1).run()
+    Streamer("s", DcgmCsvSource(fleet_csv.path), q, partitions=2, interval_s=0, passes=1).run()
     sink = MemorySink()
     c = Collector("c", "g", q, sink, poll_timeout_s=0.0)
     c.start()
     real_commit = q.commit
     q.commit = lambda *a, **k: (_ for _ in ()).throw(QueueError("broker restarting"))  # type: ignore[method-assign]
     drain([c])
-    assert len(sink.sample_keys()) == 2470
+    assert len(sink.sample_keys()) == fleet_csv.rows
     lag = sum(p["groups"]["g"]["lag_batches"] for b in q.stats() for p in b["partitions"].values())
     assert lag > 0  # the brokers never heard of the commits
     q.commit = real_commit  # type: ignore[method-assign]

@@ -1,12 +1,13 @@
-"""The elastic controller as a Ray actor: owns the fleet, applies ``pipeline.controller`` decisions.
+"""The supervisor: the controller actor that owns the fleet and applies ``pipeline.scaling`` decisions.
 
-Split from ``pipeline.actors`` (which wraps the data-path classes) to keep each module to one
-reason to change; it uses the same actor options and metric helpers.
+It schedules storage maintenance (time partitions) as a Ray task instead of running DDL itself,
+so a slow or failing maintenance round never stalls scaling decisions.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -15,11 +16,14 @@ from typing import Any
 import ray
 
 from pipeline import metrics
-from pipeline.actors import CONTROLLER_NAME, _Instruments, _pid, actor_options
-from pipeline.config import Settings
-from pipeline.controller import Autoscaler, ScalePolicy
+from pipeline.config import Settings, collectors_problem
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.storage.partitions import PartitionManager
+from pipeline.queue.api import BrokerStats, lag_of
+from pipeline.runtime.instruments import Instruments
+from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, actor_options, spawn
+from pipeline.scaling import Autoscaler, ScalePolicy
+from pipeline.storage.setup import maintain
+from pipeline.storage.time_partitions import PartitionReport
 
 __all__ = ["Controller", "make_controller"]
 
@@ -27,21 +31,22 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
-    """The elastic controller actor: owns the fleet, applies ``pipeline.controller`` decisions.
+    """The elastic controller actor: owns the fleet, applies ``pipeline.scaling`` decisions.
 
     Every ``scaling.period_s`` it reads consumer lag (collectors) and streamer utilisation, asks each
     role's ``Autoscaler`` for a count and resizes the fleet. ``scale()`` pins a count (the CLI's
     ``python -m pipeline scale``); ``None`` hands the role back to the policy.
     """
 
-    def __init__(self, settings: Settings, conninfo: str, brokers: list[Any], run_id: int) -> None:
-        from pipeline.fleet import Fleet
+    def __init__(self, settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int) -> None:
+        from pipeline.runtime.fleet import Fleet
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._settings = settings
+        self._conninfo = conninfo
         self._brokers = brokers
         self._fleet = Fleet(settings, conninfo, brokers, run_id)
-        self._partitions = PartitionManager.for_settings(conninfo, settings.storage)
+        self._maintenance: ray.ObjectRef[PartitionReport] | None = None
+        self._maintain = ray.remote(num_cpus=0, max_retries=0)(maintain)  # a storage job, run as a Ray task
         self._fleet.start()
         sc = settings.scaling
         self._scalers: dict[str, Autoscaler] = {}
@@ -66,7 +71,7 @@ class Controller:
         # Decisions and their application are serialized: a tick never applies a decision taken
         # before an operator's pin changed the picture.
         self._decide_lock = threading.Lock()
-        self._instruments = _Instruments(
+        self._instruments = Instruments(
             (metrics.CONTROLLER_DESIRED, metrics.CONTROLLER_ACTUAL, metrics.CONTROLLER_DECISIONS)
         )
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
@@ -88,28 +93,26 @@ class Controller:
                 log.exception("controller tick failed")
 
     def _ensure_partitions(self) -> None:
-        """Keep time partitions ahead of ingest and within retention (plain PostgreSQL)."""
-        try:
-            report = self._partitions.ensure()
-        except PipelineError as exc:
-            log.warning("partition maintenance failed (retried next period): %s", exc)
-            return
-        if report.created or report.dropped or report.moved_rows or report.skipped:
-            log.info(
-                "partitions: created %s dropped %s moved %d skipped %s",
-                list(report.created),
-                list(report.dropped),
-                report.moved_rows,
-                list(report.skipped),
-            )
+        """Schedule a maintenance job (time partitions ahead of ingest, within retention) unless one runs."""
+        if self._maintenance is not None:
+            ready, _ = ray.wait([self._maintenance], timeout=0)
+            if not ready:
+                return  # the previous round is still running
+            try:
+                ray.get(self._maintenance)
+            except PipelineError as exc:
+                log.warning("partition maintenance failed (retried next period): %s", exc)
+            except ray.exceptions.RayError as exc:
+                log.warning("partition maintenance job was lost (retried next period): %s", exc)
+        self._maintenance = self._maintain.remote(self._conninfo, self._settings.storage)
 
     def _signals(self) -> dict[str, float]:
         group = self._settings.queue.group
         lag = 0.0
-        for b in ray.get([b.stats.remote() for b in self._brokers], timeout=30):
+        brokers: list[BrokerStats] = ray.get([b.stats.remote() for b in self._brokers], timeout=30)
+        for b in brokers:
             for part in b["partitions"].values():
-                g = part["groups"].get(group)
-                lag += g["lag_rows"] if g else part["rows_held"]
+                lag += lag_of(part, group)[0]
         utilisation = 0.0
         now = time.monotonic()
         for s in self._fleet.stats()["streamers"]:
@@ -158,8 +161,9 @@ class Controller:
         """Pin ``role`` at ``count`` now (None: back to the policy); returns the status."""
         if role not in self._scalers:
             raise ConfigError(f"unknown role {role!r}: use collector or streamer")
-        if count is not None and role == "collector" and count > self._settings.queue.partitions:
-            raise ConfigError(f"--collectors {count} exceeds the {self._settings.queue.partitions} partitions")
+        problem = collectors_problem(self._settings.queue.partitions, count) if role == "collector" and count else None
+        if problem:
+            raise ConfigError(problem, setting="--collectors", value=str(count))
         with self._decide_lock:
             self._pin(role, count)
         return self.status()
@@ -222,11 +226,10 @@ class Controller:
 
     def stats(self) -> dict[str, Any]:
         """For uniform probing: the pid and status."""
-        return {"pid": _pid(), **self.status()}
+        return {"pid": os.getpid(), **self.status()}
 
 
-def make_controller(settings: Settings, conninfo: str, brokers: list[Any], run_id: int) -> Any:
+def make_controller(settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int) -> ActorHandle:
     """Start the controller (it starts the fleet). Named ``controller`` for the CLI."""
-    opts = actor_options(CONTROLLER_NAME, 0.0, memory_bytes=128 << 20, max_concurrency=8)
-    cls = ray.remote(**opts)(Controller)
-    return cls.remote(settings, conninfo, brokers, run_id)
+    opts = actor_options(CONTROLLER_NAME, settings.ray.namespace, 0.0, memory_bytes=128 << 20, max_concurrency=8)
+    return spawn(Controller, opts, settings, conninfo, brokers, run_id)

@@ -1,92 +1,69 @@
-"""The one place plain classes become Ray actors.
+"""The one place the data path's plain classes become Ray actors.
 
 Actor classes are named ``Broker``, ``Streamer`` and ``Collector`` so that ``ray list actors`` and
 process titles read ``ray::Broker`` and so on. Streamer and Collector actors start their loop in a
-thread from ``__init__``, so an actor that Ray restarts after a crash (``max_restarts``) resumes by
-itself: from the broker checkpoint (streamers) and from the database offsets (collectors).
+thread from ``__init__``, so an actor that Ray restarts (``max_restarts``) resumes by itself: from
+the broker checkpoint (streamers) and from the database offsets (collectors).
+
+A worker loop never dies silently: an error the pipeline raises on purpose (``PipelineError``: a
+source that cannot be read) is kept and reported by ``stats()``; anything else ends the actor's
+process, so that Ray restarts it and the supervisor counts the restart.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import ray
-from ray.util import metrics as ray_metrics
 
 from pipeline import metrics
 from pipeline.collector import Collector as CollectorLogic
 from pipeline.config import CollectorSettings, QueueSettings, StreamerSettings
+from pipeline.errors import PipelineError
+from pipeline.queue.api import BrokerStats
 from pipeline.queue.broker import Broker as BrokerLogic
 from pipeline.queue.broker import Persistence
-from pipeline.queue.ray_glue import RayQueue
-from pipeline.records import WriteResult
+from pipeline.runtime.instruments import Instruments
+from pipeline.runtime.names import (
+    COLLECTOR_MEMORY,
+    STREAMER_MEMORY,
+    ActorHandle,
+    ProducerId,
+    actor_options,
+    broker_name,
+    collector_name,
+    role_resources,
+    spawn,
+    streamer_name,
+)
+from pipeline.runtime.reports import CollectorStatus, StreamerStatus
+from pipeline.runtime.transport import RayQueue
 from pipeline.sources import Shard, source_for
 from pipeline.sources.prometheus import PrometheusSource
+from pipeline.storage.sink import WriteResult
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
 
-__all__ = [
-    "CONTROLLER_NAME",
-    "NAMESPACE",
-    "actor_options",
-    "broker_name",
-    "collector_name",
-    "make_broker",
-    "make_collector",
-    "make_streamer",
-    "streamer_name",
-]
+__all__ = ["make_broker", "make_collector", "make_streamer", "run_worker"]
 
 log = logging.getLogger(__name__)
-NAMESPACE = "gpu-telemetry"
-CONTROLLER_NAME = "controller"
-# Ray's logical memory requests: on KubeRay they make the autoscaler add pods that fit the actors.
-STREAMER_MEMORY = 512 << 20
-COLLECTOR_MEMORY = 768 << 20
 
 
-def broker_name(i: int) -> str:
-    """Named-actor name of broker ``i``."""
-    return f"broker-{i}"
-
-
-def streamer_name(i: int) -> str:
-    """Named-actor name of streamer ``i``."""
-    return f"streamer-{i}"
-
-
-def collector_name(i: int) -> str:
-    """Named-actor name of collector ``i``."""
-    return f"collector-{i}"
-
-
-class _Instruments:
-    """Ray metric objects for the MetricDefs an actor records."""
-
-    def __init__(self, defs: Sequence[metrics.MetricDef]) -> None:
-        self._m: dict[str, Any] = {}
-        for d in defs:
-            if d.kind == "counter":
-                self._m[d.name] = ray_metrics.Counter(d.name, d.help, tag_keys=d.labels)
-            elif d.kind == "gauge":
-                self._m[d.name] = ray_metrics.Gauge(d.name, d.help, tag_keys=d.labels)
-            else:
-                self._m[d.name] = ray_metrics.Histogram(d.name, d.help, boundaries=list(d.buckets), tag_keys=d.labels)
-
-    def inc(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
-        if value > 0:
-            self._m[d.name].inc(value, tags=tags)
-
-    def set(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
-        self._m[d.name].set(value, tags=tags)
-
-    def observe(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
-        self._m[d.name].observe(value, tags=tags)
+def run_worker(name: str, loop: Callable[[], object], on_error: Callable[[str], None]) -> None:
+    """Run a worker loop; keep a ``PipelineError`` for ``stats()``, end the process on anything else."""
+    try:
+        loop()
+    except PipelineError as exc:
+        log.error("%s stopped: %s", name, exc)
+        on_error(f"{type(exc).__name__}: {exc}")
+    except BaseException:
+        log.critical("%s: unexpected error; ending the process so that Ray restarts it", name, exc_info=True)
+        logging.shutdown()
+        os._exit(70)  # EX_SOFTWARE: an actor that stays up with a dead loop would be reported as running
 
 
 class Broker(BrokerLogic):
@@ -94,15 +71,15 @@ class Broker(BrokerLogic):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._instruments: _Instruments | None = None
+        self._instruments: Instruments | None = None
         self._reported: dict[int, tuple[float, int, int]] = {}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BrokerStats:
         """Stats, also exported as Ray metrics."""
         out = super().stats()
-        out["pid"] = _pid()
+        out["pid"] = os.getpid()
         if self._instruments is None:
-            self._instruments = _Instruments(
+            self._instruments = Instruments(
                 (
                     metrics.QUEUE_LOG_END,
                     metrics.QUEUE_BYTES_HELD,
@@ -132,17 +109,16 @@ class Streamer:
 
     def __init__(
         self,
-        streamer_id: str,
+        producer: str,
         settings: StreamerSettings,
         queue: QueueSettings,
-        brokers: list[Any],
+        brokers: list[ActorHandle],
         shard: tuple[int, int],
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         source = source_for(settings)
         self._source = source
         self._logic = StreamerLogic(
-            streamer_id,
+            producer,
             source,
             RayQueue(brokers),
             queue.partitions,
@@ -153,30 +129,32 @@ class Streamer:
             settings.duration_s,
         )
         self._error: str | None = None
-        self._instruments = _Instruments((metrics.STREAMER_ROWS, metrics.REJECTS))
+        self._instruments = Instruments((metrics.STREAMER_ROWS, metrics.REJECTS))
         self._reported = (0, 0)
         # Load the checkpoint before answering anyone: stats() must report the resumed pass at once
         # (a re-split computes its boundary from it).
         self._logic.open()
-        self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
-        self._thread.start()
+        self._thread = self._start()
 
-    def _run(self) -> None:
-        try:
-            self._logic.run()
-        except Exception as exc:  # reported through stats(); the actor stays up for inspection
-            log.exception("streamer %s failed", self._logic.streamer_id)
-            self._error = f"{type(exc).__name__}: {exc}"
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(
+            target=run_worker, args=(self._logic.producer_id, self._logic.run, self._failed), daemon=True
+        )
+        thread.start()
+        return thread
 
-    def stats(self) -> dict[str, Any]:
+    def _failed(self, error: str) -> None:
+        self._error = error
+
+    def stats(self) -> StreamerStatus:
         """Counters, whether the run finished, and the last error."""
         s = self._logic.stats
         rows, rejects = self._reported
-        self._instruments.inc(metrics.STREAMER_ROWS, s.produced - rows, streamer=self._logic.streamer_id)
+        self._instruments.inc(metrics.STREAMER_ROWS, s.produced - rows, streamer=self._logic.producer_id)
         self._instruments.inc(metrics.REJECTS, s.rejected - rejects, reason="input")
         self._reported = (s.produced, s.rejected)
         return {
-            "id": self._logic.streamer_id,
+            "id": self._logic.producer_id,
             "produced": s.produced,
             "rejected": s.rejected,
             "messages": s.messages,
@@ -189,27 +167,26 @@ class Streamer:
             "last_stamp_us": self._logic.last_stamp_us,
             "error": self._error,
             "resumed": s.resumed_from is not None,
-            "pid": _pid(),
+            "pid": os.getpid(),
             # Scrape sources: per-target health (up, last_success, consecutive_failures, last_error).
             "targets": self._source.health() if isinstance(self._source, PrometheusSource) else {},
         }
 
-    def pause(self, timeout_s: float = 600.0) -> dict[str, Any]:
+    def pause(self, timeout_s: float = 600.0) -> StreamerStatus:
         """Stop at the end of the pass in progress (never later); returns stats with the passes done."""
         self._logic.stop_at_pass(self._logic.passes_done + 1)
         self._thread.join(timeout_s)
         return self.stats()
 
-    def run_until(self, completed: int, timeout_s: float = 600.0) -> dict[str, Any]:
+    def run_until(self, completed: int, timeout_s: float = 600.0) -> StreamerStatus:
         """After ``pause``: stream on until ``completed`` passes are done, then stop again."""
         if not self._thread.is_alive() and self._logic.passes_done < completed and not self._logic.stats.done:
             self._logic.stop_at_pass(completed)
-            self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
-            self._thread.start()
+            self._thread = self._start()
         self._thread.join(timeout_s)
         return self.stats()
 
-    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
+    def stop(self, timeout_s: float = 30.0) -> StreamerStatus:
         """Stop streaming (the batch being published is finished first)."""
         self._logic.stop()
         self._thread.join(timeout_s)
@@ -220,10 +197,14 @@ class Collector:
     """Actor around ``pipeline.collector.Collector`` writing through ``TelemetryWriter``."""
 
     def __init__(
-        self, member: str, settings: CollectorSettings, queue: QueueSettings, conninfo: str, brokers: list[Any]
+        self,
+        member: str,
+        settings: CollectorSettings,
+        queue: QueueSettings,
+        conninfo: str,
+        brokers: list[ActorHandle],
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._instruments = _Instruments(
+        self._instruments = Instruments(
             (metrics.COLLECTOR_ROWS, metrics.COLLECTOR_COMMIT_SECONDS, metrics.COLLECTOR_LAST_COMMIT)
         )
         # Every incarnation gets a fresh member id: a restarted actor must not inherit the old
@@ -241,22 +222,19 @@ class Collector:
             on_commit=self._committed,
         )
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread = threading.Thread(target=run_worker, args=(self._member, self._logic.run, self._failed))
+        self._thread.daemon = True
         self._thread.start()
+
+    def _failed(self, error: str) -> None:
+        self._error = error
 
     def _committed(self, result: WriteResult, seconds: float) -> None:
         self._instruments.inc(metrics.COLLECTOR_ROWS, result.rows, collector=self._name)
         self._instruments.observe(metrics.COLLECTOR_COMMIT_SECONDS, seconds, collector=self._name)
         self._instruments.set(metrics.COLLECTOR_LAST_COMMIT, time.time(), collector=self._name)
 
-    def _run(self) -> None:
-        try:
-            self._logic.run()
-        except Exception as exc:  # reported through stats()
-            log.exception("collector %s failed", self._member)
-            self._error = f"{type(exc).__name__}: {exc}"
-
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CollectorStatus:
         """Counters, assignment and the last error."""
         s = self._logic.stats
         return {
@@ -274,61 +252,31 @@ class Collector:
             "error": self._error,
             "running": self._thread.is_alive(),
             "commit_seconds": s.commit_seconds,
-            "pid": _pid(),
+            "pid": os.getpid(),
         }
 
-    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
+    def stop(self, timeout_s: float = 30.0) -> CollectorStatus:
         """Finish the batch in hand, leave the group, return final stats."""
         self._logic.stop()
         self._thread.join(timeout_s)
         return self.stats()
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def actor_options(
-    name: str, num_cpus: float, memory_bytes: int | None = None, restarts: int = -1, **extra: Any
-) -> dict[str, Any]:
-    """Options every pipeline actor shares: a name in our namespace, resources, restarts."""
-    opts: dict[str, Any] = {
-        "name": name,
-        "namespace": NAMESPACE,
-        "num_cpus": num_cpus,
-        "max_restarts": restarts,
-        "lifetime": None,
-    }
-    if memory_bytes:
-        opts["memory"] = memory_bytes
-    opts.update(extra)
-    return opts
-
-
-def role_resources(role: str, index: int, placement: bool) -> dict[str, Any]:
-    """Custom resources an actor requests when placement on KubeRay worker groups is on."""
-    if not placement:
-        return {}
-    if role == "broker":
-        return {"resources": {"broker": 1, f"broker_{index}": 1}}
-    return {"resources": {role: 1}}
-
-
 def make_broker(
     index: int,
     queue: QueueSettings,
+    namespace: str,
     hosted: Sequence[int],
     start_offsets: Mapping[int, int],
     num_cpus: float = 0.5,
     placement: bool = False,
-) -> Any:
+) -> ActorHandle:
     """Start broker ``index`` (an async actor; Ray restarts it on failure)."""
     # Calls in flight when a broker dies are retried on its next incarnation: appends are
     # deduplicated by sequence, fetches and commits are idempotent.
     opts = actor_options(
         broker_name(index),
+        namespace,
         num_cpus,
         memory_bytes=min(len(hosted) * queue.partition_budget_bytes, 4 << 30) + (256 << 20),
         max_concurrency=1000,
@@ -342,8 +290,9 @@ def make_broker(
         persistence = Persistence(
             Path(queue.dir), queue.segment_bytes, queue.retention_s, queue.disk_budget_bytes, queue.fsync
         )
-    cls = ray.remote(**opts)(Broker)
-    return cls.remote(
+    return spawn(
+        Broker,
+        opts,
         index,
         queue.partitions,
         list(hosted),
@@ -355,48 +304,43 @@ def make_broker(
 
 
 def make_streamer(
-    index: int,
-    count: int,
+    producer: ProducerId,
     settings: StreamerSettings,
     queue: QueueSettings,
-    brokers: list[Any],
+    namespace: str,
+    brokers: list[ActorHandle],
     num_cpus: float = 0.5,
     placement: bool = False,
-    epoch: int | None = None,
-) -> Any:
-    """Start streamer ``index`` of ``count`` (it starts streaming by itself).
-
-    ``epoch`` names the shard layout: producer ids carry it, so a re-split never reuses the
-    sequence numbers of an earlier layout, while a restarted actor (same arguments) keeps its own.
-    """
+) -> ActorHandle:
+    """Start the streamer of shard ``producer.index`` of ``producer.count`` (it starts streaming by itself)."""
     opts = actor_options(
-        streamer_name(index),
+        streamer_name(producer.index),
+        namespace,
         num_cpus,
         memory_bytes=STREAMER_MEMORY,
         max_concurrency=4,
-        **role_resources("streamer", index, placement),
+        **role_resources("streamer", producer.index, placement),
     )
-    cls = ray.remote(**opts)(Streamer)
-    producer = streamer_name(index) if epoch is None else f"{streamer_name(index)}@{epoch}"
-    return cls.remote(producer, settings, queue, brokers, (index, count))
+    return spawn(Streamer, opts, str(producer), settings, queue, brokers, (producer.index, producer.count))
 
 
 def make_collector(
     index: int,
     settings: CollectorSettings,
     queue: QueueSettings,
+    namespace: str,
     conninfo: str,
-    brokers: list[Any],
+    brokers: list[ActorHandle],
     num_cpus: float = 0.5,
     placement: bool = False,
-) -> Any:
+) -> ActorHandle:
     """Start collector ``index`` (it joins the group and starts writing by itself)."""
     opts = actor_options(
         collector_name(index),
+        namespace,
         num_cpus,
         memory_bytes=COLLECTOR_MEMORY,
         max_concurrency=4,
         **role_resources("collector", index, placement),
     )
-    cls = ray.remote(**opts)(Collector)
-    return cls.remote(collector_name(index), settings, queue, conninfo, brokers)
+    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers)

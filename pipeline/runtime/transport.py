@@ -1,4 +1,8 @@
-"""Producer and Consumer over Broker actors (the queue's only Ray code besides ``pipeline.actors``)."""
+"""The queue's Ray transport: ``Producer`` and ``Consumer`` over Broker actors.
+
+The same contract as ``pipeline.queue.local.LocalQueue`` (both pass ``tests/unit/queue/test_contract.py``);
+broker 0 coordinates groups and keeps producer checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ from typing import Any
 
 import ray
 
-from pipeline.queue.broker import AppendResult, FetchResult
-from pipeline.queue.client import broker_of, merge_results, split_for_brokers
+from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
 from pipeline.queue.group import Assignment
+from pipeline.queue.routing import merge_results, per_broker, split_for_brokers
 from pipeline.records import Envelope
+from pipeline.runtime.names import ActorHandle
 
 __all__ = ["RayQueue"]
 
@@ -18,7 +23,7 @@ __all__ = ["RayQueue"]
 class RayQueue:
     """Talks to Broker actors; broker 0 coordinates groups and keeps producer checkpoints."""
 
-    def __init__(self, brokers: Sequence[Any], call_timeout_s: float = 120.0) -> None:
+    def __init__(self, brokers: Sequence[ActorHandle], call_timeout_s: float = 120.0) -> None:
         if not brokers:
             raise ValueError("at least one broker is needed")
         self._brokers = list(brokers)
@@ -26,9 +31,6 @@ class RayQueue:
 
     def _get(self, refs: Any) -> Any:
         return ray.get(refs, timeout=self._timeout)
-
-    def _of(self, partition: int) -> Any:
-        return self._brokers[broker_of(partition, len(self._brokers))]
 
     # --- Producer -----------------------------------------------------------------------------------
 
@@ -39,7 +41,8 @@ class RayQueue:
         parts = split_for_brokers(envelope, ranges, len(self._brokers))
         refs = [self._brokers[b].append_batch.remote(producer, seq, part, r) for b, (part, r) in parts.items()]
         # Waiting on backpressure may take long: no timeout here, the broker never drops.
-        return [result for results in ray.get(refs) for result in results]
+        acked: list[list[AppendResult]] = ray.get(refs)
+        return [result for results in acked for result in results]
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Store on broker 0."""
@@ -70,23 +73,18 @@ class RayQueue:
         self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
     ) -> FetchResult:
         """Fetch from every broker holding a requested partition, in parallel."""
-        per_broker: dict[int, dict[int, int]] = {}
-        for p, o in positions.items():
-            per_broker.setdefault(broker_of(p, len(self._brokers)), {})[p] = o
         refs = [
             self._brokers[b].fetch.remote(group, member, generation, mine, max_rows, timeout_s)
-            for b, mine in per_broker.items()
+            for b, mine in per_broker(dict(positions), len(self._brokers)).items()
         ]
         return merge_results(self._get(refs))
 
     def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
         """Commit on every broker holding a committed partition."""
-        per_broker: dict[int, dict[int, int]] = {}
-        for p, o in offsets.items():
-            per_broker.setdefault(broker_of(p, len(self._brokers)), {})[p] = o
-        self._get([self._brokers[b].commit.remote(group, member, generation, mine) for b, mine in per_broker.items()])
+        mine = per_broker(dict(offsets), len(self._brokers))
+        self._get([self._brokers[b].commit.remote(group, member, generation, part) for b, part in mine.items()])
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[BrokerStats]:
         """Every broker's stats."""
-        result: list[dict[str, Any]] = self._get([b.stats.remote() for b in self._brokers])
+        result: list[BrokerStats] = self._get([b.stats.remote() for b in self._brokers])
         return result

@@ -8,61 +8,27 @@ drained until every partition's committed offset equals its end offset, then col
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
 
-from pipeline import actors
 from pipeline.config import Settings
-from pipeline.controller_actor import make_controller
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.queue.client import broker_of
+from pipeline.errors import PipelineError
+from pipeline.queue.api import BrokerStats, lag_of
+from pipeline.queue.routing import broker_of
+from pipeline.runtime import actors
+from pipeline.runtime.names import ActorHandle, collector_name, find, streamer_name
+from pipeline.runtime.reports import CollectorStatus, StreamerStatus
+from pipeline.runtime.supervisor import make_controller
 from pipeline.storage.database import Database
 from pipeline.storage.writer import TelemetryWriter
 
-__all__ = ["Pipeline", "Progress", "connect_ray"]
+__all__ = ["Pipeline", "Progress"]
 
 log = logging.getLogger(__name__)
-
-
-def local_cpus(settings: Settings) -> int:
-    """Logical CPUs for a local cluster: the machine's, or enough for every actor the run may start.
-
-    Ray schedules by the CPUs actors *request* (0.5 each here), not by load: on a 2-core laptop two
-    collectors, a streamer and a broker already ask for 2, and the gateway's replicas would wait
-    forever. The actors mostly wait on I/O, so advertising more logical CPUs than cores is safe.
-    """
-    low_c, high_c = settings.policy_bounds("collector")
-    low_s, high_s = settings.policy_bounds("streamer")
-    wanted = 0.5 * (settings.queue.brokers + max(high_c, low_c) + max(high_s, low_s)) + 0.25 * 2 + 1
-    return max(os.cpu_count() or 1, math.ceil(wanted))
-
-
-def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
-    """Connect to RAY_ADDRESS or start a local Ray; returns what ``ray.init`` reported."""
-    if ray.is_initialized():
-        return {}
-    kwargs: dict[str, Any] = {
-        "namespace": settings.ray.namespace,
-        "log_to_driver": not quiet,
-        "configure_logging": not quiet,
-        "include_dashboard": settings.ray.dashboard,
-    }
-    if settings.ray.address:
-        kwargs["address"] = settings.ray.address
-        kwargs.pop("include_dashboard")
-    else:
-        kwargs["num_cpus"] = settings.ray.num_cpus or local_cpus(settings)
-    context = ray.init(**kwargs)
-    return {
-        "dashboard_url": getattr(context, "dashboard_url", None),
-        "address": getattr(context, "address_info", {}).get("address"),
-    }
 
 
 @dataclass(slots=True)
@@ -77,9 +43,9 @@ class Progress:
     lag_batches: int = 0
     streamers_done: bool = False
     errors: list[str] = field(default_factory=list)
-    streamers: list[dict[str, Any]] = field(default_factory=list)
-    collectors: list[dict[str, Any]] = field(default_factory=list)
-    brokers: list[dict[str, Any]] = field(default_factory=list)
+    streamers: list[StreamerStatus] = field(default_factory=list)
+    collectors: list[CollectorStatus] = field(default_factory=list)
+    brokers: list[BrokerStats] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     at: float = field(default_factory=time.monotonic)
 
@@ -88,15 +54,10 @@ class Pipeline:
     """Brokers and the controller (which owns streamers and collectors) of one run."""
 
     def __init__(self, settings: Settings, database: Database) -> None:
-        if settings.queue.partitions < settings.collector.count:
-            raise ConfigError(
-                f"queue.partitions ({settings.queue.partitions}) must be at least the number of collectors "
-                f"({settings.collector.count}) [PIPELINE_QUEUE__PARTITIONS]"
-            )
         self.settings = settings
         self.database = database
-        self.brokers: list[Any] = []
-        self.controller: Any = None
+        self.brokers: list[ActorHandle] = []
+        self.controller: ActorHandle | None = None
         self.run_id = int(time.time() * 1000)
         self._baseline = (0, 0)
 
@@ -112,29 +73,31 @@ class Pipeline:
         for b in range(q.brokers):
             hosted = [p for p in range(q.partitions) if broker_of(p, q.brokers) == b]
             first = {p: starts.get(p, 0) for p in hosted}
-            self.brokers.append(actors.make_broker(b, q, hosted, first, placement=placement))
+            self.brokers.append(
+                actors.make_broker(b, q, self.settings.ray.namespace, hosted, first, placement=placement)
+            )
         ray.get([b.stats.remote() for b in self.brokers])
         self.controller = make_controller(self.settings, self.database.conninfo, self.brokers, self.run_id)
         ray.get(self.controller.stats.remote())
 
     @property
-    def streamers(self) -> list[Any]:
+    def streamers(self) -> list[ActorHandle]:
         """Current streamer handles (owned by the controller)."""
-        return [
-            ray.get_actor(actors.streamer_name(i), namespace=actors.NAMESPACE)
-            for i in range(self._counts()["streamer"])
-        ]
+        return self._handles(streamer_name, self._counts()["streamer"])
 
     @property
-    def collectors(self) -> list[Any]:
+    def collectors(self) -> list[ActorHandle]:
         """Current collector handles (owned by the controller)."""
-        return [
-            ray.get_actor(actors.collector_name(i), namespace=actors.NAMESPACE)
-            for i in range(self._counts()["collector"])
-        ]
+        return self._handles(collector_name, self._counts()["collector"])
+
+    def _handles(self, name: Callable[[int], str], count: int) -> list[ActorHandle]:
+        found = [find(name(i), self.settings.ray.namespace) for i in range(count)]
+        return [h for h in found if h is not None]
 
     def _counts(self) -> dict[str, int]:
-        roles = ray.get(self.controller.status.remote(), timeout=60)["roles"]
+        assert self.controller is not None
+        status = cast(dict[str, Any], ray.get(self.controller.status.remote(), timeout=60))
+        roles = status["roles"]
         return {role: int(r["actual"]) for role, r in roles.items()}
 
     def _stored_offsets(self) -> dict[int, dict[str, int]]:
@@ -160,21 +123,17 @@ class Pipeline:
         group = self.settings.queue.group
         for b in p.brokers:
             for part in b["partitions"].values():
-                lag = part["groups"].get(group)
-                if lag is None:
-                    p.lag_batches += part["end_offset"] - part["start_offset"]
-                    p.lag_rows += part["rows_held"]
-                else:
-                    p.lag_batches += lag["lag_batches"]
-                    p.lag_rows += lag["lag_rows"]
+                rows, batches = lag_of(part, group)
+                p.lag_rows += rows
+                p.lag_batches += batches
         p.stored = sum(int(c.get("rows", 0)) for c in p.collectors)
         p.stored_rejects = sum(int(c.get("rejects", 0)) for c in p.collectors)
         return p
 
     def scale(self, role: str, count: int | None) -> dict[str, Any]:
         """Pin a role's count (None: back to the policy)."""
-        result: dict[str, Any] = ray.get(self.controller.scale.remote(role, count), timeout=900)
-        return result
+        assert self.controller is not None
+        return cast(dict[str, Any], ray.get(self.controller.scale.remote(role, count), timeout=900))
 
     def stored_totals(self) -> tuple[int, int]:
         """Rows and rejects committed by this run, from the database's own offsets table."""
@@ -188,7 +147,7 @@ class Pipeline:
         self._call(self.controller, "stop_streamers")
 
     @staticmethod
-    def _call(handle: Any, method: str, attempts: int = 5) -> Any:
+    def _call(handle: ActorHandle | None, method: str, attempts: int = 5) -> Any:
         """Call ``method``, retrying an actor that is restarting."""
         for attempt in range(attempts):
             try:

@@ -1,4 +1,8 @@
-"""``python -m pipeline status``: what a running pipeline's named actors report."""
+"""Attaching to a running pipeline: what its named actors report (``status``), and pinning counts (``scale``).
+
+Everything is looked up in the pipeline's namespace (``settings.ray.namespace``) through
+``pipeline.runtime.names``, the same names the pipeline was created with.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,16 @@ from typing import Any, cast
 
 import ray
 
+from pipeline.errors import PipelineError
+from pipeline.queue.api import BrokerStats, lag_of
+from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, find, find_role
+
 __all__ = ["attached", "collect", "mode", "pin", "render"]
 
 
 @contextmanager
 def attached(address: str | None, namespace: str) -> Iterator[str]:
     """Connect to a running cluster (``address``, RAY_ADDRESS or the local one) for the block's length."""
-    from pipeline.errors import PipelineError
-
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=target, namespace=namespace, log_to_driver=False, configure_logging=False)
@@ -29,15 +35,11 @@ def attached(address: str | None, namespace: str) -> Iterator[str]:
         ray.shutdown()
 
 
-def pin(address: str, changes: list[tuple[str, int | None]]) -> dict[str, Any]:
+def pin(address: str, namespace: str, changes: list[tuple[str, int | None]]) -> dict[str, Any]:
     """Pin roles at counts (None: back to the policy) on the running controller; returns its status."""
-    from pipeline.actors import CONTROLLER_NAME, NAMESPACE
-    from pipeline.errors import PipelineError
-
-    try:
-        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        raise PipelineError(f"no pipeline controller on the Ray cluster at {address}") from None
+    controller = find(CONTROLLER_NAME, namespace)
+    if controller is None:
+        raise PipelineError(f"no pipeline controller in namespace {namespace!r} on the Ray cluster at {address}")
     status: dict[str, Any] = {}
     for role, count in changes:
         status = cast(dict[str, Any], ray.get(controller.scale.remote(role, count), timeout=900))
@@ -51,24 +53,10 @@ def mode(role: dict[str, Any]) -> str:
     return "auto" if role["auto"] else "fixed"
 
 
-def _named(namespace: str, prefix: str) -> list[Any]:
-    found = []
-    i = 0
-    misses = 0
-    while misses < 3:  # tolerate gaps left by scaled-down actors
-        try:
-            found.append(ray.get_actor(f"{prefix}-{i}", namespace=namespace))
-            misses = 0
-        except ValueError:
-            misses += 1
-        i += 1
-    return found
-
-
-def _stats(handles: list[Any], role: str) -> list[dict[str, Any]]:
+def _stats(handles: list[ActorHandle], role: str) -> list[dict[str, Any]]:
     """Each actor's stats; one that is starting or restarting is reported as unavailable, not fatal."""
-    refs = [h.stats.remote() for h in handles]
-    out = []
+    refs: list[Any] = [h.stats.remote() for h in handles]
+    out: list[dict[str, Any]] = []
     for i, ref in enumerate(refs):
         try:
             out.append(ray.get(ref, timeout=60))
@@ -93,13 +81,15 @@ def _stats(handles: list[Any], role: str) -> list[dict[str, Any]]:
 
 def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]:
     """Stats of every broker, streamer and collector in ``namespace``; rates over ``sample_s``."""
-    brokers = _named(namespace, "broker")
-    before = {b["broker"]: b for b in ray.get([b.stats.remote() for b in brokers], timeout=60)}
+    brokers = find_role("broker", namespace, tolerate_gaps=0)
+    first: list[BrokerStats] = ray.get([b.stats.remote() for b in brokers], timeout=60)
+    before = {b["broker"]: b for b in first}
     started = time.monotonic()
     time.sleep(sample_s)
-    streamers = _named(namespace, "streamer")
-    collectors = _named(namespace, "collector")
+    streamers = find_role("streamer", namespace)
+    collectors = find_role("collector", namespace)
     report: dict[str, Any] = {
+        "namespace": namespace,
         "group": group,
         "brokers": ray.get([b.stats.remote() for b in brokers], timeout=60),
         "streamers": _stats(streamers, "streamer"),
@@ -110,8 +100,9 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
     for b in report["brokers"]:
         prior = before.get(b["broker"], {}).get("partitions", {})
         for p, s in sorted(b["partitions"].items(), key=lambda kv: int(kv[0])):
-            g = s["groups"].get(group, {})
+            g = s["groups"].get(group)
             was = prior.get(p, s)
+            lag_rows, lag_batches = lag_of(s, group)
             rates = {
                 "append_rows_per_s": round((s["rows_appended"] - was["rows_appended"]) / elapsed, 1),
                 "fetch_rows_per_s": round((s["rows_fetched"] - was["rows_fetched"]) / elapsed, 1),
@@ -121,9 +112,9 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
                     "partition": int(p),
                     "broker": b["broker"],
                     "end_offset": s["end_offset"],
-                    "committed": g.get("committed"),
-                    "lag_rows": g.get("lag_rows", s["rows_held"]),
-                    "lag_batches": g.get("lag_batches"),
+                    "committed": g["committed"] if g else None,
+                    "lag_rows": lag_rows,
+                    "lag_batches": lag_batches,
                     "bytes_held": s["bytes_held"],
                     "rows_appended": s["rows_appended"],
                     "rows_fetched": s["rows_fetched"],
@@ -133,11 +124,8 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
                 }
             )
     report["partitions"] = sorted(partitions, key=lambda r: r["partition"])
-    try:
-        controller = ray.get_actor("controller", namespace=namespace)
-        report["scaling"] = ray.get(controller.status.remote(), timeout=10)
-    except ValueError:
-        report["scaling"] = None
+    controller = find(CONTROLLER_NAME, namespace)
+    report["scaling"] = None if controller is None else ray.get(controller.status.remote(), timeout=10)
     return report
 
 
@@ -173,5 +161,8 @@ def render(report: dict[str, Any]) -> str:
         for d in scaling["decisions"][-5:]:
             lines.append(f"decision: {d['role']} {d['current']} -> {d['desired']} ({d['direction']}): {d['reason']}")
     if not report["brokers"]:
-        lines.append("no pipeline actors found (is `python -m pipeline run` running on this cluster?)")
+        lines.append(
+            f"no pipeline actors found in namespace {report.get('namespace')!r} "
+            "(is `python -m pipeline run` running on this cluster, with the same PIPELINE_RAY__NAMESPACE?)"
+        )
     return "\n".join(lines)

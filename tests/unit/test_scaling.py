@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.controller import Autoscaler, ScalePolicy
+from pipeline.scaling import Autoscaler, ScalePolicy
 
 
 class Clock:

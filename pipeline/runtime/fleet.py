@@ -20,10 +20,13 @@ from typing import Any
 
 import ray
 
-from pipeline import actors
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
-from pipeline.queue.ray_glue import RayQueue
+from pipeline.queue.api import ProducerCheckpoint
+from pipeline.runtime import actors
+from pipeline.runtime.names import ActorHandle, ProducerId, collector_name, streamer_name
+from pipeline.runtime.reports import CollectorStatus, FleetStats, StreamerStatus, Totals
+from pipeline.runtime.transport import RayQueue
 
 __all__ = ["LAYOUT_KEY", "Fleet"]
 
@@ -34,19 +37,20 @@ LAYOUT_KEY = "controller/layout"
 class Fleet:
     """Streamers and collectors of one pipeline."""
 
-    def __init__(self, settings: Settings, conninfo: str, brokers: list[Any], run_id: int = 0) -> None:
+    def __init__(self, settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int = 0) -> None:
         self._settings = settings
+        self._namespace = settings.ray.namespace
         self._conninfo = conninfo
         self._brokers = brokers
         self._queue = RayQueue(brokers)
         self._layout_key = f"{LAYOUT_KEY}/{run_id}"
         self._lock = threading.RLock()
-        self.streamers: list[Any] = []
-        self.collectors: list[Any] = []
+        self.streamers: list[ActorHandle] = []
+        self.collectors: list[ActorHandle] = []
         self.epoch = 0
-        self.retired = {"produced": 0, "rejected": 0}
+        self.retired: Totals = {"produced": 0, "rejected": 0}
         self.started_at = time.time()
-        self._last: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, Any] = {}
 
     # --- layout -------------------------------------------------------------------------------------
 
@@ -65,7 +69,8 @@ class Fleet:
         else:
             log.info("resuming layout %s", layout)
         self.epoch = int(layout["epoch"])
-        self.retired = dict(layout.get("retired", self.retired))
+        retired = layout.get("retired", self.retired)
+        self.retired = {"produced": int(retired["produced"]), "rejected": int(retired["rejected"])}
         self.started_at = float(layout.get("started_at", self.started_at))
         with self._lock:
             for i in range(int(layout["collectors"])):
@@ -85,20 +90,21 @@ class Fleet:
             },
         )
 
-    def _streamer(self, index: int, count: int) -> Any:
+    def _streamer(self, index: int, count: int) -> ActorHandle:
         s = self._settings
         settings = s.streamer
         if settings.duration_s is not None:  # a new layout streams for what is left of the run
             left = max(0.001, settings.duration_s - (time.time() - self.started_at))
             settings = settings.model_copy(update={"duration_s": left})
+        producer = ProducerId(index, count, self.epoch)
         return actors.make_streamer(
-            index, count, settings, s.queue, self._brokers, placement=s.ray.placement, epoch=self.epoch
+            producer, settings, s.queue, self._namespace, self._brokers, placement=s.ray.placement
         )
 
-    def _collector(self, index: int) -> Any:
+    def _collector(self, index: int) -> ActorHandle:
         s = self._settings
         return actors.make_collector(
-            index, s.collector, s.queue, self._conninfo, self._brokers, placement=s.ray.placement
+            index, s.collector, s.queue, self._namespace, self._conninfo, self._brokers, placement=s.ray.placement
         )
 
     def counts(self) -> dict[str, int]:
@@ -123,9 +129,9 @@ class Fleet:
                 self.collectors.append(self._collector(len(self.collectors)))
             while len(self.collectors) > count:
                 handle = self.collectors.pop()
-                name = actors.collector_name(len(self.collectors))
+                name = collector_name(len(self.collectors))
                 _call(handle, "stop")
-                _kill(handle, name)
+                _kill(handle, name, self._namespace)
             self._save()
 
     def resize_streamers(self, count: int) -> None:
@@ -141,12 +147,12 @@ class Fleet:
             # Two phases, so that no streamer ever runs past the common boundary: every streamer
             # stops at the end of the pass it is in; the boundary is the furthest of those; the
             # ones behind catch up to it. Each row of a pass then comes from exactly one layout.
-            paused = ray.get([h.pause.remote() for h in old], timeout=900)
+            paused: list[StreamerStatus] = ray.get([h.pause.remote() for h in old], timeout=900)
             boundary = max((int(s["passes"]) for s in paused), default=0)
             passes = self._settings.streamer.passes
             if passes is not None:
                 boundary = min(boundary, passes)
-            final = ray.get([h.run_until.remote(boundary) for h in old], timeout=900)
+            final: list[StreamerStatus] = ray.get([h.run_until.remote(boundary) for h in old], timeout=900)
             if any(int(s["passes"]) != boundary and not s["done"] for s in final):
                 raise PipelineError(
                     f"re-split: streamers did not all reach pass {boundary}: {[s['passes'] for s in final]}"
@@ -157,47 +163,47 @@ class Fleet:
             stamp_floor = max((int(s["last_stamp_us"]) for s in final), default=0)
             epoch = max(int(time.time() * 1000), self.epoch + 1)
             done = passes is not None and boundary >= passes
+            start: ProducerCheckpoint = {
+                "pass": boundary,
+                "position": None,
+                "seq": 0,
+                "stamp_us": stamp_floor,
+                "done": done,
+                "produced": 0,
+                "rejected": 0,
+            }
             for i in range(count):
-                producer = f"{actors.streamer_name(i)}@{epoch}/shard-{i}-of-{count}"
-                self._queue.checkpoint(
-                    producer,
-                    {
-                        "pass": boundary,
-                        "position": None,
-                        "seq": 0,
-                        "stamp_us": stamp_floor,
-                        "done": done,
-                        "produced": 0,
-                        "rejected": 0,
-                    },
-                )
+                self._queue.checkpoint(str(ProducerId(i, count, epoch)), start)
             self.epoch = epoch
             for i, handle in enumerate(old):
-                _kill(handle, actors.streamer_name(i))
+                _kill(handle, streamer_name(i), self._namespace)
             self.streamers = [self._streamer(i, count) for i in range(count)]
             self._save()
             log.info("re-split the source over %d streamer(s) from pass %d (epoch %d)", count, boundary, epoch)
 
     # --- observing and stopping --------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> FleetStats:
         """Every actor's stats; one that is restarting reports its last known figures and ``restarting``."""
         # No lock: a resize may hold it for a whole pass. The lists are copied; a stale handle answers
         # with RayActorError, reported below as restarting.
+        streamers: list[StreamerStatus] = self._all_stats(list(self.streamers), "streamer")
+        collectors: list[CollectorStatus] = self._all_stats(list(self.collectors), "collector")
         return {
-            "streamers": self._all_stats(list(self.streamers), "streamer"),
-            "collectors": self._all_stats(list(self.collectors), "collector"),
-            "retired": dict(self.retired),
+            "streamers": streamers,
+            "collectors": collectors,
+            "retired": Totals(**self.retired),
             "epoch": self.epoch,
         }
 
-    def _all_stats(self, handles: list[Any], role: str) -> list[dict[str, Any]]:
-        refs = [h.stats.remote() for h in handles]
-        out = []
+    def _all_stats(self, handles: list[ActorHandle], role: str) -> list[Any]:
+        refs: list[Any] = [h.stats.remote() for h in handles]
+        out: list[Any] = []
         for i, ref in enumerate(refs):
             key = f"{role}-{i}"
+            stats: dict[str, Any]
             try:
-                stats: dict[str, Any] = ray.get(ref, timeout=30)
+                stats = ray.get(ref, timeout=30)
                 self._last[key] = stats
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 base = self._last.get(
@@ -234,11 +240,11 @@ class Fleet:
             self.streamers, self.collectors = [], []
 
 
-def _get(ref: Any, timeout: float = 60.0) -> Any:
+def _get(ref: ray.ObjectRef[Any], timeout: float = 60.0) -> Any:
     return ray.get(ref, timeout=timeout)
 
 
-def _call(handle: Any, method: str, attempts: int = 5) -> None:
+def _call(handle: ActorHandle, method: str, attempts: int = 5) -> None:
     """Call ``method``, retrying an actor that is restarting."""
     for attempt in range(attempts):
         try:
@@ -249,13 +255,13 @@ def _call(handle: Any, method: str, attempts: int = 5) -> None:
             time.sleep(min(2.0, 0.2 * 2**attempt))
 
 
-def _kill(handle: Any, name: str, wait_s: float = 30.0) -> None:
+def _kill(handle: ActorHandle, name: str, namespace: str, wait_s: float = 30.0) -> None:
     """Kill an actor and wait until its name is free again (so it can be reused)."""
     ray.kill(handle, no_restart=True)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
-            ray.get_actor(name, namespace=actors.NAMESPACE)
+            ray.get_actor(name, namespace=namespace)
         except ValueError:
             return
         time.sleep(0.05)

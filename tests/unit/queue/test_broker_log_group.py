@@ -12,6 +12,7 @@ from pipeline.errors import FencedError, OffsetOutOfRange
 from pipeline.queue.broker import Broker
 from pipeline.queue.group import GroupCoordinator, sticky_assign
 from pipeline.queue.log import PartitionLog
+from tests.support import envelope_of
 
 
 class Clock:
@@ -116,11 +117,11 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_broker_dedupes_producer_sequences() -> None:
     async def scenario() -> None:
         b = Broker(0, 2, [0, 1], budget_bytes=1 << 20)
-        r1 = await b.append(0, "x", 10, 100, producer="p", seq=0)
-        r2 = await b.append(1, "y", 10, 100, producer="p", seq=1)
-        dup = await b.append(0, "x", 10, 100, producer="p", seq=0)
+        r1 = await b.append(0, envelope_of(10), 10, 100, producer="p", seq=0)
+        r2 = await b.append(1, envelope_of(10), 10, 100, producer="p", seq=1)
+        dup = await b.append(0, envelope_of(10), 10, 100, producer="p", seq=0)
         assert (r1.offset, r2.offset, dup.duplicate) == (0, 0, True)
-        r3 = await b.append(0, "z", 10, 100, producer="p", seq=2)
+        r3 = await b.append(0, envelope_of(10), 10, 100, producer="p", seq=2)
         assert r3.offset == 1
         assert b.stats()["partitions"][0]["duplicates"] == 1
         b.checkpoint("p", {"pass": 3, "seq": 3})
@@ -134,9 +135,9 @@ def test_producer_waits_for_budget_and_resumes_after_commit() -> None:
     async def scenario() -> None:
         b = Broker(0, 1, [0], budget_bytes=250)
         a = b.join("g", "c")
-        for i in range(2):
-            await b.append(0, i, 1, 100)
-        blocked = asyncio.create_task(b.append(0, 2, 1, 100))
+        for _i in range(2):
+            await b.append(0, envelope_of(1), 1, 100)
+        blocked = asyncio.create_task(b.append(0, envelope_of(1), 1, 100))
         await asyncio.sleep(0.05)
         assert not blocked.done()  # over budget: waits, never drops
         fetched = await b.fetch("g", "c", a.generation, {0: 0}, max_rows=1)
@@ -156,9 +157,10 @@ def test_fetch_waits_for_data_and_commits_are_fenced() -> None:
         a = b.join("g", "c1")
         waiter = asyncio.create_task(b.fetch("g", "c1", a.generation, {0: 0}, 100, timeout_s=2.0))
         await asyncio.sleep(0.05)
-        await b.append(0, "hello", 5, 10)
+        await b.append(0, envelope_of(5, "hello"), 5, 10)
         got = await asyncio.wait_for(waiter, 1.0)
-        assert [m.payload for m in got.messages] == ["hello"]
+        assert [m.rows for m in got.messages] == [5]
+        assert got.data is not None and got.data.samples.column("hostname").to_pylist() == ["hello"] * 5
         b.join("g", "c2")  # rebalance: c1's generation is stale now
         with pytest.raises(FencedError):
             await b.commit("g", "c1", a.generation, {0: 1})
@@ -183,8 +185,8 @@ def test_data_is_released_only_when_every_group_committed() -> None:
         b = Broker(0, 1, [0], budget_bytes=1 << 20)
         g1 = b.join("g1", "a")
         g2 = b.join("g2", "b")
-        for i in range(3):
-            await b.append(0, i, 1, 10)
+        for _i in range(3):
+            await b.append(0, envelope_of(1), 1, 10)
         await b.commit("g1", "a", g1.generation, {0: 3})
         assert b.stats()["partitions"][0]["start_offset"] == 0
         await b.commit("g2", "b", g2.generation, {0: 2})

@@ -1,0 +1,197 @@
+"""``run`` and ``serve``: the one-command local experience (start, follow progress, drain, summarise)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from pipeline.config import Settings
+from pipeline.errors import PipelineError, SourceError
+
+__all__ = ["open_database", "run", "serve"]
+
+log = logging.getLogger("pipeline")
+
+
+def open_database(settings: Settings, out: TextIO = sys.stderr) -> Any:
+    """Find or start the database, migrate it, and say where it is."""
+    from pipeline.storage.setup import prepare
+
+    prepared = prepare(settings.database, settings.storage)
+    applied = f" ({len(prepared.applied)} migration(s) applied)" if prepared.applied else ""
+    print(f"database: {prepared.database.describe()}{applied}", file=out)
+    return prepared.database
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag so the run loop can drain cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping: draining the queue (Ctrl-C again to abort)...", file=sys.stderr)
+
+    def __exit__(self, *_: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.sources import source_for
+
+    s = settings.streamer
+    source = source_for(s)
+    try:
+        source.open()  # a missing file or unknown header fails here, before anything starts
+    except SourceError as exc:
+        if exc.line is not None:
+            # A file that is not dcgm-exporter CSV is bad input too: keep it as a reject, then stop.
+            _record_reject(settings, exc)
+        raise
+    source.close()
+    db = open_database(settings)
+
+    from pipeline.runtime import local_gateway
+    from pipeline.runtime.cluster import connect_ray, disconnect
+    from pipeline.runtime.driver import Pipeline
+
+    info = connect_ray(settings, quiet=not args.verbose)
+    pipeline = Pipeline(settings, db)
+    tty = sys.stderr.isatty()
+    started = time.monotonic()
+    try:
+        with _Stop() as stop:
+            pipeline.start()
+            print(
+                f"source: {source.name}; {s.count} streamer(s), {settings.collector.count} collector(s), "
+                f"{settings.queue.partitions} partitions",
+                file=sys.stderr,
+            )
+            if info.get("dashboard_url"):
+                print(f"ray dashboard: http://{info['dashboard_url']} (token in ~/.ray/auth_token)", file=sys.stderr)
+            if info.get("address"):
+                print(
+                    f"ray: {info['address']} (RAY_ADDRESS={info['address']} python -m pipeline status)", file=sys.stderr
+                )
+            if not args.no_serve:
+                local_gateway.deploy(settings, db.conninfo)
+                print(
+                    f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (docs at /docs)",
+                    file=sys.stderr,
+                )
+            bounded = s.passes is not None or s.duration_s is not None
+            display = _Display(tty)
+            while not stop.requested:
+                p = pipeline.progress()
+                display.show(p, time.monotonic() - started)
+                for err in p.errors:
+                    print(f"\nerror: {err}", file=sys.stderr)
+                if p.errors and bounded:
+                    raise PipelineError("; ".join(p.errors))
+                if bounded and p.streamers_done:
+                    break
+                time.sleep(1.0 if tty else 0.5)
+            pipeline.stop_streamers()
+            final = pipeline.drain(on_tick=lambda p: display.show(p, time.monotonic() - started))
+            stored, stored_rejects = pipeline.stored_totals()
+            display.end()
+            pipeline.stop()
+    finally:
+        disconnect(before=None if args.no_serve else local_gateway.remove)
+    elapsed = time.monotonic() - started
+    summary = {
+        "produced": final.produced,
+        "stored": stored,
+        "rejected": final.rejected,
+        "rejects_stored": stored_rejects,
+        "seconds": round(elapsed, 2),
+        "rows_per_s": round(stored / elapsed, 1) if elapsed > 0 else 0.0,
+        "database": db.describe(),
+        "source": source.name,
+    }
+    print(
+        f"done: produced {summary['produced']}, stored {stored}, rejected {summary['rejected']} "
+        f"in {elapsed:.1f}s ({summary['rows_per_s']:.0f} rows/s)",
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _record_reject(settings: Settings, exc: SourceError) -> None:
+    from pipeline.records import make_rejects
+    from pipeline.storage.writer import record_rejects
+
+    db = open_database(settings)
+    batch = make_rejects(
+        time.time_ns() // 1000,
+        exc.path,
+        [exc.line],
+        [exc.raw],
+        [str(exc)],
+    )
+    record_rejects(db.conninfo, batch)
+
+
+def serve(settings: Settings) -> int:
+    db = open_database(settings)
+    from pipeline.runtime import local_gateway
+    from pipeline.runtime.cluster import connect_ray, disconnect
+
+    connect_ray(settings, quiet=True)
+    local_gateway.deploy(settings, db.conninfo)
+    print(f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        with _Stop() as stop:
+            while not stop.requested:
+                time.sleep(0.5)
+    finally:
+        disconnect(before=local_gateway.remove)
+    return 0
+
+
+class _Display:
+    """A one-line live status on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self._tty = tty
+        self._last_print = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def show(self, p: Any, elapsed: float) -> None:
+        if not self._tty and elapsed - self._last_print < 5.0:
+            return
+        rate = 0.0  # over the interval since the last line shown
+        if self._last is not None and elapsed > self._last[0]:
+            rate = (p.stored - self._last[1]) / (elapsed - self._last[0])
+        self._last = (elapsed, p.stored)
+        line = (
+            f"[{elapsed:6.1f}s] produced {p.produced:,}  stored {p.stored:,}  ({rate:,.0f} rows/s)  "
+            f"lag {p.lag_rows:,} rows  rejects {p.rejected:,}"
+        )
+        if self._tty:
+            sys.stderr.write("\r" + line.ljust(100))
+            sys.stderr.flush()
+        else:
+            self._last_print = elapsed
+            print(line, file=sys.stderr)
+
+    def end(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")

@@ -1,0 +1,166 @@
+"""The queue's contract: what producers and consumers see, and the typed records that cross it.
+
+``Producer`` and ``Consumer`` are the seams the streamer and collector are written against; the
+in-process ``LocalQueue`` (``pipeline.queue.local``) and the Ray transport
+(``pipeline.runtime.transport``) both implement them and pass one contract suite
+(``tests/unit/queue/test_contract.py``). Everything here pickles: it crosses Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
+
+from pipeline.queue.group import Assignment
+from pipeline.records import Envelope
+
+__all__ = [
+    "AppendResult",
+    "BrokerStats",
+    "Consumer",
+    "FetchResult",
+    "Fetched",
+    "GroupLag",
+    "PartitionStats",
+    "Producer",
+    "ProducerCheckpoint",
+    "lag_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed; ``duplicate`` when the producer had already stored it."""
+
+    partition: int
+    offset: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One message handed to a consumer (its rows travel packed in ``FetchResult.data``)."""
+
+    partition: int
+    offset: int
+    rows: int
+    rejects: int = 0
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """Messages, their rows, and partitions whose requested offset is outside the log.
+
+    ``data`` holds the samples and rejects of every message in ``messages`` order as ONE envelope
+    (dictionaries unified): one Arrow batch per fetch, never one per message. ``out_of_range``
+    maps a partition to the ``(start, end)`` its log really holds.
+    """
+
+    messages: list[Fetched] = field(default_factory=list)
+    out_of_range: dict[int, tuple[int, int]] = field(default_factory=dict)
+    data: Envelope | None = None
+
+
+# A streamer's resume state, stored on the queue after each acknowledged flush: the pass and position
+# of the next row to read (position None = the pass's start), the next sequence number, and the last
+# processing timestamp given (a resumed stream stamps above it). Functional syntax: "pass" is a keyword.
+ProducerCheckpoint = TypedDict(
+    "ProducerCheckpoint",
+    {
+        "pass": int,
+        "position": "int | None",
+        "seq": int,
+        "stamp_us": int,
+        "done": bool,
+        "produced": int,
+        "rejected": int,
+    },
+)
+
+
+class GroupLag(TypedDict):
+    """One consumer group's position in one partition."""
+
+    committed: int
+    lag_batches: int
+    lag_rows: int
+
+
+class PartitionStats(TypedDict):
+    """One partition's offsets, holdings and counters, as its broker reports them."""
+
+    disk_bytes: int
+    start_offset: int
+    end_offset: int
+    bytes_held: int
+    rows_held: int
+    rows_appended: int
+    rows_fetched: int
+    appends: int
+    duplicates: int
+    blocked_s: float
+    groups: dict[str, GroupLag]
+
+
+class BrokerStats(TypedDict, total=False):
+    """What ``Broker.stats()`` returns (``pid`` is added by the actor)."""
+
+    broker: int
+    partitions: dict[int, PartitionStats]
+    budget_bytes: int
+    groups: dict[str, Any]
+    uptime_s: float
+    pid: int
+
+
+def lag_of(partition: PartitionStats, group: str) -> tuple[int, int]:
+    """(rows, batches) that ``group`` has not committed in ``partition``; all held data if it never did."""
+    lag = partition["groups"].get(group)
+    if lag is None:
+        return partition["rows_held"], partition["end_offset"] - partition["start_offset"]
+    return lag["lag_rows"], lag["lag_batches"]
+
+
+class Producer(Protocol):
+    """Publishes batches; remembers a resume checkpoint per producer."""
+
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """Append a batch ordered by partition (``ranges``: partition, first row, rows); returns when acked."""
+        ...
+
+    def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
+        """Store the producer's resume state."""
+        ...
+
+    def producer_state(self, producer: str) -> dict[str, Any] | None:
+        """The producer's last checkpoint."""
+        ...
+
+
+class Consumer(Protocol):
+    """Group membership, fetch and commit."""
+
+    def join(self, group: str, member: str) -> Assignment:
+        """Join; returns the first assignment."""
+        ...
+
+    def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
+        """Stay alive; returns the current assignment."""
+        ...
+
+    def leave(self, group: str, member: str) -> None:
+        """Leave gracefully."""
+        ...
+
+    def fetch(
+        self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
+    ) -> FetchResult:
+        """Messages from each partition's position, waiting up to ``timeout_s`` when none is ready."""
+        ...
+
+    def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
+        """Tell the brokers what was committed to the database."""
+        ...

@@ -1,0 +1,104 @@
+"""``LocalQueue``: the queue's ``Producer`` and ``Consumer`` over plain ``Broker`` objects, in process.
+
+It runs the real broker logic on a private event loop: what unit tests and single-process tools use.
+``pipeline.runtime.transport.RayQueue`` implements the same contract over Broker actors; both pass
+the contract suite in ``tests/unit/queue/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
+from pipeline.queue.broker import Broker
+from pipeline.queue.group import Assignment
+from pipeline.queue.routing import broker_of, merge_results, per_broker, split_for_brokers
+from pipeline.records import Envelope
+
+__all__ = ["LocalQueue"]
+
+
+class LocalQueue:
+    """Producer and Consumer over in-process brokers (no Ray)."""
+
+    def __init__(
+        self,
+        partitions: int,
+        brokers: int = 1,
+        budget_bytes: int = 64 << 20,
+        session_timeout_s: float = 10.0,
+        clock: Any = None,
+    ) -> None:
+        self.partitions = partitions
+        self._loop = asyncio.new_event_loop()
+        extra = {} if clock is None else {"clock": clock}
+        self.brokers = [
+            Broker(
+                b,
+                partitions,
+                [p for p in range(partitions) if broker_of(p, brokers) == b],
+                budget_bytes,
+                session_timeout_s,
+                **extra,
+            )
+            for b in range(brokers)
+        ]
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        """Close the private event loop."""
+        self._loop.close()
+
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """One ``append_batch`` per broker holding some of the ranges."""
+        results: list[AppendResult] = []
+        for b, (part, part_ranges) in split_for_brokers(envelope, ranges, len(self.brokers)).items():
+            results += self._run(self.brokers[b].append_batch(producer, seq, part, part_ranges))
+        return results
+
+    def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
+        """Checkpoints live on broker 0."""
+        self.brokers[0].checkpoint(producer, state)
+
+    def producer_state(self, producer: str) -> dict[str, Any] | None:
+        """From broker 0."""
+        return self.brokers[0].producer_state(producer)
+
+    def join(self, group: str, member: str) -> Assignment:
+        """Broker 0 coordinates groups."""
+        return self.brokers[0].join(group, member)
+
+    def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
+        """Via broker 0."""
+        return self.brokers[0].heartbeat(group, member, generation)
+
+    def leave(self, group: str, member: str) -> None:
+        """Via broker 0."""
+        self.brokers[0].leave(group, member)
+
+    def fetch(
+        self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
+    ) -> FetchResult:
+        """Fetch from every broker holding a requested partition, concurrently (as the Ray transport does)."""
+        mine = per_broker(dict(positions), len(self.brokers))
+
+        async def all_brokers() -> list[FetchResult]:
+            calls = [self.brokers[b].fetch(group, member, generation, p, max_rows, timeout_s) for b, p in mine.items()]
+            return list(await asyncio.gather(*calls))
+
+        return merge_results(self._run(all_brokers()))
+
+    def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
+        """Commit on each broker holding a committed partition."""
+        for b, part in per_broker(dict(offsets), len(self.brokers)).items():
+            self._run(self.brokers[b].commit(group, member, generation, part))
+
+    def stats(self) -> list[BrokerStats]:
+        """Every broker's stats."""
+        return [b.stats() for b in self.brokers]

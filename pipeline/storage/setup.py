@@ -1,0 +1,52 @@
+"""Getting a database ready for the pipeline: find or start it, check it, migrate, keep partitions ahead.
+
+The one place entrypoints (the CLI, the supervisor, tests) go through before anything writes; the
+controller's periodic partition maintenance is ``maintain`` below, run as a storage job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pipeline.config import DatabaseSettings, StorageSettings
+from pipeline.storage.database import Database, check, resolve
+from pipeline.storage.migrate import Migration, migrate
+from pipeline.storage.time_partitions import PartitionManager, PartitionReport
+
+__all__ = ["Prepared", "maintain", "prepare"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A reachable, migrated database and what preparing it did."""
+
+    database: Database
+    applied: tuple[Migration, ...]
+    partitions: PartitionReport
+
+
+def prepare(database: DatabaseSettings, storage: StorageSettings) -> Prepared:
+    """Resolve (DATABASE_URL or the embedded server), check, migrate, and create time partitions."""
+    url = database.url.get_secret_value() if database.url else None
+    db = resolve(url, database.embedded_dir)
+    check(db.conninfo, database.connect_timeout_s)
+    applied = migrate(db.conninfo)
+    report = maintain(db.conninfo, storage)
+    return Prepared(db, tuple(applied), report)
+
+
+def maintain(conninfo: str, storage: StorageSettings) -> PartitionReport:
+    """One round of time-partition maintenance (create ahead, move default rows, drop by retention)."""
+    report = PartitionManager.for_settings(conninfo, storage).ensure()
+    if report.created or report.dropped or report.moved_rows or report.skipped:
+        log.info(
+            "partitions: created %s dropped %s moved %d skipped %s",
+            list(report.created),
+            list(report.dropped),
+            report.moved_rows,
+            list(report.skipped),
+        )
+    return report
