@@ -68,7 +68,7 @@ class MemorySink:
     def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
         for p in partitions:
             if self.generations.get((group, p), 0) > generation:
-                raise FencedError("newer generation", group=group)
+                raise FencedError("newer generation", group=group, generation=generation)
         for p in partitions:
             self.generations[(group, p)] = generation
             self.offsets.setdefault((group, p), 0)
@@ -98,6 +98,8 @@ class MemorySink:
         return WriteResult(rows, rejects, {b.partition: b.next_offset for b in batches})
 
     def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
+        if self.generations.get((group, partition)) != generation:
+            raise FencedError(f"group {group}: partition {partition} no longer held by generation {generation}")
         self.offsets[(group, partition)] = offset
 
     def table(self) -> pa.Table:

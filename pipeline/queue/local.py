@@ -1,6 +1,8 @@
 """``LocalQueue``: the queue's ``Producer`` and ``Consumer`` over plain ``Broker`` objects, in process.
 
-It runs the real broker logic on a private event loop: what unit tests and single-process tools use.
+It runs the real broker logic on a private event loop in its own thread, every call on that loop, as
+an async Ray actor runs them: calls from several threads (a fetch waiting while another thread
+publishes) behave as they do against Broker actors. What unit tests and single-process tools use.
 ``pipeline.runtime.transport.RayQueue`` implements the same contract over Broker actors; both pass
 the contract suite in ``tests/unit/queue/test_contract.py``.
 """
@@ -8,8 +10,9 @@ the contract suite in ``tests/unit/queue/test_contract.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
 from pipeline.queue.broker import Broker
@@ -18,6 +21,8 @@ from pipeline.queue.routing import broker_of, merge_results, per_broker, split_f
 from pipeline.records import Envelope
 
 __all__ = ["LocalQueue"]
+
+T = TypeVar("T")
 
 
 class LocalQueue:
@@ -33,6 +38,8 @@ class LocalQueue:
     ) -> None:
         self.partitions = partitions
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="local-queue", daemon=True)
+        self._thread.start()
         extra = {} if clock is None else {"clock": clock}
         self.brokers = [
             Broker(
@@ -46,11 +53,19 @@ class LocalQueue:
             for b in range(brokers)
         ]
 
-    def _run(self, coro: Any) -> Any:
-        return self._loop.run_until_complete(coro)
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async def on_loop() -> T:
+            return fn(*args)
+
+        return self._run(on_loop())
 
     def close(self) -> None:
-        """Close the private event loop."""
+        """Stop and close the private event loop."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
         self._loop.close()
 
     def publish(
@@ -64,23 +79,23 @@ class LocalQueue:
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Checkpoints live on broker 0."""
-        self.brokers[0].checkpoint(producer, state)
+        self._call(self.brokers[0].checkpoint, producer, state)
 
     def producer_state(self, producer: str) -> dict[str, Any] | None:
         """From broker 0."""
-        return self.brokers[0].producer_state(producer)
+        return self._call(self.brokers[0].producer_state, producer)
 
     def join(self, group: str, member: str) -> Assignment:
         """Broker 0 coordinates groups."""
-        return self.brokers[0].join(group, member)
+        return self._call(self.brokers[0].join, group, member)
 
     def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
         """Via broker 0."""
-        return self.brokers[0].heartbeat(group, member, generation)
+        return self._call(self.brokers[0].heartbeat, group, member, generation)
 
     def leave(self, group: str, member: str) -> None:
         """Via broker 0."""
-        self.brokers[0].leave(group, member)
+        self._call(self.brokers[0].leave, group, member)
 
     def fetch(
         self, group: str, member: str, generation: int, positions: Mapping[int, int], max_rows: int, timeout_s: float
@@ -101,4 +116,4 @@ class LocalQueue:
 
     def stats(self) -> list[BrokerStats]:
         """Every broker's stats."""
-        return [b.stats() for b in self.brokers]
+        return [self._call(b.stats) for b in self.brokers]
