@@ -275,11 +275,12 @@ def run_pipeline(
             "streamer": {"count": streamers, "hosts": max(1, gpus // 8), "interval_s": interval, "batch_rows": 100_000},
             "collector": {"count": collectors, "max_rows": 200_000},
             "queue": {"partitions": 16, "group": group},
+            "ray": {"namespace": group},
         },
         environ={},
     )
     p = Pipeline(settings, Database(url))
-    p.start()
+    p.deploy(fresh=True)
     probe = LatencyProbe(url)
     try:
         time.sleep(warmup)

@@ -96,6 +96,20 @@ CONTROLLER_DECISIONS = MetricDef(
     ("role", "direction", "reason"),
     "ray",
 )
+SUPERVISOR_RESTARTS = MetricDef(
+    "pipeline_supervisor_actor_restarts_total",
+    "counter",
+    "Actor processes Ray restarted (seen by the supervisor as a new pid), by role.",
+    ("role",),
+    "ray",
+)
+SUPERVISOR_RECREATIONS = MetricDef(
+    "pipeline_supervisor_actor_recreations_total",
+    "counter",
+    "Actors gone for good (node lost, restarts exhausted, constructor failing) that the supervisor re-created.",
+    ("role",),
+    "ray",
+)
 
 # --- served by the gateway's /metrics ---------------------------------------------------------
 HTTP_DURATION = MetricDef(
@@ -157,6 +171,8 @@ RAY: tuple[MetricDef, ...] = (
     CONTROLLER_DESIRED,
     CONTROLLER_ACTUAL,
     CONTROLLER_DECISIONS,
+    SUPERVISOR_RESTARTS,
+    SUPERVISOR_RECREATIONS,
 )
 GATEWAY: tuple[MetricDef, ...] = (
     HTTP_DURATION,

@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.queue.api import Producer, ProducerCheckpoint
+from pipeline.errors import QueueError
+from pipeline.queue.api import AppendResult, Producer, ProducerCheckpoint
 from pipeline.queue.keys import KeyHasher, order_by_partition
 from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
 from pipeline.sources import Shard, Source
@@ -32,6 +33,7 @@ from pipeline.sources import Shard, Source
 __all__ = ["Streamer", "StreamerStats", "stamp"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class StreamerStats:
     blocked_s: float = 0.0
     busy_s: float = 0.0
     done: bool = False
+    publish_retries: int = 0
     resumed_from: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -119,6 +122,7 @@ class Streamer:
         self._stop = threading.Event()
         self._stop_at: int | None = None
         self._opened = False
+        self.stop_grace_s = 30.0  # after stop(): how long a flush may still wait for away brokers
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -137,7 +141,7 @@ class Streamer:
             return
         self._opened = True
         self._source.open()
-        state = self._producer.producer_state(self.producer_id)
+        state = self._until_acked("resume", lambda: self._producer.producer_state(self.producer_id))
         if state:
             self._pass = int(state["pass"])
             self._position = state.get("position")
@@ -256,7 +260,7 @@ class Streamer:
         else:
             ordered, ranges = empty_wire(), [(0, 0, 0)]  # rejects alone still travel, on partition 0
         t0 = time.monotonic()
-        results = self._producer.publish(self.producer_id, self._seq, Envelope(ordered, rejects), ranges)
+        results = self._publish(Envelope(ordered, rejects), ranges)
         self.stats.blocked_s += time.monotonic() - t0
         self.stats.duplicates += sum(1 for r in results if r.duplicate)
         self._seq += 1
@@ -269,6 +273,34 @@ class Streamer:
         self._checkpoint()
         return published
 
+    def _publish(self, envelope: Envelope, ranges: list[tuple[int, int, int]]) -> list[AppendResult]:
+        """Publish this flush, waiting out brokers that are away (same sequence: a re-send is a duplicate)."""
+        seq = self._seq
+        return self._until_acked(
+            f"flush {seq}", lambda: self._producer.publish(self.producer_id, seq, envelope, ranges)
+        )
+
+    def _until_acked(self, what: str, call: Callable[[], T]) -> T:
+        """Retry ``call`` with backoff while the queue is away.
+
+        After ``stop()`` the wait is bounded by ``stop_grace_s``; past it the ``QueueError`` is raised
+        and the flush stays unacknowledged (not checkpointed: it is read again on the next start).
+        """
+        delay = 0.1
+        stopped_at: float | None = None
+        while True:
+            try:
+                return call()
+            except QueueError as exc:
+                self.stats.publish_retries += 1
+                if self._stop.is_set():
+                    stopped_at = stopped_at if stopped_at is not None else time.monotonic()
+                    if time.monotonic() - stopped_at > self.stop_grace_s:
+                        raise
+                log.warning("%s: %s not acknowledged (%s); retrying in %.1fs", self.producer_id, what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _checkpoint(self) -> None:
         state: ProducerCheckpoint = {
             "pass": self._pass,
@@ -279,4 +311,4 @@ class Streamer:
             "produced": self.stats.produced,
             "rejected": self.stats.rejected,
         }
-        self._producer.checkpoint(self.producer_id, state)
+        self._until_acked("checkpoint", lambda: self._producer.checkpoint(self.producer_id, state))

@@ -120,3 +120,21 @@ class MemorySink:
                 strict=True,
             )
         )
+
+
+def unique_namespace(prefix: str = "t") -> str:
+    """A Ray namespace of its own for one test's pipeline (detached actors never leak into the next test)."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def assert_healthy(pipeline: Any) -> None:
+    """Every streamer and collector of a deployed pipeline answers, with its loop alive and no error."""
+    p = pipeline.progress()
+    for s in [*p.streamers, *p.collectors]:
+        assert not s.get("restarting"), f"{s['id']} did not answer: {s.get('detail')}"
+        assert s.get("error") is None, f"{s['id']} failed: {s['error']}"
+        assert s.get("running") or s.get("done"), f"{s['id']}: its worker loop is not running"
+    for c in p.collectors:
+        assert c.get("running"), f"{c['id']}: collector loop ended"

@@ -1,14 +1,15 @@
-"""``status`` and ``scale``: attach to a running pipeline on a Ray cluster."""
+"""``deploy``, ``stop``, ``status`` and ``scale``: a pipeline running as a service on a Ray cluster."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 
-__all__ = ["scale", "status"]
+__all__ = ["deploy", "scale", "status", "stop"]
 
 
 def scale(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,3 +45,45 @@ def status(settings: Settings, as_json: bool) -> int:
     else:
         print(render(report))
     return 0 if report["brokers"] else 1
+
+
+def deploy(settings: Settings, as_json: bool) -> int:
+    """Create the pipeline on a running cluster, or reconcile it to these settings, and return."""
+    from pipeline.cli.run import open_database
+    from pipeline.runtime.attach import attached
+    from pipeline.runtime.driver import Pipeline
+
+    db = open_database(settings)
+    with attached(settings.ray.address, settings.ray.namespace):
+        result = Pipeline(settings, db).deploy()
+    if as_json:
+        print(json.dumps(result, default=str))
+    elif result["action"] == "created":
+        print(f"deployed the pipeline in Ray namespace {result['namespace']} (`python -m pipeline status` to follow)")
+    elif result["action"] == "unchanged":
+        print(f"the pipeline in Ray namespace {result['namespace']} already runs these settings: nothing changed")
+    else:
+        changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in result["changed"].items())
+        print(f"reconciled the pipeline in Ray namespace {result['namespace']}: {changed}")
+    return 0
+
+
+def stop(settings: Settings, as_json: bool, timeout_s: float) -> int:
+    """Stop producing, drain the queue, remove every actor; print the summary (JSON last with ``--json``)."""
+    from pipeline.runtime.attach import attached
+    from pipeline.runtime.driver import Pipeline
+
+    with attached(settings.ray.address, settings.ray.namespace):
+        pipeline = Pipeline(settings)
+        pipeline.attach()
+        print(
+            f"stopping the pipeline in Ray namespace {settings.ray.namespace}: draining the queue...", file=sys.stderr
+        )
+        summary = pipeline.finish(timeout_s=timeout_s).as_dict()
+    print(
+        f"stopped: produced {summary['produced']}, stored {summary['stored']}, rejected {summary['rejected']}",
+        file=sys.stderr,
+    )
+    if as_json:
+        print(json.dumps(summary))
+    return 0

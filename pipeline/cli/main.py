@@ -1,4 +1,4 @@
-"""``python -m pipeline run|serve|migrate|generate|status|scale``: parse, build settings, dispatch.
+"""``python -m pipeline run|deploy|stop|status|scale|serve|migrate|generate``: parse, build settings, dispatch.
 
 Errors a user can fix (bad flags, unreachable database, unreadable CSV) print one line and exit 2.
 """
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         settings = settings_from(args)
-        if settings.ray.address or args.command in ("status", "scale"):
+        if settings.ray.address or args.command in ("status", "scale", "deploy", "stop"):
             from pipeline.runtime.ray_token import use_token_auth
 
             use_token_auth()  # before Ray is imported: it reads the mode at import
@@ -47,6 +47,10 @@ def _dispatch(settings: object, args: argparse.Namespace) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "deploy":
+        return attach.deploy(settings, args.json)
+    if args.command == "stop":
+        return attach.stop(settings, args.json, args.timeout)
     if args.command == "status":
         return attach.status(settings, args.json)
     if args.command == "scale":

@@ -46,13 +46,8 @@ def _targets(text: str) -> list[str]:
     return targets
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description="GPU telemetry pipeline on Ray.")
-    p.add_argument("--config", help="YAML settings file (env PIPELINE_* and flags override it)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more, and show actor logs")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="stream telemetry into the database and serve the API")
+def _pipeline_flags(run: argparse.ArgumentParser) -> None:
+    """The flags that define a pipeline: its source, counts, queue and scaling (``run`` and ``deploy``)."""
     what = run.add_mutually_exclusive_group()
     what.add_argument("--csv", type=Path, help="dcgm-exporter CSV to replay (default: a generated fleet)")
     what.add_argument(
@@ -81,9 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     bound.add_argument("--passes", type=_positive_int, help="stop after K passes over the source")
     bound.add_argument("--duration", type=_positive_float, help="stop after S seconds")
     run.add_argument("--queue-dir", type=Path, help="persist the queue under DIR")
-    run.add_argument("--no-serve", action="store_true", help="do not start the REST gateway")
-    run.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
-    run.add_argument("--json", action="store_true", help="end with a JSON summary line")
     scaling = run.add_argument_group("elastic scaling (the seed's HPA behaviour; on when a min < max is given)")
     scaling.add_argument("--collectors-min", type=int, help="fewest collectors (default --collectors)")
     scaling.add_argument("--collectors-max", type=int, help="most collectors (<= --partitions)")
@@ -94,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--scale-up-window", type=_positive_float, help="up stabilisation, s (default 60)")
     scaling.add_argument("--scale-down-window", type=_positive_float, help="down stabilisation, s (default 300)")
     scaling.add_argument("--scale-rate-period", type=_positive_float, help="rate-limit period, s (default 60)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description="GPU telemetry pipeline on Ray.")
+    p.add_argument("--config", help="YAML settings file (env PIPELINE_* and flags override it)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more, and show actor logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="stream telemetry into the database and serve the API (deploy, follow, stop)")
+    _pipeline_flags(run)
+    run.add_argument("--no-serve", action="store_true", help="do not start the REST gateway")
+    run.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
+    run.add_argument("--json", action="store_true", help="end with a JSON summary line")
+
+    deploy = sub.add_parser(
+        "deploy", help="create the pipeline on a running Ray cluster, or reconcile it to these settings, and return"
+    )
+    _pipeline_flags(deploy)
+    deploy.add_argument("--json", action="store_true")
+
+    stop = sub.add_parser("stop", help="stop producing, drain the queue, remove the pipeline; print its summary")
+    stop.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    stop.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds the drain may take")
 
     serve = sub.add_parser("serve", help="serve the REST API over an existing database")
     serve.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
@@ -122,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, dict[str, Any]] = {"streamer": {}, "collector": {}, "queue": {}, "gateway": {}}
-    if args.command == "run":
+    if args.command in ("run", "deploy"):
         overrides["streamer"] = {
             "csv": args.csv,
             "source": "scrape"
@@ -143,7 +158,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         }
         overrides["collector"] = {"count": args.collectors}
         overrides["queue"] = {"partitions": args.partitions, "brokers": args.brokers, "dir": args.queue_dir}
-        overrides["gateway"] = {"port": args.port}
+        overrides["gateway"] = {"port": getattr(args, "port", None)}
         overrides["scaling"] = {
             "collectors_min": args.collectors_min,
             "collectors_max": args.collectors_max,

@@ -52,18 +52,10 @@ class _Stop:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.sources import source_for
-
-    s = settings.streamer
-    source = source_for(s)
-    try:
-        source.open()  # a missing file or unknown header fails here, before anything starts
-    except SourceError as exc:
-        if exc.line is not None:
-            # A file that is not dcgm-exporter CSV is bad input too: keep it as a reject, then stop.
-            _record_reject(settings, exc)
-        raise
-    source.close()
+    """Deploy the pipeline, follow its progress, and on Ctrl-C or at its bound drain, stop and summarise."""
+    local = not settings.ray.address
+    if local:
+        _check_source(settings)  # locally the driver sees the same files as the streamers: fail fast
     db = open_database(settings)
 
     from pipeline.runtime import local_gateway
@@ -72,66 +64,93 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     info = connect_ray(settings, quiet=not args.verbose)
     pipeline = Pipeline(settings, db)
-    tty = sys.stderr.isatty()
+    serving = local and not args.no_serve  # on a cluster the gateway is its own Serve application
     started = time.monotonic()
+    display = _Display(sys.stderr.isatty())
     try:
         with _Stop() as stop:
-            pipeline.start()
-            print(
-                f"source: {source.name}; {s.count} streamer(s), {settings.collector.count} collector(s), "
-                f"{settings.queue.partitions} partitions",
-                file=sys.stderr,
-            )
-            if info.get("dashboard_url"):
-                print(f"ray dashboard: http://{info['dashboard_url']} (token in ~/.ray/auth_token)", file=sys.stderr)
-            if info.get("address"):
-                print(
-                    f"ray: {info['address']} (RAY_ADDRESS={info['address']} python -m pipeline status)", file=sys.stderr
-                )
-            if not args.no_serve:
+            pipeline.deploy(fresh=True)
+            _announce(settings, info)
+            if serving:
                 local_gateway.deploy(settings, db.conninfo)
                 print(
                     f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (docs at /docs)",
                     file=sys.stderr,
                 )
-            bounded = s.passes is not None or s.duration_s is not None
-            display = _Display(tty)
-            while not stop.requested:
-                p = pipeline.progress()
-                display.show(p, time.monotonic() - started)
-                for err in p.errors:
-                    print(f"\nerror: {err}", file=sys.stderr)
-                if p.errors and bounded:
-                    raise PipelineError("; ".join(p.errors))
-                if bounded and p.streamers_done:
-                    break
-                time.sleep(1.0 if tty else 0.5)
-            pipeline.stop_streamers()
-            final = pipeline.drain(on_tick=lambda p: display.show(p, time.monotonic() - started))
-            stored, stored_rejects = pipeline.stored_totals()
+            _follow(
+                pipeline,
+                stop,
+                display,
+                started,
+                bounded=settings.streamer.passes is not None or settings.streamer.duration_s is not None,
+            )
+            summary = pipeline.finish(on_tick=lambda p: display.show(p, time.monotonic() - started))
             display.end()
-            pipeline.stop()
     finally:
-        disconnect(before=None if args.no_serve else local_gateway.remove)
-    elapsed = time.monotonic() - started
+        disconnect(before=local_gateway.remove if serving else None)
+    _report(summary.as_dict(), time.monotonic() - started, db.describe(), args.json)
+    return 0
+
+
+def _check_source(settings: Settings) -> None:
+    """Open the source once: a missing file or an unknown header fails here, before anything starts."""
+    from pipeline.sources import source_for
+
+    source = source_for(settings.streamer)
+    try:
+        source.open()
+    except SourceError as exc:
+        if exc.line is not None:
+            # A file that is not dcgm-exporter CSV is bad input too: keep it as a reject, then stop.
+            _record_reject(settings, exc)
+        raise
+    source.close()
+
+
+def _announce(settings: Settings, info: dict[str, Any]) -> None:
+    from pipeline.sources import source_for
+
+    s = settings.streamer
+    print(
+        f"source: {source_for(s).name}; {s.count} streamer(s), "
+        f"{settings.collector.count} collector(s), {settings.queue.partitions} partitions, "
+        f"Ray namespace {settings.ray.namespace}",
+        file=sys.stderr,
+    )
+    if info.get("dashboard_url"):
+        print(f"ray dashboard: http://{info['dashboard_url']} (token in ~/.ray/auth_token)", file=sys.stderr)
+    if info.get("address"):
+        print(f"ray: {info['address']} (RAY_ADDRESS={info['address']} python -m pipeline status)", file=sys.stderr)
+
+
+def _follow(pipeline: Any, stop: _Stop, display: _Display, started: float, bounded: bool) -> None:
+    """Show progress until Ctrl-C, or until the streamers are done when the run is bounded."""
+    while not stop.requested:
+        p = pipeline.progress()
+        display.show(p, time.monotonic() - started)
+        for err in p.errors:
+            print(f"\nerror: {err}", file=sys.stderr)
+        if p.errors and bounded:
+            raise PipelineError("; ".join(p.errors))
+        if bounded and p.streamers_done:
+            return
+        time.sleep(1.0 if display.tty else 0.5)
+
+
+def _report(summary: dict[str, Any], elapsed: float, database: str, as_json: bool) -> None:
     summary = {
-        "produced": final.produced,
-        "stored": stored,
-        "rejected": final.rejected,
-        "rejects_stored": stored_rejects,
+        **summary,
         "seconds": round(elapsed, 2),
-        "rows_per_s": round(stored / elapsed, 1) if elapsed > 0 else 0.0,
-        "database": db.describe(),
-        "source": source.name,
+        "rows_per_s": round(summary["stored"] / elapsed, 1) if elapsed > 0 else 0.0,
+        "database": database,
     }
     print(
-        f"done: produced {summary['produced']}, stored {stored}, rejected {summary['rejected']} "
+        f"done: produced {summary['produced']}, stored {summary['stored']}, rejected {summary['rejected']} "
         f"in {elapsed:.1f}s ({summary['rows_per_s']:.0f} rows/s)",
         file=sys.stderr,
     )
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
-    return 0
 
 
 def _record_reject(settings: Settings, exc: SourceError) -> None:
@@ -170,6 +189,7 @@ class _Display:
     """A one-line live status on a terminal; a log line every few seconds otherwise."""
 
     def __init__(self, tty: bool) -> None:
+        self.tty = tty
         self._tty = tty
         self._last_print = 0.0
         self._last: tuple[float, int] | None = None

@@ -16,9 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pipeline import metrics
 from pipeline.collector import Collector as CollectorLogic
@@ -67,10 +66,28 @@ def run_worker(name: str, loop: Callable[[], object], on_error: Callable[[str], 
 
 
 class Broker(BrokerLogic):
-    """The Broker plain class, plus Ray metrics on every stats() call."""
+    """The Broker plain class, plus Ray metrics on every stats() call.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Every incarnation starts its partitions at the offsets committed in the database *now* (not at
+    what its creator saw when it first started it): a broker that Ray restarts without a queue dir
+    must hand out offsets that follow what collectors already stored.
+    """
+
+    def __init__(self, broker_id: int, queue: QueueSettings, hosted: list[int], conninfo: str) -> None:
+        persistence = None
+        if queue.dir is not None:
+            persistence = Persistence(
+                Path(queue.dir), queue.segment_bytes, queue.retention_s, queue.disk_budget_bytes, queue.fsync
+            )
+        super().__init__(
+            broker_id,
+            queue.partitions,
+            hosted,
+            queue.partition_budget_bytes,
+            queue.session_timeout_s,
+            _committed_offsets(conninfo, queue.group, hosted),
+            persistence=persistence,
+        )
         self._instruments: Instruments | None = None
         self._reported: dict[int, tuple[float, int, int]] = {}
 
@@ -114,13 +131,14 @@ class Streamer:
         queue: QueueSettings,
         brokers: list[ActorHandle],
         shard: tuple[int, int],
+        namespace: str,
     ) -> None:
         source = source_for(settings)
         self._source = source
         self._logic = StreamerLogic(
             producer,
             source,
-            RayQueue(brokers),
+            RayQueue(brokers, namespace=namespace),
             queue.partitions,
             Shard(*shard),
             settings.interval_s,
@@ -203,6 +221,7 @@ class Collector:
         queue: QueueSettings,
         conninfo: str,
         brokers: list[ActorHandle],
+        namespace: str,
     ) -> None:
         self._instruments = Instruments(
             (metrics.COLLECTOR_ROWS, metrics.COLLECTOR_COMMIT_SECONDS, metrics.COLLECTOR_LAST_COMMIT)
@@ -214,7 +233,7 @@ class Collector:
         self._logic = CollectorLogic(
             self._member,
             queue.group,
-            RayQueue(brokers),
+            RayQueue(brokers, namespace=namespace),
             TelemetryWriter(conninfo),
             settings.max_rows,
             settings.poll_timeout_s,
@@ -262,12 +281,23 @@ class Collector:
         return self.stats()
 
 
+def _committed_offsets(conninfo: str, group: str, hosted: Sequence[int]) -> dict[int, int]:
+    """Where the group's stored offsets stand for these partitions (0 where it never wrote)."""
+    writer = TelemetryWriter(conninfo)
+    writer.open()
+    try:
+        stored = writer.offsets(group)
+    finally:
+        writer.close()
+    return {p: stored[p]["next_offset"] for p in hosted if p in stored}
+
+
 def make_broker(
     index: int,
     queue: QueueSettings,
     namespace: str,
     hosted: Sequence[int],
-    start_offsets: Mapping[int, int],
+    conninfo: str,
     num_cpus: float = 0.5,
     placement: bool = False,
 ) -> ActorHandle:
@@ -285,22 +315,7 @@ def make_broker(
         scheduling_strategy="SPREAD",
         **role_resources("broker", index, placement),
     )
-    persistence = None
-    if queue.dir is not None:
-        persistence = Persistence(
-            Path(queue.dir), queue.segment_bytes, queue.retention_s, queue.disk_budget_bytes, queue.fsync
-        )
-    return spawn(
-        Broker,
-        opts,
-        index,
-        queue.partitions,
-        list(hosted),
-        queue.partition_budget_bytes,
-        queue.session_timeout_s,
-        dict(start_offsets),
-        persistence=persistence,
-    )
+    return spawn(Broker, opts, index, queue, list(hosted), conninfo)
 
 
 def make_streamer(
@@ -321,7 +336,7 @@ def make_streamer(
         max_concurrency=4,
         **role_resources("streamer", producer.index, placement),
     )
-    return spawn(Streamer, opts, str(producer), settings, queue, brokers, (producer.index, producer.count))
+    return spawn(Streamer, opts, str(producer), settings, queue, brokers, (producer.index, producer.count), namespace)
 
 
 def make_collector(
@@ -343,4 +358,4 @@ def make_collector(
         max_concurrency=4,
         **role_resources("collector", index, placement),
     )
-    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers)
+    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers, namespace)

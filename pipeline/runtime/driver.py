@@ -1,8 +1,11 @@
-"""The driver behind ``python -m pipeline run``: starts Ray, the actors and the gateway; drains.
+"""A client of a deployed pipeline: deploy or reconcile it, follow its progress, drain and stop it.
 
-Start-up order: brokers (resuming offsets from the database), collectors (they claim partitions),
-then streamers. Shutdown order is the reverse with a drain in between: streamers stop, the queue is
-drained until every partition's committed offset equals its end offset, then collectors leave.
+``deploy`` creates the supervisor (a named, detached actor in the pipeline's namespace) or hands a
+running one the new settings, and returns: nothing here owns an actor, so the end of this process —
+``python -m pipeline deploy`` returning, a RayJob's driver exiting or being killed — never stops
+the pipeline. ``stop`` is the reverse with a drain in between: streamers stop, the queue is drained
+until every partition's committed offset equals its end offset, then the supervisor removes every
+actor and forgets the deployment. ``run`` is deploy, follow, stop in one process.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import ray
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats, lag_of
-from pipeline.queue.routing import broker_of
-from pipeline.runtime import actors
-from pipeline.runtime.names import ActorHandle, collector_name, find, streamer_name
+from pipeline.runtime.desired import spec_of
+from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, collector_name, find, find_brokers, streamer_name
 from pipeline.runtime.reports import CollectorStatus, StreamerStatus
 from pipeline.runtime.supervisor import make_controller
 from pipeline.storage.database import Database
-from pipeline.storage.writer import TelemetryWriter
+from pipeline.storage.deployments import DeploymentStore
 
-__all__ = ["Pipeline", "Progress"]
+__all__ = ["Pipeline", "Progress", "Summary"]
 
 log = logging.getLogger(__name__)
 
@@ -50,76 +52,118 @@ class Progress:
     at: float = field(default_factory=time.monotonic)
 
 
-class Pipeline:
-    """Brokers and the controller (which owns streamers and collectors) of one run."""
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a deployment did, from its start to its stop (``run --json`` and ``stop --json`` print it)."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    produced: int
+    stored: int
+    rejected: int
+    rejects_stored: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The JSON form."""
+        return {
+            "produced": self.produced,
+            "stored": self.stored,
+            "rejected": self.rejected,
+            "rejects_stored": self.rejects_stored,
+        }
+
+
+class Pipeline:
+    """The deployed pipeline of ``settings.ray.namespace``, seen from a client process."""
+
+    def __init__(self, settings: Settings, database: Database | None = None) -> None:
         self.settings = settings
         self.database = database
-        self.brokers: list[ActorHandle] = []
         self.controller: ActorHandle | None = None
-        self.run_id = int(time.time() * 1000)
-        self._baseline = (0, 0)
+
+    @property
+    def namespace(self) -> str:
+        """The Ray namespace the pipeline lives in."""
+        return self.settings.ray.namespace
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start brokers (resuming offsets stored in the database), then the controller and its fleet."""
-        q = self.settings.queue
-        placement = self.settings.ray.placement
-        offsets = self._stored_offsets()
-        self._baseline = (sum(o["rows"] for o in offsets.values()), sum(o["rejects"] for o in offsets.values()))
-        starts = {p: o["next_offset"] for p, o in offsets.items()}
-        for b in range(q.brokers):
-            hosted = [p for p in range(q.partitions) if broker_of(p, q.brokers) == b]
-            first = {p: starts.get(p, 0) for p in hosted}
-            self.brokers.append(
-                actors.make_broker(b, q, self.settings.ray.namespace, hosted, first, placement=placement)
+    def deploy(self, fresh: bool = False) -> dict[str, Any]:
+        """Create the pipeline, or reconcile the running one to these settings; returns what happened.
+
+        ``fresh`` (``run``): forget a stored deployment that no supervisor runs any more (a run that
+        ended without ``stop``), so this one starts from the settings given.
+        """
+        running = find(CONTROLLER_NAME, self.namespace)
+        if running is not None and fresh:
+            raise PipelineError(
+                f"a pipeline is already deployed in Ray namespace {self.namespace!r}: follow it with `status`, "
+                "remove it with `stop`, or run in another namespace (PIPELINE_RAY__NAMESPACE)"
             )
-        ray.get([b.stats.remote() for b in self.brokers])
-        self.controller = make_controller(self.settings, self.database.conninfo, self.brokers, self.run_id)
-        ray.get(self.controller.stats.remote())
+        if running is None:
+            if self.database is None:
+                raise PipelineError("deploying needs the database (DATABASE_URL)")
+            if fresh:
+                DeploymentStore(self.database.conninfo).delete(self.namespace)
+            self.controller = make_controller(self.settings, self.database.conninfo)
+            ray.get(self.controller.stats.remote(), timeout=900)  # the fleet is up (a queue dir may take long)
+            # A stored deployment (the cluster lost its supervisor) resumes; this deploy's settings win.
+            self._reconcile()
+            return {"action": "created", "namespace": self.namespace}
+        self.controller = running
+        result = self._reconcile()
+        return {"action": "reconciled" if result["changed"] else "unchanged", "namespace": self.namespace, **result}
+
+    def _reconcile(self) -> dict[str, Any]:
+        spec = spec_of(self.settings)
+        return cast(dict[str, Any], ray.get(self._supervisor().reconcile.remote(spec), timeout=900))
+
+    def attach(self) -> None:
+        """Find the running supervisor; ``PipelineError`` when nothing is deployed in the namespace."""
+        self.controller = find(CONTROLLER_NAME, self.namespace)
+        if self.controller is None:
+            raise PipelineError(f"no pipeline is deployed in Ray namespace {self.namespace!r}")
+
+    def _supervisor(self) -> ActorHandle:
+        if self.controller is None:
+            self.attach()
+        assert self.controller is not None
+        return self.controller
+
+    @property
+    def brokers(self) -> list[ActorHandle]:
+        """Current broker handles (owned by the supervisor)."""
+        return find_brokers(self.namespace, self.settings.queue.brokers)
 
     @property
     def streamers(self) -> list[ActorHandle]:
-        """Current streamer handles (owned by the controller)."""
+        """Current streamer handles (owned by the supervisor)."""
         return self._handles(streamer_name, self._counts()["streamer"])
 
     @property
     def collectors(self) -> list[ActorHandle]:
-        """Current collector handles (owned by the controller)."""
+        """Current collector handles (owned by the supervisor)."""
         return self._handles(collector_name, self._counts()["collector"])
 
     def _handles(self, name: Callable[[int], str], count: int) -> list[ActorHandle]:
-        found = [find(name(i), self.settings.ray.namespace) for i in range(count)]
+        found = [find(name(i), self.namespace) for i in range(count)]
         return [h for h in found if h is not None]
 
     def _counts(self) -> dict[str, int]:
-        assert self.controller is not None
-        status = cast(dict[str, Any], ray.get(self.controller.status.remote(), timeout=60))
-        roles = status["roles"]
-        return {role: int(r["actual"]) for role, r in roles.items()}
-
-    def _stored_offsets(self) -> dict[int, dict[str, int]]:
-        writer = TelemetryWriter(self.database.conninfo)
-        writer.open()
-        try:
-            return writer.offsets(self.settings.queue.group)
-        finally:
-            writer.close()
+        status = cast(dict[str, Any], self._call("status"))
+        return {role: int(r["actual"]) for role, r in status["roles"].items()}
 
     def progress(self) -> Progress:
         """Counters from every actor and the queue's lag."""
         p = Progress()
-        fleet = self._call(self.controller, "progress")
+        fleet = self._call("progress")
         p.streamers = fleet["streamers"]
         p.collectors = fleet["collectors"]
         p.status = fleet["status"]
-        p.brokers = ray.get([b.stats.remote() for b in self.brokers]) if self.brokers else []
+        brokers = find_brokers(self.namespace, int(p.status.get("brokers", self.settings.queue.brokers)))
+        p.brokers = ray.get([b.stats.remote() for b in brokers], timeout=120) if brokers else []
         p.produced = fleet["retired"]["produced"] + sum(int(s.get("produced", 0)) for s in p.streamers)
         p.rejected = fleet["retired"]["rejected"] + sum(int(s.get("rejected", 0)) for s in p.streamers)
         p.streamers_done = all(s.get("done") or not s.get("running", True) for s in p.streamers)
-        p.errors = [f"{s['id']}: {s['error']}" for s in p.streamers + p.collectors if s.get("error")]
+        p.errors = [f"{s['id']}: {s['error']}" for s in [*p.streamers, *p.collectors] if s.get("error")]
         group = self.settings.queue.group
         for b in p.brokers:
             for part in b["partitions"].values():
@@ -132,31 +176,27 @@ class Pipeline:
 
     def scale(self, role: str, count: int | None) -> dict[str, Any]:
         """Pin a role's count (None: back to the policy)."""
-        assert self.controller is not None
-        return cast(dict[str, Any], ray.get(self.controller.scale.remote(role, count), timeout=900))
+        return cast(dict[str, Any], ray.get(self._supervisor().scale.remote(role, count), timeout=900))
 
     def stored_totals(self) -> tuple[int, int]:
-        """Rows and rejects committed by this run, from the database's own offsets table."""
-        offsets = self._stored_offsets()
-        rows = sum(o["rows"] for o in offsets.values()) - self._baseline[0]
-        rejects = sum(o["rejects"] for o in offsets.values()) - self._baseline[1]
-        return rows, rejects
+        """Rows and rejects committed by this deployment, from the database's own offsets table."""
+        totals = cast(dict[str, int], self._call("stored_totals"))
+        return totals["rows"], totals["rejects"]
 
     def stop_streamers(self) -> None:
         """Stop producing (each streamer finishes the message it is publishing); scaling freezes."""
-        self._call(self.controller, "stop_streamers")
+        self._call("stop_streamers")
 
-    @staticmethod
-    def _call(handle: ActorHandle | None, method: str, attempts: int = 5) -> Any:
-        """Call ``method``, retrying an actor that is restarting."""
+    def _call(self, method: str, attempts: int = 8) -> Any:
+        """Call the supervisor, waiting out a supervisor that Ray is restarting."""
         for attempt in range(attempts):
             try:
-                return ray.get(getattr(handle, method).remote(), timeout=900)
+                return ray.get(getattr(self._supervisor(), method).remote(), timeout=900)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 if attempt == attempts - 1:
-                    raise
+                    raise PipelineError(f"the pipeline's supervisor did not answer {method}(): {exc}") from None
                 log.info("%s() failed (%s); retrying", method, type(exc).__name__)
-                time.sleep(min(2.0, 0.2 * 2**attempt))
+                time.sleep(min(5.0, 0.2 * 2**attempt))
         return None
 
     def drain(self, timeout_s: float = 300.0, on_tick: Callable[[Progress], None] | None = None) -> Progress:
@@ -176,11 +216,16 @@ class Pipeline:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Collectors finish their batch and leave; then every actor is killed."""
-        if self.controller is not None:
-            self._call(self.controller, "stop")
-            ray.kill(self.controller, no_restart=True)
-            self.controller = None
-        for a in self.brokers:
-            ray.kill(a, no_restart=True)
-        self.brokers = []
+        """Collectors finish their batch and leave; every actor is removed; the deployment is forgotten."""
+        controller = self._supervisor()
+        self._call("stop")
+        ray.kill(controller, no_restart=True)
+        self.controller = None
+
+    def finish(self, on_tick: Callable[[Progress], None] | None = None, timeout_s: float = 300.0) -> Summary:
+        """Stop streamers, drain, stop everything; returns what this deployment produced and stored."""
+        self.stop_streamers()
+        final = self.drain(timeout_s, on_tick)
+        stored, rejects = self.stored_totals()
+        self.stop()
+        return Summary(final.produced, stored, final.rejected, rejects)

@@ -1,14 +1,15 @@
-"""The streamer and collector actors of one pipeline: start, resize, stop (driver-side Ray code).
+"""The actors of one pipeline: brokers, streamers and collectors — create or adopt, resize, heal, stop.
 
-The ``Controller`` actor owns a ``Fleet``. Its layout (a shard *epoch* and the counts) is stored on
-broker 0 beside the producer checkpoints, so a restarted controller recreates the same actors and
-each resumes exactly where it was.
+The supervisor owns a ``Fleet``. Its layout (a shard *epoch* and the counts) is stored in the
+database (``pipeline_deployments``), so a restarted supervisor adopts the same actors (they are
+detached and named; creation is get-if-exists) and each resumes exactly where it was.
 
 Resizing collectors is a group rebalance: a new collector joins; a leaving one finishes the batch in
 hand, commits and leaves. Resizing streamers re-splits the source at a pass boundary: every streamer
-finishes the same pass, the new layout's producers get checkpoints that start at that pass (with a
-timestamp floor above every stamp given so far), and only then do the new streamers start. Each row
-of a pass is therefore produced by exactly one streamer, and per-series timestamps keep increasing.
+finishes the same pass, the new layout is stored *before* any old streamer is removed (so a
+supervisor that dies half way resumes the new layout, never both), the new layout's producers get
+checkpoints that start at that pass (with a timestamp floor above every stamp given so far), and only
+then do the new streamers start. Each row of a pass is produced by exactly one streamer.
 """
 
 from __future__ import annotations
@@ -16,35 +17,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import ray
 
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.queue.api import ProducerCheckpoint
+from pipeline.queue.routing import broker_of
 from pipeline.runtime import actors
-from pipeline.runtime.names import ActorHandle, ProducerId, collector_name, streamer_name
+from pipeline.runtime.names import ActorHandle, ProducerId, broker_name, collector_name, find, streamer_name
 from pipeline.runtime.reports import CollectorStatus, FleetStats, StreamerStatus, Totals
+from pipeline.runtime.supervision import Supervision
 from pipeline.runtime.transport import RayQueue
+from pipeline.storage.deployments import DeploymentStore
 
-__all__ = ["LAYOUT_KEY", "Fleet"]
+__all__ = ["Fleet", "Layout"]
 
 log = logging.getLogger(__name__)
-LAYOUT_KEY = "controller/layout"
+Layout = dict[str, Any]  # {"epoch", "streamers", "collectors", "retired", "started_at", "resplit"?}
+PROBE_S = 10.0
 
 
 class Fleet:
-    """Streamers and collectors of one pipeline."""
+    """Brokers, streamers and collectors of one pipeline."""
 
-    def __init__(self, settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int = 0) -> None:
+    def __init__(self, settings: Settings, conninfo: str, store: DeploymentStore, supervision: Supervision) -> None:
         self._settings = settings
         self._namespace = settings.ray.namespace
         self._conninfo = conninfo
-        self._brokers = brokers
-        self._queue = RayQueue(brokers)
-        self._layout_key = f"{LAYOUT_KEY}/{run_id}"
+        self._store = store
+        self.supervision = supervision
         self._lock = threading.RLock()
+        self.brokers: list[ActorHandle] = []
         self.streamers: list[ActorHandle] = []
         self.collectors: list[ActorHandle] = []
         self.epoch = 0
@@ -54,9 +60,8 @@ class Fleet:
 
     # --- layout -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Create the actors of the stored layout (or of the settings, the first time)."""
-        layout = self._queue.producer_state(self._layout_key)
+    def start(self, layout: Layout | None) -> None:
+        """Create or adopt the brokers and the actors of the stored layout (or of the settings, the first time)."""
         if layout is None:
             layout = {
                 "epoch": int(time.time() * 1000),
@@ -65,7 +70,6 @@ class Fleet:
                 "retired": self.retired,
                 "started_at": self.started_at,
             }
-            self._queue.checkpoint(self._layout_key, layout)
         else:
             log.info("resuming layout %s", layout)
         self.epoch = int(layout["epoch"])
@@ -73,22 +77,34 @@ class Fleet:
         self.retired = {"produced": int(retired["produced"]), "rejected": int(retired["rejected"])}
         self.started_at = float(layout.get("started_at", self.started_at))
         with self._lock:
-            for i in range(int(layout["collectors"])):
-                self.collectors.append(self._collector(i))
+            self.brokers = [self._broker(b) for b in range(self._settings.queue.brokers)]
+            ray.get([b.stats.remote() for b in self.brokers], timeout=600)  # recovery of a queue dir may take long
+            self._queue = RayQueue(self.brokers, namespace=self._namespace)
+            if layout.get("resplit"):
+                self._finish_resplit(layout)
+            self.collectors = [self._collector(i) for i in range(int(layout["collectors"]))]
             n = int(layout["streamers"])
-            self.streamers = [self._streamer(i, n) for i in range(n)]
+            self.streamers = [self._adopt_streamer(i, n) for i in range(n)]
+            self._save()
 
-    def _save(self) -> None:
-        self._queue.checkpoint(
-            self._layout_key,
-            {
-                "epoch": self.epoch,
-                "streamers": len(self.streamers),
-                "collectors": len(self.collectors),
-                "retired": self.retired,
-                "started_at": self.started_at,
-            },
-        )
+    def layout(self) -> Layout:
+        """The layout to store."""
+        return {
+            "epoch": self.epoch,
+            "streamers": len(self.streamers),
+            "collectors": len(self.collectors),
+            "retired": dict(self.retired),
+            "started_at": self.started_at,
+        }
+
+    def _save(self, **extra: Any) -> None:
+        self._store.save_layout(self._namespace, {**self.layout(), **extra})
+
+    def _broker(self, index: int) -> ActorHandle:
+        s = self._settings
+        q = s.queue
+        hosted = [p for p in range(q.partitions) if broker_of(p, q.brokers) == index]
+        return actors.make_broker(index, q, self._namespace, hosted, self._conninfo, placement=s.ray.placement)
 
     def _streamer(self, index: int, count: int) -> ActorHandle:
         s = self._settings
@@ -98,18 +114,75 @@ class Fleet:
             settings = settings.model_copy(update={"duration_s": left})
         producer = ProducerId(index, count, self.epoch)
         return actors.make_streamer(
-            producer, settings, s.queue, self._namespace, self._brokers, placement=s.ray.placement
+            producer, settings, s.queue, self._namespace, self.brokers, placement=s.ray.placement
         )
+
+    def _adopt_streamer(self, index: int, count: int) -> ActorHandle:
+        """The running streamer ``index`` if it belongs to this layout; else a new one (an old one is removed)."""
+        handle = self._streamer(index, count)
+        status = cast(StreamerStatus, ray.get(handle.stats.remote(), timeout=120))
+        if status["id"] != str(ProducerId(index, count, self.epoch)):
+            log.warning("streamer-%d runs %s, not the stored layout's: replacing it", index, status["id"])
+            _kill(handle, streamer_name(index), self._namespace)
+            handle = self._streamer(index, count)
+        return handle
 
     def _collector(self, index: int) -> ActorHandle:
         s = self._settings
         return actors.make_collector(
-            index, s.collector, s.queue, self._namespace, self._conninfo, self._brokers, placement=s.ray.placement
+            index, s.collector, s.queue, self._namespace, self._conninfo, self.brokers, placement=s.ray.placement
         )
 
     def counts(self) -> dict[str, int]:
         """Actors running per role."""
         return {"streamer": len(self.streamers), "collector": len(self.collectors)}
+
+    # --- healing -------------------------------------------------------------------------------------
+
+    def expected(self) -> list[tuple[str, str, ActorHandle, Callable[[], ActorHandle]]]:
+        """(name, role, handle, re-create) of every actor the layout wants."""
+        out: list[tuple[str, str, ActorHandle, Callable[[], ActorHandle]]] = []
+        for i, h in enumerate(self.brokers):
+            out.append((broker_name(i), "broker", h, lambda i=i: self._broker(i)))  # type: ignore[misc]
+        n = len(self.streamers)
+        for i, h in enumerate(self.streamers):
+            out.append((streamer_name(i), "streamer", h, lambda i=i: self._streamer(i, n)))  # type: ignore[misc]
+        for i, h in enumerate(self.collectors):
+            out.append((collector_name(i), "collector", h, lambda i=i: self._collector(i)))  # type: ignore[misc]
+        return out
+
+    def heal(self) -> list[str]:
+        """Probe every actor; re-create those gone for good (with backoff). Returns what was re-created."""
+        with self._lock:
+            wanted = self.expected()
+            refs: list[Any] = [h.stats.remote() for _, _, h, _ in wanted]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_S)
+            done = set(ready)
+            made = []
+            for (name, role, _, make), ref in zip(wanted, refs, strict=True):
+                if ref not in done:
+                    self.supervision.silent(name, role, restarting=False)
+                    continue
+                try:
+                    answer: dict[str, Any] = ray.get(ref, timeout=0)
+                    pid = int(answer.get("pid", 0))
+                except ray.exceptions.ActorDiedError as exc:
+                    if self.supervision.gone(name, role, _reason(exc)):
+                        log.warning("%s is gone for good (%s): re-creating it", name, _reason(exc))
+                        self._replace(role, name, make())
+                        self.supervision.recreated(name, role)
+                        made.append(name)
+                    continue
+                except ray.exceptions.RayActorError:
+                    self.supervision.silent(name, role, restarting=True)
+                    continue
+                if self.supervision.answered(name, role, pid):
+                    log.warning("%s was restarted by Ray (now pid %d)", name, pid)
+            return made
+
+    def _replace(self, role: str, name: str, handle: ActorHandle) -> None:
+        index = int(name.rsplit("-", 1)[1])
+        {"broker": self.brokers, "streamer": self.streamers, "collector": self.collectors}[role][index] = handle
 
     # --- resizing ----------------------------------------------------------------------------------------
 
@@ -132,6 +205,7 @@ class Fleet:
                 name = collector_name(len(self.collectors))
                 _call(handle, "stop")
                 _kill(handle, name, self._namespace)
+                self.supervision.forget(name)
             self._save()
 
     def resize_streamers(self, count: int) -> None:
@@ -140,7 +214,7 @@ class Fleet:
             if count == len(self.streamers):
                 return
             old = self.streamers
-            stats = [_get(h.stats.remote()) for h in old]
+            stats: list[StreamerStatus] = ray.get([h.stats.remote() for h in old], timeout=60)
             if old and all(s["done"] for s in stats):
                 log.info("streamers are done; not re-splitting")
                 return
@@ -160,26 +234,41 @@ class Fleet:
             for s in final:
                 self.retired["produced"] += int(s["produced"])
                 self.retired["rejected"] += int(s["rejected"])
-            stamp_floor = max((int(s["last_stamp_us"]) for s in final), default=0)
-            epoch = max(int(time.time() * 1000), self.epoch + 1)
-            done = passes is not None and boundary >= passes
-            start: ProducerCheckpoint = {
-                "pass": boundary,
-                "position": None,
-                "seq": 0,
-                "stamp_us": stamp_floor,
-                "done": done,
-                "produced": 0,
-                "rejected": 0,
+            resplit = {
+                "count": count,
+                "boundary": boundary,
+                "stamp_floor": max((int(s["last_stamp_us"]) for s in final), default=0),
+                "done": passes is not None and boundary >= passes,
+                "old": len(old),
             }
-            for i in range(count):
-                self._queue.checkpoint(str(ProducerId(i, count, epoch)), start)
-            self.epoch = epoch
-            for i, handle in enumerate(old):
-                _kill(handle, streamer_name(i), self._namespace)
+            self.epoch = max(int(time.time() * 1000), self.epoch + 1)
+            # Write-ahead: a supervisor that dies from here on resumes the new layout, never the old one.
+            self._store.save_layout(self._namespace, {**self.layout(), "streamers": count, "resplit": resplit})
+            self._finish_resplit({"epoch": self.epoch, "resplit": resplit})
             self.streamers = [self._streamer(i, count) for i in range(count)]
             self._save()
-            log.info("re-split the source over %d streamer(s) from pass %d (epoch %d)", count, boundary, epoch)
+            log.info("re-split the source over %d streamer(s) from pass %d (epoch %d)", count, boundary, self.epoch)
+
+    def _finish_resplit(self, layout: Layout) -> None:
+        """Seed the new layout's checkpoints and remove every streamer of the old one (idempotent)."""
+        r = layout["resplit"]
+        start: ProducerCheckpoint = {
+            "pass": int(r["boundary"]),
+            "position": None,
+            "seq": 0,
+            "stamp_us": int(r["stamp_floor"]),
+            "done": bool(r["done"]),
+            "produced": 0,
+            "rejected": 0,
+        }
+        for i in range(int(r["count"])):
+            producer = str(ProducerId(i, int(r["count"]), int(layout["epoch"])))
+            if self._queue.producer_state(producer) is None:
+                self._queue.checkpoint(producer, start)
+        for i in range(max(int(r["old"]), int(r["count"]))):
+            handle = find(streamer_name(i), self._namespace)
+            if handle is not None:
+                _kill(handle, streamer_name(i), self._namespace)
 
     # --- observing and stopping --------------------------------------------------------------------------
 
@@ -233,15 +322,16 @@ class Fleet:
                 _call(h, "stop")
 
     def kill_all(self) -> None:
-        """Kill every actor of the fleet."""
+        """Kill every actor of the fleet, brokers last."""
         with self._lock:
-            for h in self.streamers + self.collectors:
+            for h in self.streamers + self.collectors + self.brokers:
                 ray.kill(h, no_restart=True)
-            self.streamers, self.collectors = [], []
+            self.streamers, self.collectors, self.brokers = [], [], []
 
 
-def _get(ref: ray.ObjectRef[Any], timeout: float = 60.0) -> Any:
-    return ray.get(ref, timeout=timeout)
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
 def _call(handle: ActorHandle, method: str, attempts: int = 5) -> None:
@@ -260,9 +350,7 @@ def _kill(handle: ActorHandle, name: str, namespace: str, wait_s: float = 30.0) 
     ray.kill(handle, no_restart=True)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=namespace)
-        except ValueError:
+        if find(name, namespace) is None:
             return
         time.sleep(0.05)
     log.warning("actor %s still registered %.0fs after kill", name, wait_s)

@@ -85,13 +85,19 @@ def actor_options(
     restarts: int = -1,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Options every pipeline actor shares: a name in the pipeline's namespace, resources, restarts."""
+    """Options every pipeline actor shares: a name in the pipeline's namespace, resources, restarts.
+
+    Every actor is detached (no driver owns it: the end of ``deploy``'s process or a RayJob's driver
+    never stops the pipeline) and created with ``get_if_exists`` (starting an actor that already
+    runs returns the running one: a restarted supervisor adopts its fleet instead of doubling it).
+    """
     opts: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "num_cpus": num_cpus,
         "max_restarts": restarts,
-        "lifetime": None,
+        "lifetime": "detached",
+        "get_if_exists": True,
     }
     if memory_bytes:
         opts["memory"] = memory_bytes

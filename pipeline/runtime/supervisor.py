@@ -19,11 +19,15 @@ from pipeline import metrics
 from pipeline.config import Settings, collectors_problem
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.queue.api import BrokerStats, lag_of
+from pipeline.runtime.desired import apply_spec, changes, spec_of
 from pipeline.runtime.instruments import Instruments
 from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, actor_options, spawn
+from pipeline.runtime.supervision import Supervision
 from pipeline.scaling import Autoscaler, ScalePolicy
+from pipeline.storage.deployments import DeploymentStore
 from pipeline.storage.setup import maintain
 from pipeline.storage.time_partitions import PartitionReport
+from pipeline.storage.writer import TelemetryWriter
 
 __all__ = ["Controller", "make_controller"]
 
@@ -31,38 +35,39 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
-    """The elastic controller actor: owns the fleet, applies ``pipeline.scaling`` decisions.
+    """The supervisor: keeps the deployed pipeline's actors alive and sized, from its stored desired state.
 
-    Every ``scaling.period_s`` it reads consumer lag (collectors) and streamer utilisation, asks each
-    role's ``Autoscaler`` for a count and resizes the fleet. ``scale()`` pins a count (the CLI's
-    ``python -m pipeline scale``); ``None`` hands the role back to the policy.
+    On start (first deploy, or Ray restarting this detached actor) it loads the namespace's row of
+    ``pipeline_deployments`` — the settings of the latest deploy, the operator's pins, the shard
+    layout — and adopts or creates the brokers, collectors and streamers it describes. Every
+    ``scaling.period_s`` it heals (re-creates actors gone for good, with backoff; counts restarts),
+    keeps time partitions ahead (a storage job), reads consumer lag and streamer utilisation and
+    resizes the fleet by each role's ``Autoscaler``. ``scale()`` pins a count; ``reconcile()``
+    applies a new deploy's settings.
     """
 
-    def __init__(self, settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int) -> None:
+    def __init__(self, settings: Settings, conninfo: str) -> None:
         from pipeline.runtime.fleet import Fleet
 
-        self._settings = settings
         self._conninfo = conninfo
-        self._brokers = brokers
-        self._fleet = Fleet(settings, conninfo, brokers, run_id)
+        self._namespace = settings.ray.namespace
+        self._store = DeploymentStore(conninfo)
+        deployment = self._store.load(self._namespace)
+        if deployment is None:
+            deployment = self._store.create(self._namespace, spec_of(settings), _committed(conninfo, settings))
+        self._settings = apply_spec(settings, deployment.spec)
+        self.baseline = dict(deployment.baseline)
+        self._supervision = Supervision(time.monotonic)
+        self._fleet = Fleet(self._settings, conninfo, self._store, self._supervision)
         self._maintenance: ray.ObjectRef[PartitionReport] | None = None
         self._maintain = ray.remote(num_cpus=0, max_retries=0)(maintain)  # a storage job, run as a Ray task
-        self._fleet.start()
-        sc = settings.scaling
+        self._fleet.start(deployment.layout)
         self._scalers: dict[str, Autoscaler] = {}
         self._auto: dict[str, bool] = {}
-        for role, target in (("collector", sc.target_lag), ("streamer", sc.target_utilization)):
-            low, high = settings.policy_bounds(role)
-            policy = ScalePolicy(
-                low, high, target, sc.up_window_s, sc.down_window_s, sc.up_percent, sc.down_percent, sc.rate_period_s
-            )
-            self._scalers[role] = Autoscaler(role, policy, time.monotonic)
-            self._auto[role] = sc.enabled or low < high
-        # Streamers only scale on demand when passes are paced; flat out (interval 0) they are always busy.
-        if settings.streamer.interval_s == 0 and not (
-            settings.scaling.streamers_min is not None or settings.scaling.streamers_max is not None
-        ):
-            self._auto["streamer"] = False
+        self._policies(self._settings)
+        for role, count in deployment.pins.items():
+            if role in self._scalers:
+                self._scalers[role].pin(count)
         self._decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self._busy: dict[str, tuple[float, float]] = {}
         self._desired = self._fleet.counts()
@@ -72,25 +77,60 @@ class Controller:
         # before an operator's pin changed the picture.
         self._decide_lock = threading.Lock()
         self._instruments = Instruments(
-            (metrics.CONTROLLER_DESIRED, metrics.CONTROLLER_ACTUAL, metrics.CONTROLLER_DECISIONS)
+            (
+                metrics.CONTROLLER_DESIRED,
+                metrics.CONTROLLER_ACTUAL,
+                metrics.CONTROLLER_DECISIONS,
+                metrics.SUPERVISOR_RESTARTS,
+                metrics.SUPERVISOR_RECREATIONS,
+            )
         )
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
         self._thread.start()
+
+    def _policies(self, settings: Settings) -> None:
+        """Each role's autoscaler from the settings (pins are kept across a change of bounds)."""
+        sc = settings.scaling
+        for role, target in (("collector", sc.target_lag), ("streamer", sc.target_utilization)):
+            low, high = settings.policy_bounds(role)
+            policy = ScalePolicy(
+                low, high, target, sc.up_window_s, sc.down_window_s, sc.up_percent, sc.down_percent, sc.rate_period_s
+            )
+            pinned = self._scalers[role].pinned if role in self._scalers else None
+            self._scalers[role] = Autoscaler(role, policy, time.monotonic)
+            if pinned is not None:
+                self._scalers[role].pin(pinned)
+            self._auto[role] = sc.enabled or low < high
+        # Streamers only scale on demand when passes are paced; flat out (interval 0) they are always busy.
+        if settings.streamer.interval_s == 0 and not (
+            settings.scaling.streamers_min is not None or settings.scaling.streamers_max is not None
+        ):
+            self._auto["streamer"] = False
 
     # --- the loop ------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         next_partitions = 0.0
         while not self._stop.wait(self._settings.scaling.period_s):
-            if time.monotonic() >= next_partitions:
-                next_partitions = time.monotonic() + self._settings.storage.ensure_every_s
-                self._ensure_partitions()
-            if self._frozen.is_set():
-                continue
             try:
-                self.tick()
-            except Exception:  # one bad tick must not end scaling; it is logged with its traceback
-                log.exception("controller tick failed")
+                self._heal()
+                if time.monotonic() >= next_partitions:
+                    next_partitions = time.monotonic() + self._settings.storage.ensure_every_s
+                    self._ensure_partitions()
+                if not self._frozen.is_set():
+                    self.tick()
+            except Exception:  # one bad round must not end supervision; it is logged with its traceback
+                log.exception("supervisor round failed")
+
+    def _heal(self) -> None:
+        """Re-create actors gone for good; count the restarts Ray made."""
+        if self._stop.is_set():
+            return
+        before = {n: r.restarts for n, r in self._supervision.records.items()}
+        for name in self._fleet.heal():
+            self._instruments.inc(metrics.SUPERVISOR_RECREATIONS, 1, role=self._supervision.records[name].role)
+        for name, r in self._supervision.records.items():
+            self._instruments.inc(metrics.SUPERVISOR_RESTARTS, r.restarts - before.get(name, 0), role=r.role)
 
     def _ensure_partitions(self) -> None:
         """Schedule a maintenance job (time partitions ahead of ingest, within retention) unless one runs."""
@@ -109,7 +149,7 @@ class Controller:
     def _signals(self) -> dict[str, float]:
         group = self._settings.queue.group
         lag = 0.0
-        brokers: list[BrokerStats] = ray.get([b.stats.remote() for b in self._brokers], timeout=30)
+        brokers: list[BrokerStats] = ray.get([b.stats.remote() for b in self._fleet.brokers], timeout=30)
         for b in brokers:
             for part in b["partitions"].values():
                 lag += lag_of(part, group)[0]
@@ -166,7 +206,27 @@ class Controller:
             raise ConfigError(problem, setting="--collectors", value=str(count))
         with self._decide_lock:
             self._pin(role, count)
+            self._store.save_pins(self._namespace, {r: sc.pinned for r, sc in self._scalers.items()})
         return self.status()
+
+    def reconcile(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Apply a new deploy's settings (``spec_of`` form); returns what changed (nothing: an identical deploy)."""
+        with self._decide_lock:
+            diff = changes(spec_of(self._settings), spec)
+            if not diff:
+                return {"changed": {}}
+            self._store.save_spec(self._namespace, spec)
+            self._settings = apply_spec(self._settings, spec)
+            self._policies(self._settings)
+            for role in ("collector", "streamer"):
+                wanted = self._settings.collector.count if role == "collector" else self._settings.streamer.count
+                low, high = self._settings.policy_bounds(role)
+                current = self._fleet.counts()[role]
+                target = min(max(current if self._auto[role] else wanted, low), high)
+                if self._scalers[role].pinned is None and target != current:
+                    self._fleet.resize(role, target)
+            log.info("reconciled a new deploy: %s", diff)
+            return {"changed": {k: list(v) for k, v in diff.items()}}
 
     def _pin(self, role: str, count: int | None) -> None:
         self._scalers[role].pin(count)
@@ -206,6 +266,9 @@ class Controller:
             },
             "decisions": list(self._decisions)[-20:],
             "epoch": self._fleet.epoch,
+            "namespace": self._namespace,
+            "actors": self._supervision.report(),
+            "brokers": len(self._fleet.brokers),
         }
 
     def progress(self) -> dict[str, Any]:
@@ -218,18 +281,35 @@ class Controller:
         self._fleet.stop_streamers()
 
     def stop(self) -> None:
-        """Stop scaling, let collectors finish and leave, and kill the fleet."""
+        """Stop scaling, let collectors finish and leave, kill the fleet and forget the deployment."""
         self._frozen.set()
         self._stop.set()
         self._fleet.stop_collectors()
         self._fleet.kill_all()
+        self._store.delete(self._namespace)
+
+    def stored_totals(self) -> dict[str, int]:
+        """Rows and rejects this deployment committed, from the database's own offsets table."""
+        now = _committed(self._conninfo, self._settings)
+        return {k: now[k] - int(self.baseline.get(k, 0)) for k in ("rows", "rejects")}
 
     def stats(self) -> dict[str, Any]:
         """For uniform probing: the pid and status."""
         return {"pid": os.getpid(), **self.status()}
 
 
-def make_controller(settings: Settings, conninfo: str, brokers: list[ActorHandle], run_id: int) -> ActorHandle:
-    """Start the controller (it starts the fleet). Named ``controller`` for the CLI."""
-    opts = actor_options(CONTROLLER_NAME, settings.ray.namespace, 0.0, memory_bytes=128 << 20, max_concurrency=8)
-    return spawn(Controller, opts, settings, conninfo, brokers, run_id)
+def _committed(conninfo: str, settings: Settings) -> dict[str, int]:
+    """Rows and rejects the group had committed before this deployment (``stop`` reports the difference)."""
+    writer = TelemetryWriter(conninfo)
+    writer.open()
+    try:
+        stored = writer.offsets(settings.queue.group)
+    finally:
+        writer.close()
+    return {"rows": sum(o["rows"] for o in stored.values()), "rejects": sum(o["rejects"] for o in stored.values())}
+
+
+def make_controller(settings: Settings, conninfo: str) -> ActorHandle:
+    """Start the supervisor (or return the running one): named ``controller``, detached, restarted by Ray."""
+    opts = actor_options(CONTROLLER_NAME, settings.ray.namespace, 0.0, memory_bytes=256 << 20, max_concurrency=8)
+    return spawn(Controller, opts, settings, conninfo)

@@ -1,7 +1,14 @@
 """The queue's Ray transport: ``Producer`` and ``Consumer`` over Broker actors.
 
-The same contract as ``pipeline.queue.local.LocalQueue`` (both pass ``tests/unit/queue/test_contract.py``);
-broker 0 coordinates groups and keeps producer checkpoints.
+The same contract as ``pipeline.queue.local.LocalQueue`` (both pass
+``tests/integration/test_queue_contract.py``); broker 0 coordinates groups and keeps producer
+checkpoints.
+
+A broker that is away (restarting, its node lost, slow to recover a large queue dir) is a state, not
+a crash: every call has a deadline, and a call that misses it, or reaches a dead incarnation, raises
+``QueueError`` for the caller to retry with backoff. When the supervisor re-creates a broker, the
+handles are found again by name in the pipeline's namespace. A publish that timed out is not sent
+twice: the retry waits on the call already in flight, unless its broker died.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from typing import Any
 
 import ray
 
+from pipeline.errors import QueueError
 from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
 from pipeline.queue.group import Assignment
 from pipeline.queue.routing import merge_results, per_broker, split_for_brokers
 from pipeline.records import Envelope
-from pipeline.runtime.names import ActorHandle
+from pipeline.runtime.names import ActorHandle, find_brokers
 
 __all__ = ["RayQueue"]
 
@@ -23,25 +31,57 @@ __all__ = ["RayQueue"]
 class RayQueue:
     """Talks to Broker actors; broker 0 coordinates groups and keeps producer checkpoints."""
 
-    def __init__(self, brokers: Sequence[ActorHandle], call_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, brokers: Sequence[ActorHandle], call_timeout_s: float = 120.0, namespace: str | None = None
+    ) -> None:
         if not brokers:
             raise ValueError("at least one broker is needed")
         self._brokers = list(brokers)
         self._timeout = call_timeout_s
+        self._namespace = namespace
+        self._inflight: dict[tuple[str, int], list[Any]] = {}
 
-    def _get(self, refs: Any) -> Any:
-        return ray.get(refs, timeout=self._timeout)
+    def _get(self, refs: Any, what: str = "call") -> Any:
+        try:
+            return ray.get(refs, timeout=self._timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise QueueError(f"{what}: no answer from the brokers within {self._timeout:.0f}s") from None
+        except ray.exceptions.RayActorError as exc:
+            self._refind()
+            raise QueueError(f"{what}: broker unavailable ({type(exc).__name__})") from None
+
+    def _refind(self) -> None:
+        """Look the brokers up again by name (the supervisor may have re-created one)."""
+        if self._namespace is None:
+            return
+        found = find_brokers(self._namespace, len(self._brokers))
+        if len(found) == len(self._brokers):
+            self._brokers = found
 
     # --- Producer -----------------------------------------------------------------------------------
 
     def publish(
         self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
     ) -> list[AppendResult]:
-        """One ``append_batch`` call per broker (one Arrow batch each), then wait for every ack."""
-        parts = split_for_brokers(envelope, ranges, len(self._brokers))
-        refs = [self._brokers[b].append_batch.remote(producer, seq, part, r) for b, (part, r) in parts.items()]
-        # Waiting on backpressure may take long: no timeout here, the broker never drops.
-        acked: list[list[AppendResult]] = ray.get(refs)
+        """One ``append_batch`` call per broker (one Arrow batch each), then wait for every ack.
+
+        Waiting on backpressure may take long (the broker never drops): past the call deadline this
+        raises ``QueueError`` and the same call is awaited again when the producer retries.
+        """
+        key = (producer, seq)
+        refs = self._inflight.get(key)
+        if refs is None:
+            self._inflight.clear()  # a producer has one flush in flight at a time
+            parts = split_for_brokers(envelope, ranges, len(self._brokers))
+            refs = [self._brokers[b].append_batch.remote(producer, seq, part, r) for b, (part, r) in parts.items()]
+            self._inflight[key] = refs
+        try:
+            acked: list[list[AppendResult]] = self._get(refs, f"publish {producer}#{seq}")
+        except QueueError:
+            if not _pending(refs):
+                self._inflight.pop(key, None)  # a dead incarnation: send again (duplicates are dropped)
+            raise
+        self._inflight.pop(key, None)
         return [result for results in acked for result in results]
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
@@ -57,12 +97,12 @@ class RayQueue:
 
     def join(self, group: str, member: str) -> Assignment:
         """Join via broker 0."""
-        result: Assignment = self._get(self._brokers[0].join.remote(group, member))
+        result: Assignment = self._get(self._brokers[0].join.remote(group, member), "join")
         return result
 
     def heartbeat(self, group: str, member: str, generation: int) -> Assignment:
         """Heartbeat via broker 0."""
-        result: Assignment = self._get(self._brokers[0].heartbeat.remote(group, member, generation))
+        result: Assignment = self._get(self._brokers[0].heartbeat.remote(group, member, generation), "heartbeat")
         return result
 
     def leave(self, group: str, member: str) -> None:
@@ -77,14 +117,28 @@ class RayQueue:
             self._brokers[b].fetch.remote(group, member, generation, mine, max_rows, timeout_s)
             for b, mine in per_broker(dict(positions), len(self._brokers)).items()
         ]
-        return merge_results(self._get(refs))
+        return merge_results(self._get(refs, "fetch"))
 
     def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
         """Commit on every broker holding a committed partition."""
         mine = per_broker(dict(offsets), len(self._brokers))
-        self._get([self._brokers[b].commit.remote(group, member, generation, part) for b, part in mine.items()])
+        self._get(
+            [self._brokers[b].commit.remote(group, member, generation, part) for b, part in mine.items()], "commit"
+        )
 
     def stats(self) -> list[BrokerStats]:
         """Every broker's stats."""
         result: list[BrokerStats] = self._get([b.stats.remote() for b in self._brokers])
         return result
+
+
+def _pending(refs: list[Any]) -> bool:
+    """True while every call is still in flight (none failed): waiting on them again is safe."""
+    _, unready = ray.wait(refs, num_returns=len(refs), timeout=0)
+    done = [r for r in refs if r not in unready]
+    for ref in done:
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayError:
+            return False
+    return True

@@ -27,6 +27,7 @@ from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer
+from tests.support import assert_healthy, unique_namespace
 
 PASSES = 40
 
@@ -69,12 +70,13 @@ def run_with_fault(
         overrides={
             "streamer": {"csv": csv_path, "count": 1, "interval_s": 0.05, "batch_rows": 200, "passes": PASSES},
             "collector": {"count": 2, "poll_timeout_s": 0.05, "max_rows": 500},
+            "ray": {"namespace": unique_namespace()},
             "queue": {"partitions": 4, "group": "faults", "session_timeout_s": 3.0, "dir": queue_dir},
         },
         environ={},
     )
     p = Pipeline(settings, Database(conninfo))
-    p.start()
+    p.deploy(fresh=True)
     try:
         deadline = time.monotonic() + 60
         while stored_count(conninfo) == 0:
@@ -86,6 +88,7 @@ def run_with_fault(
             assert time.monotonic() < deadline, "streamers did not finish"
             time.sleep(0.2)
         p.drain(timeout_s=120)
+        assert_healthy(p)  # after the fault: every actor answers with its loop alive and no error
     finally:
         p.stop()
     return p

@@ -11,6 +11,7 @@ from pipeline.config import Settings
 from pipeline.runtime.driver import Pipeline
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
+from tests.support import assert_healthy, unique_namespace
 
 
 def settings_for(csv: Path, **streamer: object) -> Settings:
@@ -18,6 +19,7 @@ def settings_for(csv: Path, **streamer: object) -> Settings:
         overrides={
             "streamer": {"csv": csv, "count": 2, "interval_s": 0, "batch_rows": 500, **streamer},
             "collector": {"count": 2, "poll_timeout_s": 0.05},
+            "ray": {"namespace": unique_namespace()},
             "queue": {"partitions": 4, "group": "it"},
         },
         environ={},
@@ -30,7 +32,7 @@ def test_k_passes_with_two_streamers_and_collectors_store_exactly_k_times(
     csv = tmp_path / "fleet.csv"
     rows = write_csv(csv, hosts=6, scrapes=2)  # 960 rows
     p = Pipeline(settings_for(csv, passes=3), Database(fresh_db))
-    p.start()
+    p.deploy(fresh=True)
     try:
         import time
 
@@ -39,6 +41,7 @@ def test_k_passes_with_two_streamers_and_collectors_store_exactly_k_times(
             assert time.monotonic() < deadline
             time.sleep(0.2)
         final = p.drain(timeout_s=60)
+        assert_healthy(p)
         stored, rejects = p.stored_totals()
     finally:
         p.stop()

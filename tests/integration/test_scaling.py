@@ -12,6 +12,7 @@ from pipeline.runtime.driver import Pipeline
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
 from tests.integration.test_faults import expected_multiset, stored_multiset
+from tests.support import assert_healthy, unique_namespace
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -33,6 +34,7 @@ def test_a_burst_adds_collectors_and_they_go_when_it_is_over(ray_local: None, fr
         overrides={
             "streamer": {"csv": csv, "count": 1, "interval_s": 0, "batch_rows": 5000, "passes": passes},
             "collector": {"count": 1, "max_rows": 1500, "poll_timeout_s": 0.05},
+            "ray": {"namespace": unique_namespace()},
             "queue": {"partitions": 6, "group": "burst"},
             "scaling": {
                 "collectors_min": 1,
@@ -47,7 +49,7 @@ def test_a_burst_adds_collectors_and_they_go_when_it_is_over(ray_local: None, fr
         environ={},
     )
     p = Pipeline(settings, Database(fresh_db))
-    p.start()
+    p.deploy(fresh=True)
     most = 1
     try:
         deadline = time.monotonic() + 240
@@ -80,12 +82,13 @@ def test_streamers_rescaled_during_a_run_produce_each_row_once(ray_local: None, 
         overrides={
             "streamer": {"csv": csv, "count": 1, "interval_s": 0.05, "batch_rows": 300, "passes": passes},
             "collector": {"count": 2, "poll_timeout_s": 0.05},
+            "ray": {"namespace": unique_namespace()},
             "queue": {"partitions": 4, "group": "resplit"},
         },
         environ={},
     )
     p = Pipeline(settings, Database(fresh_db))
-    p.start()
+    p.deploy(fresh=True)
     try:
         wait_for(lambda: p.progress().produced > 0, 60, "first rows")
         status = p.scale("streamer", 3)
@@ -96,6 +99,7 @@ def test_streamers_rescaled_during_a_run_produce_each_row_once(ray_local: None, 
         assert status["roles"]["streamer"]["actual"] == 1
         wait_for(lambda: p.progress().streamers_done, 180, "streamers to finish")
         final = p.drain(timeout_s=120)
+        assert_healthy(p)
         stored, _ = p.stored_totals()
     finally:
         p.stop()
