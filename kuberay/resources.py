@@ -9,6 +9,7 @@ from typing import Any
 from kuberay.errors import Invalid
 
 __all__ = [
+    "DEFAULT_NAMESPACE",
     "RAY_GROUP",
     "RAY_VERSION",
     "ObjectRef",
@@ -19,6 +20,7 @@ __all__ = [
     "resource_type",
 ]
 
+DEFAULT_NAMESPACE = "gpu-telemetry-system"
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
 
