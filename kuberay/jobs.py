@@ -1,4 +1,10 @@
-"""RayJobs: submit, follow, stop."""
+"""RayJobs: submit, follow, stop.
+
+Stopping deletes the RayJob with ``Foreground`` propagation and waits until it is gone: the API
+server keeps the RayJob until its dependents (the submitter Job and its pod) are deleted, so once
+:meth:`RayJobs.stop_job` returns, a RayJob created again under the same name cannot find, and
+reuse, the old submitter Job (KubeRay looks that Job up by the RayJob's name).
+"""
 
 from __future__ import annotations
 
@@ -92,14 +98,17 @@ class RayJobs(Session):
                 )
             self._pause(end)
 
-    def delete_job(self, name: str, namespace: str = DEFAULT_NAMESPACE, *, propagation: str = "Background") -> None:
-        """Delete a RayJob; KubeRay's finalizer stops the Ray job first if it is still running."""
+    def delete_job(self, name: str, namespace: str = DEFAULT_NAMESPACE, *, propagation: str = "Foreground") -> None:
+        """Delete a RayJob; KubeRay's finalizer stops the Ray job first if it is still running.
+
+        ``Foreground`` (the default) keeps the RayJob until its submitter Job is gone too.
+        """
         self._transport.delete(ray_type("RayJob"), ObjectRef("RayJob", name, namespace), propagation)
 
     def stop_job(
-        self, name: str, *, namespace: str = DEFAULT_NAMESPACE, timeout_s: float, propagation: str = "Background"
+        self, name: str, *, namespace: str = DEFAULT_NAMESPACE, timeout_s: float, propagation: str = "Foreground"
     ) -> None:
-        """Stop a RayJob and wait until it is gone.
+        """Stop a RayJob and wait until it, and with ``Foreground`` its submitter Job, is gone.
 
         KubeRay refuses ``suspend`` for clusterSelector jobs; deleting the RayJob is how a job on a
         long-lived cluster is stopped (the operator's finalizer calls the Jobs API's stop).

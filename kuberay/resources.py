@@ -63,6 +63,7 @@ _TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "ConfigMap", "configmaps", True, 20),
     ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, 30),
     ResourceType("", "v1", "Service", "services", True, 40),
+    ResourceType("networking.k8s.io", "v1", "Ingress", "ingresses", True, 45),
     ResourceType("apps", "v1", "StatefulSet", "statefulsets", True, 50),
     ResourceType("apps", "v1", "Deployment", "deployments", True, 50),
     ResourceType("batch", "v1", "CronJob", "cronjobs", True, 55),

@@ -153,7 +153,7 @@ def test_custom_resources_validate_against_crd_schemas_with_unknown_fields_rejec
             f"{e.message} at {'/'.join(map(str, e.absolute_path))}" for e in errors[:5]
         )
         seen.add(obj["kind"])
-    assert {"RayCluster", "RayJob", "PodMonitor", "ServiceMonitor", "PrometheusRule"} <= seen
+    assert {"RayCluster", "RayJob", "PodMonitor", "PrometheusRule"} <= seen
 
 
 def test_crd_validation_rejects_unknown_fields_and_wrong_types(
@@ -189,7 +189,7 @@ def test_raycluster_follows_kuberay_rules_and_autoscales(rendered: dict[str, lis
     assert ports["metrics"] == 8080 and ports["dashboard"] == 8265 and ports["serve"] == 8000
     # GCS fault tolerance on Redis, password from a Secret, never in rayStartParams/env.
     ft = spec["gcsFaultToleranceOptions"]
-    assert ft["redisAddress"].startswith("redis.gpu-telemetry-data.svc")
+    assert ft["redisAddress"].startswith("redis-gcs.gpu-telemetry-data.svc")
     assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
     assert "redis-password" not in head["rayStartParams"]
     # Ray token authentication with the token from a Secret.
@@ -546,26 +546,15 @@ def test_the_seed_alerts_and_the_pipeline_alerts(rendered: dict[str, list[dict[s
     assert all(r["labels"]["severity"] in ("warning", "critical") for r in rules.values())
 
 
-def test_monitors_select_the_ray_pods_and_the_gateway_service(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_monitors_select_the_ray_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["staging"]
     cluster = _one(objs, "RayCluster")
     for monitor in _of(objs, "PodMonitor"):
         assert monitor["spec"]["namespaceSelector"]["matchNames"] == [cluster["metadata"]["namespace"]]
         assert monitor["spec"]["selector"]["matchLabels"]["ray.io/cluster"] == cluster["metadata"]["name"]
-        assert "metrics" in {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
-    sm = _one(objs, "ServiceMonitor")
-    svc = next(
-        s
-        for s in _of(objs, "Service")
-        if all(s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
-    )
-    assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
-    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
-    head = cluster["spec"]["headGroupSpec"]["template"]
-    assert all(
-        head["metadata"].get("labels", {}).get(k) == v or k.startswith("ray.io/")
-        for k, v in svc["spec"]["selector"].items()
-    )
+    ray_ports = {e["port"] for m in _of(objs, "PodMonitor") for e in m["spec"]["podMetricsEndpoints"]}
+    assert {"metrics", "as-metrics", "dash-metrics", "serve"} <= ray_ports
+    assert not _of(objs, "ServiceMonitor"), "a ServiceMonitor scrapes through a load-balanced Service"
 
 
 def test_ray_dashboard_embeds_grafana(rendered: dict[str, list[dict[str, Any]]]) -> None:
