@@ -157,6 +157,13 @@ def test_alerts_and_dashboard_query_only_exported_metrics(rendered: Objects, env
         sorted(unknown)
     )
     assert len(_dashboard_promql(rendered[env])) >= 10, "the dashboard's Prometheus queries were not found"
+    referenced = {name for _, expr in _expressions(rendered[env]) for name in promql_metric_names(expr)}
+    assert {
+        "message_queue_consumer_lag",
+        "http_request_duration_seconds_bucket",
+        "ray_pipeline_rejects_total",
+        "ray_pipeline_collector_last_commit_timestamp_seconds",
+    } <= referenced
 
 
 def test_rate_is_taken_of_counters_and_quantiles_of_buckets(rendered: Objects) -> None:
