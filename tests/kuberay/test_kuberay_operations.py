@@ -297,7 +297,9 @@ def _statefulset_behind(objs: list[dict[str, Any]], host: str) -> dict[str, Any]
 @pytest.mark.parametrize("env", ENVS)
 def test_gcs_state_has_its_own_redis_that_never_evicts(rendered: Objects, env: str) -> None:
     objs = rendered[env]
-    address = one(objs, "RayCluster")["spec"]["gcsFaultToleranceOptions"]["redisAddress"]
+    ft = one(objs, "RayCluster")["spec"]["gcsFaultToleranceOptions"]
+    assert ft["backend"] == "redis", "the GCS store is chosen explicitly (the field is immutable)"
+    address = ft["redisAddress"]
     gcs = _statefulset_behind(objs, address.rsplit(":", 1)[0])
     args = _redis_args(gcs)
     assert args.get("maxmemory-policy") == "noeviction", f"{env}: an evicting Redis drops GCS tables"
