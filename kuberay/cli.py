@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", parents=[common], help="create a RayJob from the overlay")
     p.add_argument("--job", default=None, help="which of the overlay's RayJobs (default: the first)")
     p.add_argument("--name", default=None, help="submit under this name instead")
-    p.add_argument("--replace", action="store_true", help="stop and delete an existing RayJob of that name first")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="stop and delete an existing RayJob of that name (and its submitter Job) first",
+    )
     p.add_argument("--follow", action="store_true", help="follow until the job finishes (default: until it runs)")
     p.add_argument("--timeout", type=float, default=600.0, help="deadline for following, seconds")
 
@@ -221,7 +225,9 @@ def _cmd_submit(args: argparse.Namespace, make_client: ClientFactory) -> int:
     with make_client(args) as client:
         if args.replace:
             try:
-                client.stop_job(name, namespace=namespace, timeout_s=args.timeout)
+                # Foreground: the old submitter Job goes before the RayJob, so the new RayJob's
+                # submitter (found by name) is a new Job, not the finished old one.
+                client.stop_job(name, namespace=namespace, timeout_s=args.timeout, propagation="Foreground")
                 print(f"stopped and deleted the previous RayJob {namespace}/{name}")
             except NotFound:
                 pass  # nothing to replace: a first submission

@@ -9,6 +9,7 @@ from typing import Any
 from kuberay.errors import Invalid
 
 __all__ = [
+    "DEFAULT_NAMESPACE",
     "RAY_GROUP",
     "RAY_VERSION",
     "ObjectRef",
@@ -19,6 +20,7 @@ __all__ = [
     "resource_type",
 ]
 
+DEFAULT_NAMESPACE = "gpu-telemetry-system"
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
 
@@ -61,6 +63,7 @@ _TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "ConfigMap", "configmaps", True, 20),
     ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, 30),
     ResourceType("", "v1", "Service", "services", True, 40),
+    ResourceType("networking.k8s.io", "v1", "Ingress", "ingresses", True, 45),
     ResourceType("apps", "v1", "StatefulSet", "statefulsets", True, 50),
     ResourceType("apps", "v1", "Deployment", "deployments", True, 50),
     ResourceType("batch", "v1", "CronJob", "cronjobs", True, 55),

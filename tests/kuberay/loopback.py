@@ -241,6 +241,29 @@ class LoopbackApiServer:
             meta["generation"] = gen + 1 if obj.get("spec") != previous.get("spec") else gen
         return obj
 
+    def dependents(self, key: Key) -> list[Key]:
+        """Objects whose ownerReferences name the object at ``key``."""
+        with self._lock:
+            uid = self.objects[key].get("metadata", {}).get("uid")
+            return [
+                k
+                for k, o in self.objects.items()
+                if any(r.get("uid") == uid for r in o.get("metadata", {}).get("ownerReferences") or ())
+            ]
+
+    def _delete(self, key: Key, propagation: str) -> None:
+        # Foreground: the owner goes only after its dependents (done at once here). Background: the
+        # owner goes now and the garbage collector removes dependents later, so they are still
+        # there when the next request arrives. Orphan: dependents stay, without the reference.
+        uid = self.objects[key].get("metadata", {}).get("uid")
+        for dependent in self.dependents(key):
+            if propagation == "Foreground":
+                del self.objects[dependent]
+            elif propagation == "Orphan":
+                meta = self.objects[dependent]["metadata"]
+                meta["ownerReferences"] = [r for r in meta["ownerReferences"] if r.get("uid") != uid]
+        del self.objects[key]
+
     def _take_failure(self, method: str, path: str) -> _Failure | None:
         with self._lock:
             for failure in self._failures:
@@ -253,6 +276,7 @@ class LoopbackApiServer:
 def _key_of(obj: dict[str, Any]) -> Key:
     group, _, version = str(obj["apiVersion"]).rpartition("/")
     plural = {
+        "Ingress": "ingresses",
         "Namespace": "namespaces",
         "RayCluster": "rayclusters",
         "RayJob": "rayjobs",
@@ -391,7 +415,7 @@ def _handler_for(server: LoopbackApiServer) -> type[BaseHTTPRequestHandler]:
                 if current is None:
                     self._error(404, f"{what} not found", key)
                     return
-                del server.objects[key]
+                server._delete(key, (query.get("propagationPolicy") or ["Background"])[0])
                 self._send(200, _status_body(200, "", "", key))
             elif method == "PATCH":
                 self._patch(key, what, current, query, content_type, body, route.status)

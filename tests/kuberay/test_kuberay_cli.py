@@ -123,3 +123,39 @@ def test_usage_errors_exit_non_zero(
         main(["apply", "--env", "qa"])
     assert info.value.code == 2
     assert api_server.matching("PATCH") == []
+
+
+def test_submit_replace_waits_until_the_old_submitter_job_is_gone(
+    kubectl: str,
+    api_server: LoopbackApiServer,
+    make_client: Callable[[argparse.Namespace], KubeRayClient],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # KubeRay finds a RayJob's submitter Job by the RayJob's name: a recreated RayJob must not find
+    # the old one, so the old RayJob is deleted with foreground propagation (its Job goes first).
+    old = api_server.put(
+        {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "gpu-telemetry-run", "namespace": NS}}
+    )
+    owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "gpu-telemetry-run", "uid": old["metadata"]["uid"]}
+    submitter = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "gpu-telemetry-run", "namespace": NS, "ownerReferences": [owner]},
+    }
+    api_server.put(submitter)
+    job_key: Key = ("batch", "v1", NS, "jobs", "gpu-telemetry-run")
+    at_create: list[bool] = []
+
+    def watch(method: str, key: Key, server: LoopbackApiServer) -> None:
+        if method == "POST" and key[3] == "rayjobs":
+            at_create.append(job_key in server.objects)
+        if method == "GET" and key[3] == "rayjobs" and key in server.objects:
+            server.set_status(key, {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"})
+
+    api_server.on_request = watch
+    code, out, err = _run(["submit", "--env", "dev", "--job", "gpu-telemetry-run", "--replace"], make_client, capsys)
+    assert code == 0 and "stopped and deleted the previous RayJob" in out, err
+    deletes = api_server.matching("DELETE", "rayjobs/gpu-telemetry-run")
+    assert [d.query.get("propagationPolicy") for d in deletes] == [["Foreground"]]
+    assert at_create == [False], "the new RayJob was created while the old submitter Job still existed"
+    assert api_server.obj("ray.io", "v1", NS, "rayjobs", "gpu-telemetry-run")["metadata"]["uid"] != owner["uid"]

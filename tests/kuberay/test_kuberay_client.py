@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import pickle
 from typing import Any
@@ -20,7 +21,7 @@ from kuberay.errors import (
     ServerError,
     Timeout,
 )
-from tests.kuberay.conftest import FakeClock
+from tests.kuberay.conftest import KUBERAY, FakeClock
 from tests.kuberay.loopback import Key, LoopbackApiServer, apply_json_patch
 
 NS = "gpu-telemetry-system"
@@ -478,3 +479,48 @@ def test_the_loopback_json_patch_follows_rfc_6902() -> None:
         ],
     )
     assert out == {"a": [1, 2, 3], "b": {}, "d": {"c": 1}} and doc == {"a": [1, 2], "b": {"c": 1}}
+
+
+# --- one request path --------------------------------------------------------------------------
+
+
+def test_core_namespaced_and_cluster_scoped_kinds_share_one_request_path(
+    client: KubeRayClient, api_server: LoopbackApiServer
+) -> None:
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": NS}},
+        _cluster(),
+    ]
+    paths = [
+        f"/api/v1/namespaces/{NS}",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/r",
+        f"/api/v1/namespaces/{NS}/configmaps/c",
+        f"/apis/ray.io/v1/namespaces/{NS}/rayclusters/gpu-telemetry",
+    ]
+    client.apply(objects)
+    for obj in reversed(objects):
+        client.delete_object(obj, propagation="Foreground")
+    assert [r.path for r in api_server.matching("PATCH")] == paths
+    deletes = api_server.matching("DELETE")
+    assert [r.path for r in deletes] == paths[::-1]
+    assert all(r.query["propagationPolicy"] == ["Foreground"] for r in deletes)
+    assert all(r.authorization == "Bearer loopback-token" for r in api_server.requests)
+    assert api_server.objects == {}
+    with pytest.raises(Invalid, match="propagation must be one of"):
+        client.delete_object(objects[0], propagation="Sideways")
+
+
+def test_no_kuberay_module_over_500_lines_or_function_over_80() -> None:
+    too_long: list[str] = []
+    for path in sorted(KUBERAY.glob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            too_long.append(f"{path.name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    too_long.append(f"{path.name}:{node.lineno} {node.name}: {length} lines")
+    assert too_long == []

@@ -22,6 +22,7 @@ from tests.kuberay.policy import (
     pod_specs,
     promql_metric_names,
 )
+from tests.kuberay.rendered import of_kind, one, pipeline_yaml, quantity
 
 # Validate built-in kinds against this Kubernetes version's schemas (kubernetes-validate 1.37 ships
 # 1.25..1.37); KubeRay 1.7 and the manifests' fields (CronJob timeZone, PSA labels) need >= 1.27.
@@ -33,8 +34,6 @@ RAY_CRDS = SHARED / "kuberay-crds"
 MONITORING_CRDS = SHARED / "monitoring-crds"
 OPS = KUBERAY / "ops"
 
-# Metrics that PrometheusRule/dashboard expressions may use without the pipeline defining them.
-KNOWN_EXTERNAL_METRICS = {"up"}
 # Seed bounds of each role's worker group: (min, max) per environment.
 EXPECTED_BOUNDS = {
     "dev": {"streamers": (1, 1), "collectors": (1, 1), "gateway": (1, 2)},
@@ -42,16 +41,6 @@ EXPECTED_BOUNDS = {
     "prod": {"streamers": (3, 15), "collectors": (5, 15), "gateway": (3, 15)},
 }
 EXPECTED_BROKERS = {"dev": 1, "staging": 3, "prod": 5}
-
-
-def _of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind]
-
-
-def _one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in _of(objs, kind) if name is None or o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
 
 
 def _ops_objects() -> list[dict[str, Any]]:
@@ -66,22 +55,6 @@ def _all_objects(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[st
         yield "ops", obj
 
 
-def _quantity(value: str | int) -> float:
-    """A Kubernetes quantity in base units (bytes or cores)."""
-    text = str(value)
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}
-    for suffix, factor in units.items():
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
-
-
-def _pipeline_yaml(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = _one(objs, "ConfigMap", "pipeline-config")
-    data: dict[str, Any] = yaml.safe_load(cm["data"]["pipeline.yaml"])
-    return data
-
-
 # --- rendering and schemas ---------------------------------------------------------------------
 
 
@@ -89,12 +62,13 @@ def test_every_overlay_renders_the_three_namespaces_and_the_ray_objects(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for env, objs in rendered.items():
-        assert {o["metadata"]["name"] for o in _of(objs, "Namespace")} == NAMESPACES, env
+        assert {o["metadata"]["name"] for o in of_kind(objs, "Namespace")} == NAMESPACES, env
         namespaced = [o for o in objs if o["kind"] != "Namespace"]
         assert all(o["metadata"].get("namespace") in NAMESPACES for o in namespaced), env
         assert all(o["apiVersion"] == "ray.io/v1" for o in objs if o["apiVersion"].startswith("ray.io")), env
-        assert len(_of(objs, "RayCluster")) == 1, env
-        assert {j["metadata"]["name"] for j in _of(objs, "RayJob")} == {"gpu-telemetry-run", "gpu-telemetry-gateway"}
+        assert len(of_kind(objs, "RayCluster")) == 1, env
+        jobs = {j["metadata"]["name"] for j in of_kind(objs, "RayJob")}
+        assert jobs == {"gpu-telemetry-run", "gpu-telemetry-gateway"}
         keys = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs]
         assert len(keys) == len(set(keys)), f"{env}: duplicate objects"
 
@@ -153,14 +127,14 @@ def test_custom_resources_validate_against_crd_schemas_with_unknown_fields_rejec
             f"{e.message} at {'/'.join(map(str, e.absolute_path))}" for e in errors[:5]
         )
         seen.add(obj["kind"])
-    assert {"RayCluster", "RayJob", "PodMonitor", "ServiceMonitor", "PrometheusRule"} <= seen
+    assert {"RayCluster", "RayJob", "PodMonitor", "PrometheusRule"} <= seen
 
 
 def test_crd_validation_rejects_unknown_fields_and_wrong_types(
     rendered: dict[str, list[dict[str, Any]]],
     custom_schemas: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
-    cluster = json.loads(json.dumps(_one(rendered["dev"], "RayCluster")))
+    cluster = json.loads(json.dumps(one(rendered["dev"], "RayCluster")))
     cluster["spec"]["workerGroupSpecs"][0]["minReplica"] = 1  # typo of minReplicas
     cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
     validator = jsonschema.Draft4Validator(custom_schemas[("ray.io/v1", "RayCluster")])
@@ -175,7 +149,7 @@ def test_crd_validation_rejects_unknown_fields_and_wrong_types(
 @pytest.mark.parametrize("env", ENVS)
 def test_raycluster_follows_kuberay_rules_and_autoscales(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     objs = rendered[env]
-    cluster = _one(objs, "RayCluster")
+    cluster = one(objs, "RayCluster")
     name, spec = cluster["metadata"]["name"], cluster["spec"]
     assert len(name) <= 53 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)
     assert spec["rayVersion"] == RAY_VERSION
@@ -189,7 +163,7 @@ def test_raycluster_follows_kuberay_rules_and_autoscales(rendered: dict[str, lis
     assert ports["metrics"] == 8080 and ports["dashboard"] == 8265 and ports["serve"] == 8000
     # GCS fault tolerance on Redis, password from a Secret, never in rayStartParams/env.
     ft = spec["gcsFaultToleranceOptions"]
-    assert ft["redisAddress"].startswith("redis.gpu-telemetry-data.svc")
+    assert ft["redisAddress"].startswith("redis-gcs.gpu-telemetry-data.svc")
     assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
     assert "redis-password" not in head["rayStartParams"]
     # Ray token authentication with the token from a Secret.
@@ -214,13 +188,13 @@ def test_raycluster_follows_kuberay_rules_and_autoscales(rendered: dict[str, lis
 @pytest.mark.parametrize("env", ENVS)
 def test_rayjobs_target_the_cluster_and_run_the_pipeline(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     objs = rendered[env]
-    cluster = _one(objs, "RayCluster")
+    cluster = one(objs, "RayCluster")
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in head["volumes"]}
     config_map = volumes[mounts["/etc/pipeline"]]["configMap"]["name"]
-    keys = set(_one(objs, "ConfigMap", config_map)["data"])
-    for job in _of(objs, "RayJob"):
+    keys = set(one(objs, "ConfigMap", config_map)["data"])
+    for job in of_kind(objs, "RayJob"):
         jname, spec = job["metadata"]["name"], job["spec"]
         assert len(jname) <= 47
         assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
@@ -229,7 +203,7 @@ def test_rayjobs_target_the_cluster_and_run_the_pipeline(rendered: dict[str, lis
         assert not (spec.get("backoffLimit") or 0), "KubeRay refuses backoffLimit with clusterSelector"
         files = re.findall(r"/etc/pipeline/(\S+)", spec["entrypoint"])
         assert files and all(f in keys for f in files), f"{env}: {jname} reads {files}, ConfigMap has {keys}"
-    run = _one(objs, "RayJob", "gpu-telemetry-run")["spec"]["entrypoint"]
+    run = one(objs, "RayJob", "gpu-telemetry-run")["spec"]["entrypoint"]
     assert run == "python -m pipeline run --config /etc/pipeline/pipeline.yaml"
 
 
@@ -244,8 +218,8 @@ def test_ray_version_equals_every_ray_image_tag_and_the_dockerfile(
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}$", dockerfile, re.MULTILINE)
     user = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert user and user[-1].split(":")[0] not in ("0", "root")
-    for obj in _of(rendered[env], "RayCluster") + _of(rendered[env], "RayJob"):
-        version = _one(rendered[env], "RayCluster")["spec"]["rayVersion"]
+    for obj in of_kind(rendered[env], "RayCluster") + of_kind(rendered[env], "RayJob"):
+        version = one(rendered[env], "RayCluster")["spec"]["rayVersion"]
         for where, pod in pod_specs(obj):
             for c in pod["containers"]:
                 if "image" not in c:
@@ -263,13 +237,13 @@ def test_worker_groups_have_the_seed_bounds_and_one_pvc_per_broker(
     env: str,
 ) -> None:
     objs = rendered[env]
-    groups = {g["groupName"]: g for g in _one(objs, "RayCluster")["spec"]["workerGroupSpecs"]}
+    groups = {g["groupName"]: g for g in one(objs, "RayCluster")["spec"]["workerGroupSpecs"]}
     for role, bounds in EXPECTED_BOUNDS[env].items():
         assert (groups[role]["minReplicas"], groups[role]["maxReplicas"]) == bounds, f"{env} {role}"
     brokers = sorted(g for g in groups if g.startswith("broker-"))
     assert brokers == [f"broker-{i}" for i in range(EXPECTED_BROKERS[env])]
-    assert _pipeline_yaml(objs)["queue"]["brokers"] == len(brokers)
-    pvcs = {p["metadata"]["name"] for p in _of(objs, "PersistentVolumeClaim")}
+    assert pipeline_yaml(objs)["queue"]["brokers"] == len(brokers)
+    pvcs = {p["metadata"]["name"] for p in of_kind(objs, "PersistentVolumeClaim")}
     claims = set()
     for i, gname in enumerate(brokers):
         group = groups[gname]
@@ -282,19 +256,19 @@ def test_worker_groups_have_the_seed_bounds_and_one_pvc_per_broker(
         assert claim in pvcs
         claims.add(claim)
     assert len(claims) == len(brokers), "two brokers share a queue volume"
-    assert _pipeline_yaml(objs)["queue"]["dir"] == "/data/queue"
+    assert pipeline_yaml(objs)["queue"]["dir"] == "/data/queue"
 
 
 def test_dev_is_small_and_prod_is_larger(rendered: dict[str, list[dict[str, Any]]]) -> None:
     def db(env: str) -> dict[str, Any]:
-        spec: dict[str, Any] = _one(rendered[env], "StatefulSet", "timescaledb")["spec"]
+        spec: dict[str, Any] = one(rendered[env], "StatefulSet", "timescaledb")["spec"]
         return spec
 
     def storage(spec: dict[str, Any]) -> float:
-        return _quantity(spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"])
+        return quantity(spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"])
 
     def limit(spec: dict[str, Any], res: str) -> float:
-        return _quantity(spec["template"]["spec"]["containers"][0]["resources"]["limits"][res])
+        return quantity(spec["template"]["spec"]["containers"][0]["resources"]["limits"][res])
 
     assert storage(db("dev")) < storage(db("staging")) < storage(db("prod"))
     assert storage(db("dev")) == 20 * 2**30 and storage(db("prod")) == 500 * 2**30
@@ -302,13 +276,13 @@ def test_dev_is_small_and_prod_is_larger(rendered: dict[str, list[dict[str, Any]
         assert limit(db("dev"), res) < limit(db("staging"), res) < limit(db("prod"), res)
 
     def broker_pvc(env: str) -> float:
-        pvc = _one(rendered[env], "PersistentVolumeClaim", "broker-queue-0")
-        return _quantity(pvc["spec"]["resources"]["requests"]["storage"])
+        pvc = one(rendered[env], "PersistentVolumeClaim", "broker-queue-0")
+        return quantity(pvc["spec"]["resources"]["requests"]["storage"])
 
     assert broker_pvc("dev") == 5 * 2**30 and broker_pvc("staging") == 20 * 2**30 and broker_pvc("prod") == 50 * 2**30
-    assert _one(rendered["prod"], "PersistentVolumeClaim", "broker-queue-4")["spec"]["storageClassName"] == "fast-ssd"
+    assert one(rendered["prod"], "PersistentVolumeClaim", "broker-queue-4")["spec"]["storageClassName"] == "fast-ssd"
     for env in ENVS:
-        assert db(env)["replicas"] == 1 and _one(rendered[env], "StatefulSet", "redis")["spec"]["replicas"] == 1
+        assert db(env)["replicas"] == 1 and one(rendered[env], "StatefulSet", "redis")["spec"]["replicas"] == 1
 
 
 # --- the rest of the seed: data, policy, RBAC ------------------------------------------------------
@@ -317,19 +291,19 @@ def test_dev_is_small_and_prod_is_larger(rendered: dict[str, list[dict[str, Any]
 @pytest.mark.parametrize("env", ENVS)
 def test_timescaledb_redis_and_the_daily_backup(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     objs = rendered[env]
-    db = _one(objs, "StatefulSet", "timescaledb")
+    db = one(objs, "StatefulSet", "timescaledb")
     assert db["spec"]["template"]["spec"]["containers"][0]["image"].startswith("timescale/timescaledb-ha:")
-    svc = _one(objs, "Service", db["spec"]["serviceName"])
+    svc = one(objs, "Service", db["spec"]["serviceName"])
     assert svc["spec"]["clusterIP"] == "None"
     assert db["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-    redis = _one(objs, "StatefulSet", "redis")
-    assert _one(objs, "Service", redis["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
-    cron = _one(objs, "CronJob", "timescaledb-backup")
+    redis = one(objs, "StatefulSet", "redis")
+    assert one(objs, "Service", redis["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    cron = one(objs, "CronJob", "timescaledb-backup")
     assert cron["spec"]["schedule"] == "0 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert "pg_dump --format=custom" in script
     backups = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
-    assert _one(objs, "PersistentVolumeClaim", backups["claimName"])
+    assert one(objs, "PersistentVolumeClaim", backups["claimName"])
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -378,7 +352,7 @@ def test_no_literal_secrets_outside_dev(rendered: dict[str, list[dict[str, Any]]
     assert not [p for obj in base for p in literal_secret_problems(obj)]
     # Dev generates its throwaway Secrets, and every Secret the pods reference exists there.
     dev = rendered["dev"]
-    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): set(s["data"]) for s in _of(dev, "Secret")}
+    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): set(s["data"]) for s in of_kind(dev, "Secret")}
     assert secrets
     for obj in dev:
         namespace = obj["metadata"].get("namespace")
@@ -431,7 +405,7 @@ def test_network_policies_default_deny_with_dns_and_the_needed_flows(
     rendered: dict[str, list[dict[str, Any]]],
     env: str,
 ) -> None:
-    policies = _of(rendered[env], "NetworkPolicy")
+    policies = of_kind(rendered[env], "NetworkPolicy")
     for namespace in ("gpu-telemetry-system", "gpu-telemetry-data"):
         mine = [p for p in policies if p["metadata"]["namespace"] == namespace]
         deny = [
@@ -470,14 +444,14 @@ def test_network_policies_default_deny_with_dns_and_the_needed_flows(
 @pytest.mark.parametrize("env", ENVS)
 def test_rbac_is_namespaced_and_least_privilege(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     objs = rendered[env]
-    assert not _of(objs, "ClusterRole") and not _of(objs, "ClusterRoleBinding")
-    for role in _of(objs, "Role"):
+    assert not of_kind(objs, "ClusterRole") and not of_kind(objs, "ClusterRoleBinding")
+    for role in of_kind(objs, "Role"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard {field}"
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
             assert "secrets" not in rule["resources"]
-    accounts = {(a["metadata"]["namespace"], a["metadata"]["name"]): a for a in _of(objs, "ServiceAccount")}
+    accounts = {(a["metadata"]["namespace"], a["metadata"]["name"]): a for a in of_kind(objs, "ServiceAccount")}
     for obj in objs:
         for where, pod in pod_specs(obj):
             sa = pod.get("serviceAccountName")
@@ -493,37 +467,14 @@ def test_rbac_is_namespaced_and_least_privilege(rendered: dict[str, list[dict[st
 # --- observability ---------------------------------------------------------------------------------
 
 
-def _exported_metrics() -> frozenset[str]:
-    try:
-        from pipeline.metrics import exported_metric_names
-    except ImportError as exc:
-        pytest.skip(f"pipeline.metrics is not importable ({exc}): cannot check metric names")
-    return exported_metric_names()
-
-
 def _dashboard(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = next(c for c in _of(objs, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1")
+    cm = next(c for c in of_kind(objs, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1")
     dashboard: dict[str, Any] = json.loads(cm["data"]["gpu-telemetry.json"])
     return dashboard
 
 
 def _targets(dashboard: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [t for p in dashboard["panels"] for t in p.get("targets", []) if kind in t["datasource"]["type"]]
-
-
-def test_alerts_and_dashboard_use_metrics_the_pipeline_exports(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    exported = _exported_metrics() | KNOWN_EXTERNAL_METRICS
-    objs = rendered["prod"]
-    rules = [r for g in _one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
-    referenced = {name for r in rules for name in promql_metric_names(r["expr"])}
-    referenced |= {name for t in _targets(_dashboard(objs), "prometheus") for name in promql_metric_names(t["expr"])}
-    assert referenced - exported == set(), f"not exported by pipeline/metrics.py: {sorted(referenced - exported)}"
-    assert {
-        "message_queue_consumer_lag",
-        "http_request_duration_seconds_bucket",
-        "ray_pipeline_rejects_total",
-        "ray_pipeline_collector_last_commit_timestamp_seconds",
-    } <= referenced
 
 
 def test_promql_name_extraction_skips_functions_labels_and_durations() -> None:
@@ -535,7 +486,7 @@ def test_promql_name_extraction_skips_functions_labels_and_durations() -> None:
 
 
 def test_the_seed_alerts_and_the_pipeline_alerts(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    rules = {r["alert"]: r for g in _one(rendered["staging"], "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    rules = {r["alert"]: r for g in one(rendered["staging"], "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
     lag, latency = rules["MessageQueueHighLag"], rules["APIGatewayHighLatency"]
     assert "message_queue_consumer_lag" in lag["expr"] and lag["expr"].rstrip().endswith("> 10000")
     assert lag["for"] == "5m" and latency["for"] == "5m"
@@ -546,30 +497,19 @@ def test_the_seed_alerts_and_the_pipeline_alerts(rendered: dict[str, list[dict[s
     assert all(r["labels"]["severity"] in ("warning", "critical") for r in rules.values())
 
 
-def test_monitors_select_the_ray_pods_and_the_gateway_service(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_monitors_select_the_ray_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["staging"]
-    cluster = _one(objs, "RayCluster")
-    for monitor in _of(objs, "PodMonitor"):
+    cluster = one(objs, "RayCluster")
+    for monitor in of_kind(objs, "PodMonitor"):
         assert monitor["spec"]["namespaceSelector"]["matchNames"] == [cluster["metadata"]["namespace"]]
         assert monitor["spec"]["selector"]["matchLabels"]["ray.io/cluster"] == cluster["metadata"]["name"]
-        assert "metrics" in {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
-    sm = _one(objs, "ServiceMonitor")
-    svc = next(
-        s
-        for s in _of(objs, "Service")
-        if all(s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
-    )
-    assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
-    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
-    head = cluster["spec"]["headGroupSpec"]["template"]
-    assert all(
-        head["metadata"].get("labels", {}).get(k) == v or k.startswith("ray.io/")
-        for k, v in svc["spec"]["selector"].items()
-    )
+    ray_ports = {e["port"] for m in of_kind(objs, "PodMonitor") for e in m["spec"]["podMetricsEndpoints"]}
+    assert {"metrics", "as-metrics", "dash-metrics", "serve"} <= ray_ports
+    assert not of_kind(objs, "ServiceMonitor"), "a ServiceMonitor scrapes through a load-balanced Service"
 
 
 def test_ray_dashboard_embeds_grafana(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    head = _one(rendered["prod"], "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head = one(rendered["prod"], "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "") for e in head["env"]}
     assert env["RAY_GRAFANA_HOST"].startswith("http://") and "gpu-telemetry-monitoring" in env["RAY_GRAFANA_HOST"]
     assert env["RAY_PROMETHEUS_HOST"].startswith("http://") and ":9090" in env["RAY_PROMETHEUS_HOST"]
@@ -612,10 +552,10 @@ def test_dashboard_gpu_panels_query_the_pipeline_schema(rendered: dict[str, list
 
 
 def test_serve_config_copy_equals_the_pipeline_serve_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    copy = yaml.safe_load(_one(rendered["prod"], "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"])
+    copy = yaml.safe_load(one(rendered["prod"], "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"])
     app = copy["applications"][0]
     assert app["import_path"] == "pipeline.gateway.serve:build" and app["route_prefix"] == "/"
-    service = _one(rendered["prod"], "Service", "gpu-telemetry-gateway")
+    service = one(rendered["prod"], "Service", "gpu-telemetry-gateway")
     assert copy.get("http_options", {}).get("port", 8000) == service["spec"]["ports"][0]["port"] == 8000
     source = ROOT / "pipeline" / "gateway" / "serve_config.yaml"
     if not source.exists():
@@ -630,8 +570,8 @@ def test_serve_config_copy_equals_the_pipeline_serve_config(rendered: dict[str, 
 def test_pipeline_config_loads_with_the_pipeline_settings(
     rendered: dict[str, list[dict[str, Any]]], env: str, tmp_path: Path
 ) -> None:
-    data = _pipeline_yaml(rendered[env])
-    groups = {g["groupName"]: g for g in _one(rendered[env], "RayCluster")["spec"]["workerGroupSpecs"]}
+    data = pipeline_yaml(rendered[env])
+    groups = {g["groupName"]: g for g in one(rendered[env], "RayCluster")["spec"]["workerGroupSpecs"]}
     assert groups["collectors"]["maxReplicas"] <= data["queue"]["partitions"], "more collectors than partitions"
     assert data["collector"]["count"] <= groups["collectors"]["maxReplicas"]
     assert data["streamer"]["count"] <= groups["streamers"]["maxReplicas"]
@@ -649,12 +589,12 @@ def test_pipeline_config_loads_with_the_pipeline_settings(
 
 def test_dev_ships_a_sample_csv_where_the_streamers_read_it(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["dev"]
-    csv_path = Path(_pipeline_yaml(objs)["streamer"]["csv"])
-    streamers = next(g for g in _one(objs, "RayCluster")["spec"]["workerGroupSpecs"] if g["groupName"] == "streamers")
+    csv_path = Path(pipeline_yaml(objs)["streamer"]["csv"])
+    streamers = next(g for g in one(objs, "RayCluster")["spec"]["workerGroupSpecs"] if g["groupName"] == "streamers")
     pod = streamers["template"]["spec"]
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == str(csv_path.parent))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    sample = _one(objs, "ConfigMap", volume["configMap"]["name"])["data"][csv_path.name]
+    sample = one(objs, "ConfigMap", volume["configMap"]["name"])["data"][csv_path.name]
     header, *rows = sample.splitlines()
     assert header.startswith("timestamp,metric_name,gpu_id,device,uuid") and len(rows) >= 10
     assert len(sample.encode()) < 1_000_000, "ConfigMaps hold at most 1 MiB"
