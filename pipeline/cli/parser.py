@@ -92,41 +92,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="GPU telemetry pipeline on Ray.")
     p.add_argument("--config", help="YAML settings file (env PIPELINE_* and flags override it)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show actor logs")
+    # The same two options after the command too (`deploy --config F`, as the RayJob entrypoint has it);
+    # SUPPRESS keeps a value given before the command when none is given after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="YAML settings file")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="stream telemetry into the database and serve the API (deploy, follow, stop)")
+    run = sub.add_parser(
+        "run", help="stream telemetry into the database and serve the API (deploy, follow, stop)", parents=[common]
+    )
     _pipeline_flags(run)
     run.add_argument("--no-serve", action="store_true", help="do not start the REST gateway")
     run.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
     run.add_argument("--json", action="store_true", help="end with a JSON summary line")
 
     deploy = sub.add_parser(
-        "deploy", help="create the pipeline on a running Ray cluster, or reconcile it to these settings, and return"
+        "deploy",
+        help="create the pipeline on a running Ray cluster, or reconcile it to these settings, and return",
+        parents=[common],
     )
     _pipeline_flags(deploy)
     deploy.add_argument("--json", action="store_true")
 
-    stop = sub.add_parser("stop", help="stop producing, drain the queue, remove the pipeline; print its summary")
+    stop = sub.add_parser(
+        "stop", help="stop producing, drain the queue, remove the pipeline; print its summary", parents=[common]
+    )
     stop.add_argument("--json", action="store_true", help="end with a JSON summary line")
     stop.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds the drain may take")
 
-    serve = sub.add_parser("serve", help="serve the REST API over an existing database")
+    serve = sub.add_parser("serve", help="serve the REST API over an existing database", parents=[common])
     serve.add_argument("--port", type=_positive_int, help="gateway port (default 8000)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
 
-    sub.add_parser("migrate", help="apply pending SQL migrations")
+    sub.add_parser("migrate", help="apply pending SQL migrations", parents=[common])
 
-    gen = sub.add_parser("generate", help="write a synthetic fleet as dcgm-exporter CSV")
+    gen = sub.add_parser("generate", help="write a synthetic fleet as dcgm-exporter CSV", parents=[common])
     gen.add_argument("--hosts", type=_positive_int, default=32)
     gen.add_argument("--gpus-per-host", type=_positive_int, default=8)
     gen.add_argument("--scrapes", type=_positive_int, default=1, help="scrapes of the fleet to write")
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--out", type=Path, required=True)
 
-    status = sub.add_parser("status", help="show a running pipeline's actors, queue and scaling decisions")
+    status = sub.add_parser(
+        "status", help="show a running pipeline's actors, queue and scaling decisions", parents=[common]
+    )
     status.add_argument("--json", action="store_true")
 
-    scale = sub.add_parser("scale", help="pin the number of collectors or streamers of a running pipeline")
+    scale = sub.add_parser(
+        "scale", help="pin the number of collectors or streamers of a running pipeline", parents=[common]
+    )
     target = scale.add_mutually_exclusive_group(required=True)
     target.add_argument("--collectors", type=int, help="run exactly N collectors")
     target.add_argument("--streamers", type=int, help="run exactly N streamers (re-splits the source)")

@@ -598,3 +598,20 @@ def test_dev_ships_a_sample_csv_where_the_streamers_read_it(rendered: dict[str, 
     header, *rows = sample.splitlines()
     assert header.startswith("timestamp,metric_name,gpu_id,device,uuid") and len(rows) >= 10
     assert len(sample.encode()) < 1_000_000, "ConfigMaps hold at most 1 MiB"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_pipeline_job_deploys_and_returns_and_its_driver_never_reads_the_csv(
+    rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """The RayJob's driver runs on the head (no CSV there): it must deploy the detached pipeline, not run it."""
+    import shlex
+
+    from pipeline.cli.parser import build_parser
+
+    job = one(rendered[env], "RayJob", "gpu-telemetry-run")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "pipeline"], argv
+    args = build_parser().parse_args(argv[3:])
+    assert args.command == "deploy"
+    assert job["spec"].get("entrypointResources") is None  # the driver stays on the head, and that is fine now
