@@ -204,7 +204,7 @@ def test_rayjobs_target_the_cluster_and_run_the_pipeline(rendered: dict[str, lis
         files = re.findall(r"/etc/pipeline/(\S+)", spec["entrypoint"])
         assert files and all(f in keys for f in files), f"{env}: {jname} reads {files}, ConfigMap has {keys}"
     run = one(objs, "RayJob", "gpu-telemetry-run")["spec"]["entrypoint"]
-    assert run == "python -m pipeline run --config /etc/pipeline/pipeline.yaml"
+    assert run == "python -m pipeline deploy --config /etc/pipeline/pipeline.yaml"
 
 
 @pytest.mark.parametrize("env", ENVS)
