@@ -369,10 +369,15 @@ def run_phases(
     moved = {n: a["restarts"] + a["recreated"] for n, a in actors.items() if n in ("streamer-0", "collector-0")}
     out["b"] = {"moved": moved, **stop_and_compare(db, env, before)}
 
-    # c. the GCS killed and restarted, state in Redis.
+    # c. the GCS killed and restarted, state in Redis. Deployed with the CLI this time: `deploy`
+    # against the running cluster returns, and a second identical one changes nothing.
     before = stored(db)[0]
-    jobs.wait(jobs.submit(entrypoint), ("SUCCEEDED",))
+    config = shlex.split(entrypoint)[shlex.split(entrypoint).index("--config") + 1]
+    first = cli("deploy", "--config", config, "--json", env=env)
+    assert first.returncode == 0 and json.loads(first.stdout.splitlines()[-1])["action"] == "created", first.stderr
     grown = wait_for_growth(db, before)
+    second = cli("deploy", "--config", config, "--json", env=env)
+    assert json.loads(second.stdout.splitlines()[-1])["action"] == "unchanged", second.stdout + second.stderr
     cluster.head_node.kill_gcs_server()
     time.sleep(2)
     cluster.head_node.start_gcs_server()
