@@ -13,7 +13,7 @@ from pipeline.sources import Shard
 from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer
-from tests.unit.test_prometheus_source import MALFORMED, SENTINEL, FakeExporter, closed_port_url, serve_fleet
+from tests.unit.sources.test_prometheus import MALFORMED, SENTINEL, FakeExporter, closed_port_url, serve_fleet
 
 PASSES = 3
 
