@@ -65,9 +65,18 @@ def group_messages(messages: Sequence[Fetched], positions: Mapping[int, int]) ->
                     partition=partition,
                 )
             expected += 1
+        newest: dict[str, int] = {}
+        for m in items:
+            if m.producer is not None and m.seq is not None:
+                newest[m.producer] = max(m.seq, newest.get(m.producer, -1))
         batches.append(
             PartitionBatch(
-                partition, items[0].offset, expected, sum(m.rows for m in items), sum(m.rejects for m in items)
+                partition,
+                items[0].offset,
+                expected,
+                sum(m.rows for m in items),
+                sum(m.rejects for m in items),
+                tuple(sorted(newest.items())),
             )
         )
     return batches

@@ -66,6 +66,8 @@ class QueueSettings(BaseModel):
     partition_budget_bytes: int = Field(16 * MiB, ge=64 * 1024)  # uncommitted bytes before producers wait
     group: str = Field("telemetry-collectors", min_length=1)
     session_timeout_s: float = Field(10.0, gt=0)
+    # Deadline of one call to a broker; a broker away longer is waited out (callers retry), never fatal.
+    call_timeout_s: float = Field(120.0, gt=0)
     dir: Path | None = None
     segment_bytes: int = Field(1 * GiB, ge=1 * MiB)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)

@@ -10,6 +10,7 @@ rebuilds them exactly. ``tests/unit/test_errors.py`` checks each one.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerRestarted",
     "ConfigError",
     "DatabaseUnavailable",
     "FencedError",
@@ -141,3 +142,17 @@ class OffsetOutOfRange(QueueError):
         self.offset = offset
         self.start = start
         self.end = end
+
+
+class BrokerRestarted(QueueError):
+    """An append expected an earlier incarnation of its broker: the broker restarted since.
+
+    Its memory (and, with an empty or no queue dir, its log) may have lost messages it had
+    acknowledged; the producer re-sends what it still retains before anything new (``incarnation``
+    is the broker's new one: send with it from now on).
+    """
+
+    def __init__(self, message: str, *, broker: int = 0, incarnation: str = "") -> None:
+        super().__init__(message)
+        self.broker = broker
+        self.incarnation = incarnation

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import QueueError
+from pipeline.errors import BrokerRestarted, DatabaseUnavailable, QueueError
 from pipeline.queue.api import AppendResult, Producer, ProducerCheckpoint
 from pipeline.queue.keys import KeyHasher, order_by_partition
 from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
@@ -50,8 +51,19 @@ class StreamerStats:
     busy_s: float = 0.0
     done: bool = False
     publish_retries: int = 0
+    resent: int = 0
     resumed_from: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class _Retained:
+    """A flush the brokers acknowledged and no group has committed yet, kept to re-send."""
+
+    seq: int
+    envelope: Envelope
+    ranges: list[tuple[int, int, int]]
+    results: list[AppendResult]
 
 
 def stamp(samples: pa.RecordBatch, at_us: int, unique: bool = False) -> tuple[pa.RecordBatch, int]:
@@ -123,6 +135,7 @@ class Streamer:
         self._stop_at: int | None = None
         self._opened = False
         self.stop_grace_s = 30.0  # after stop(): how long a flush may still wait for away brokers
+        self._retained: deque[_Retained] = deque()  # acknowledged, not yet committed by every group
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -274,11 +287,57 @@ class Streamer:
         return published
 
     def _publish(self, envelope: Envelope, ranges: list[tuple[int, int, int]]) -> list[AppendResult]:
-        """Publish this flush, waiting out brokers that are away (same sequence: a re-send is a duplicate)."""
+        """Publish this flush, waiting out brokers that are away (same sequence: a re-send is a duplicate).
+
+        The flush is then *retained* until every group has committed it (the brokers released it): a
+        broker that restarts without its log refuses the next append (``BrokerRestarted``), and every
+        retained flush is re-sent, in order, before anything new. Retained bytes are bounded by what
+        the brokers hold uncommitted (their byte budgets), since both are released by the same commit.
+        """
         seq = self._seq
-        return self._until_acked(
-            f"flush {seq}", lambda: self._producer.publish(self.producer_id, seq, envelope, ranges)
-        )
+
+        def send() -> list[AppendResult]:
+            try:
+                return self._producer.publish(self.producer_id, seq, envelope, ranges)
+            except BrokerRestarted as exc:
+                log.warning("%s: %s; re-sending %d retained flush(es)", self.producer_id, exc, len(self._retained))
+                self._resend_retained()
+                raise
+
+        results = self._until_acked(f"flush {seq}", send)
+        self._retained.append(_Retained(seq, envelope, ranges, results))
+        self._release()
+        return results
+
+    def _resend_retained(self) -> None:
+        """Re-send every retained flush in sequence order (the brokers drop what they, or the database, have)."""
+        while True:
+            try:
+                for r in list(self._retained):
+                    again = self._producer.publish(self.producer_id, r.seq, r.envelope, r.ranges)
+                    # A duplicate answer keeps the offset it had: the broker (or the database) holds it there.
+                    before = {a.partition: a for a in r.results}
+                    r.results = [before.get(a.partition, a) if a.duplicate else a for a in again]
+                    self.stats.resent += 1
+                return
+            except BrokerRestarted:
+                continue  # restarted again while we re-sent: from the first retained flush again
+            except (QueueError, DatabaseUnavailable) as exc:
+                log.warning("%s: re-send failed (%s); retrying", self.producer_id, exc)
+                time.sleep(0.5)
+
+    def _release(self) -> None:
+        """Forget retained flushes that every group has committed."""
+        if not self._retained:
+            return
+        try:
+            below = self._producer.released_below()
+        except (QueueError, DatabaseUnavailable):
+            return  # asked again after the next flush
+        while self._retained and all(
+            r.duplicate or r.offset < below.get(r.partition, 0) for r in self._retained[0].results
+        ):
+            self._retained.popleft()
 
     def _until_acked(self, what: str, call: Callable[[], T]) -> T:
         """Retry ``call`` with backoff while the queue is away.
@@ -291,7 +350,7 @@ class Streamer:
         while True:
             try:
                 return call()
-            except QueueError as exc:
+            except (QueueError, DatabaseUnavailable) as exc:
                 self.stats.publish_retries += 1
                 if self._stop.is_set():
                     stopped_at = stopped_at if stopped_at is not None else time.monotonic()

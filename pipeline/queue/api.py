@@ -36,6 +36,7 @@ class AppendResult:
     partition: int
     offset: int
     duplicate: bool = False
+    incarnation: str = ""  # the broker process that acknowledged it (a restart changes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class Fetched:
     offset: int
     rows: int
     rejects: int = 0
+    producer: str | None = None  # who published it, with which sequence number: committed with the rows
+    seq: int | None = None
 
 
 @dataclass(slots=True)
@@ -137,6 +140,10 @@ class Producer(Protocol):
 
     def producer_state(self, producer: str) -> dict[str, Any] | None:
         """The producer's last checkpoint."""
+        ...
+
+    def released_below(self) -> dict[int, int]:
+        """Per partition, the offset below which every group has committed (the brokers released it)."""
         ...
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FencedError, OffsetOutOfRange, QueueError
+from pipeline.errors import BrokerRestarted, FencedError, OffsetOutOfRange, QueueError
 from pipeline.queue.api import AppendResult, BrokerStats, Fetched, FetchResult, GroupLag, PartitionStats
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import PartitionLog
@@ -67,6 +68,7 @@ class Broker:
         start_offsets: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         persistence: Persistence | None = None,
+        start_sequences: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         self.broker_id = broker_id
         self.partitions = partitions
@@ -81,7 +83,11 @@ class Broker:
         self._committed: dict[str, dict[int, int]] = {}
         # Highest generation seen per (group, partition): fences members of groups coordinated elsewhere.
         self._fence: dict[tuple[str, int], int] = {}
-        self._last_seq: dict[tuple[str, int], int] = {}
+        # Newest sequence per (producer, partition): what the database says was committed (a fresh
+        # incarnation must drop a re-sent flush its predecessor already handed to a collector),
+        # raised by what persistence recovers and by every append.
+        self._last_seq: dict[tuple[str, int], int] = dict(start_sequences or {})
+        self.incarnation = uuid.uuid4().hex[:12]
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self._data = asyncio.Condition()
         self._space = asyncio.Condition()
@@ -112,7 +118,7 @@ class Broker:
             keep_from = min(committed.values()) if committed else 0
             frames, next_offset, last_seq = store.recover(keep_from)
             for producer, seq in last_seq.items():
-                self._last_seq[(producer, p)] = seq
+                self._last_seq[(producer, p)] = max(seq, self._last_seq.get((producer, p), -1))
             if next_offset is None:
                 plog = PartitionLog(p, starts.get(p, 0))
             else:
@@ -194,7 +200,7 @@ class Broker:
         key = (producer, partition) if producer is not None else None
         if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
             stats.duplicates += 1
-            return AppendResult(partition, -1, duplicate=True)
+            return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
         if self._over_budget(plog, nbytes):
             started = self._clock()
             self._reserve[partition] = max(self._reserve.get(partition, 0), nbytes)
@@ -208,7 +214,7 @@ class Broker:
             # Another append of the same producer may have landed while this one waited.
             if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                 stats.duplicates += 1
-                return AppendResult(partition, -1, duplicate=True)
+                return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
         store = self._stores.get(partition)
         if store is not None:
             # On disk (and fsynced) before it is acknowledged.
@@ -220,10 +226,15 @@ class Broker:
         stats.appends += 1
         async with self._data:
             self._data.notify_all()
-        return AppendResult(partition, offset)
+        return AppendResult(partition, offset, incarnation=self.incarnation)
 
     async def append_batch(
-        self, producer: str | None, seq: int | None, envelope: Envelope, ranges: list[tuple[int, int, int]]
+        self,
+        producer: str | None,
+        seq: int | None,
+        envelope: Envelope,
+        ranges: list[tuple[int, int, int]],
+        expect: str | None = None,
     ) -> list[AppendResult]:
         """Append one batch already ordered by partition: ``ranges`` are (partition, first row, rows).
 
@@ -231,6 +242,13 @@ class Broker:
         partition's log gets a zero-copy slice. Deduplication stays per (producer, partition), so a
         flush interrupted half way is completed, not dropped, when it is re-sent.
         """
+        if expect is not None and expect != self.incarnation:
+            # Checked before anything is appended: the producer re-sends what it retains first.
+            raise BrokerRestarted(
+                f"broker {self.broker_id} restarted (now {self.incarnation}, producer expected {expect})",
+                broker=self.broker_id,
+                incarnation=self.incarnation,
+            )
         total = max(1, envelope.num_rows)
         results = []
         for i, (partition, first, rows) in enumerate(ranges):
@@ -357,7 +375,7 @@ class Broker:
                 result.out_of_range[partition] = (plog.start_offset, plog.end_offset)
                 continue
             for e in entries:
-                result.messages.append(Fetched(partition, e.offset, e.rows, e.payload.num_rejects))
+                result.messages.append(Fetched(partition, e.offset, e.rows, e.payload.num_rejects, e.producer, e.seq))
                 payloads.append(e.payload)
                 budget -= e.rows
             self._stats[partition].fetched_rows += sum(e.rows for e in entries)
@@ -384,6 +402,10 @@ class Broker:
             self._space.notify_all()
 
     # --- observability ------------------------------------------------------------------------------
+
+    def positions(self) -> tuple[str, dict[int, tuple[int, int]]]:
+        """This incarnation and each hosted partition's ``(start, end)`` offsets (below start: released)."""
+        return self.incarnation, {p: (plog.start_offset, plog.end_offset) for p, plog in self._logs.items()}
 
     def stats(self) -> BrokerStats:
         """Per-partition offsets, lag per group, bytes held and counters."""

@@ -85,6 +85,10 @@ class LocalQueue:
         """From broker 0."""
         return self._call(self.brokers[0].producer_state, producer)
 
+    def released_below(self) -> dict[int, int]:
+        """Per partition, the log's start offset."""
+        return {p: start for b in self.brokers for p, (start, _) in self._call(b.positions)[1].items()}
+
     def join(self, group: str, member: str) -> Assignment:
         """Broker 0 coordinates groups."""
         return self._call(self.brokers[0].join, group, member)

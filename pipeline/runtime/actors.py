@@ -40,9 +40,10 @@ from pipeline.runtime.names import (
     streamer_name,
 )
 from pipeline.runtime.reports import CollectorStatus, StreamerStatus
-from pipeline.runtime.transport import RayQueue
+from pipeline.runtime.transport import DurableProducer, RayQueue
 from pipeline.sources import Shard, source_for
 from pipeline.sources.prometheus import PrometheusSource
+from pipeline.storage.checkpoints import CheckpointStore
 from pipeline.storage.sink import WriteResult
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
@@ -69,11 +70,13 @@ class Broker(BrokerLogic):
     """The Broker plain class, plus Ray metrics on every stats() call.
 
     Every incarnation starts its partitions at the offsets committed in the database *now* (not at
-    what its creator saw when it first started it): a broker that Ray restarts without a queue dir
-    must hand out offsets that follow what collectors already stored.
+    what its creator saw when it first started it), and knows each producer's newest stored
+    sequence: a broker that Ray restarts without a queue dir must hand out offsets that follow what
+    collectors already stored, and drop a re-sent flush that a collector already stored.
     """
 
     def __init__(self, broker_id: int, queue: QueueSettings, hosted: list[int], conninfo: str) -> None:
+        offsets, sequences = _committed_state(conninfo, queue.group, hosted)
         persistence = None
         if queue.dir is not None:
             persistence = Persistence(
@@ -85,8 +88,9 @@ class Broker(BrokerLogic):
             hosted,
             queue.partition_budget_bytes,
             queue.session_timeout_s,
-            _committed_offsets(conninfo, queue.group, hosted),
+            offsets,
             persistence=persistence,
+            start_sequences=sequences,
         )
         self._instruments: Instruments | None = None
         self._reported: dict[int, tuple[float, int, int]] = {}
@@ -132,13 +136,16 @@ class Streamer:
         brokers: list[ActorHandle],
         shard: tuple[int, int],
         namespace: str,
+        conninfo: str,
     ) -> None:
         source = source_for(settings)
         self._source = source
         self._logic = StreamerLogic(
             producer,
             source,
-            RayQueue(brokers, namespace=namespace),
+            DurableProducer(
+                RayQueue(brokers, queue.call_timeout_s, namespace=namespace), CheckpointStore(conninfo, namespace)
+            ),
             queue.partitions,
             Shard(*shard),
             settings.interval_s,
@@ -185,6 +192,8 @@ class Streamer:
             "last_stamp_us": self._logic.last_stamp_us,
             "error": self._error,
             "resumed": s.resumed_from is not None,
+            "publish_retries": s.publish_retries,
+            "resent": s.resent,
             "pid": os.getpid(),
             # Scrape sources: per-target health (up, last_success, consecutive_failures, last_error).
             "targets": self._source.health() if isinstance(self._source, PrometheusSource) else {},
@@ -233,7 +242,7 @@ class Collector:
         self._logic = CollectorLogic(
             self._member,
             queue.group,
-            RayQueue(brokers, namespace=namespace),
+            RayQueue(brokers, queue.call_timeout_s, namespace=namespace),
             TelemetryWriter(conninfo),
             settings.max_rows,
             settings.poll_timeout_s,
@@ -281,15 +290,18 @@ class Collector:
         return self.stats()
 
 
-def _committed_offsets(conninfo: str, group: str, hosted: Sequence[int]) -> dict[int, int]:
-    """Where the group's stored offsets stand for these partitions (0 where it never wrote)."""
+def _committed_state(
+    conninfo: str, group: str, hosted: Sequence[int]
+) -> tuple[dict[int, int], dict[tuple[str, int], int]]:
+    """Where the group's stored offsets stand for these partitions, and the producers' stored sequences."""
     writer = TelemetryWriter(conninfo)
     writer.open()
     try:
         stored = writer.offsets(group)
+        sequences = writer.sequences(group, hosted)
     finally:
         writer.close()
-    return {p: stored[p]["next_offset"] for p in hosted if p in stored}
+    return {p: stored[p]["next_offset"] for p in hosted if p in stored}, sequences
 
 
 def make_broker(
@@ -323,6 +335,7 @@ def make_streamer(
     settings: StreamerSettings,
     queue: QueueSettings,
     namespace: str,
+    conninfo: str,
     brokers: list[ActorHandle],
     num_cpus: float = 0.5,
     placement: bool = False,
@@ -336,7 +349,8 @@ def make_streamer(
         max_concurrency=4,
         **role_resources("streamer", producer.index, placement),
     )
-    return spawn(Streamer, opts, str(producer), settings, queue, brokers, (producer.index, producer.count), namespace)
+    shard = (producer.index, producer.count)
+    return spawn(Streamer, opts, str(producer), settings, queue, brokers, shard, namespace, conninfo)
 
 
 def make_collector(

@@ -30,7 +30,7 @@ from pipeline.runtime import actors
 from pipeline.runtime.names import ActorHandle, ProducerId, broker_name, collector_name, find, streamer_name
 from pipeline.runtime.reports import CollectorStatus, FleetStats, StreamerStatus, Totals
 from pipeline.runtime.supervision import Supervision
-from pipeline.runtime.transport import RayQueue
+from pipeline.storage.checkpoints import CheckpointStore
 from pipeline.storage.deployments import DeploymentStore
 
 __all__ = ["Fleet", "Layout"]
@@ -79,7 +79,7 @@ class Fleet:
         with self._lock:
             self.brokers = [self._broker(b) for b in range(self._settings.queue.brokers)]
             ray.get([b.stats.remote() for b in self.brokers], timeout=600)  # recovery of a queue dir may take long
-            self._queue = RayQueue(self.brokers, namespace=self._namespace)
+            self._checkpoints = CheckpointStore(self._conninfo, self._namespace)
             if layout.get("resplit"):
                 self._finish_resplit(layout)
             self.collectors = [self._collector(i) for i in range(int(layout["collectors"]))]
@@ -114,7 +114,7 @@ class Fleet:
             settings = settings.model_copy(update={"duration_s": left})
         producer = ProducerId(index, count, self.epoch)
         return actors.make_streamer(
-            producer, settings, s.queue, self._namespace, self.brokers, placement=s.ray.placement
+            producer, settings, s.queue, self._namespace, self._conninfo, self.brokers, placement=s.ray.placement
         )
 
     def _adopt_streamer(self, index: int, count: int) -> ActorHandle:
@@ -263,8 +263,8 @@ class Fleet:
         }
         for i in range(int(r["count"])):
             producer = str(ProducerId(i, int(r["count"]), int(layout["epoch"])))
-            if self._queue.producer_state(producer) is None:
-                self._queue.checkpoint(producer, start)
+            if self._checkpoints.load(producer) is None:
+                self._checkpoints.save(producer, start)
         for i in range(max(int(r["old"]), int(r["count"]))):
             handle = find(streamer_name(i), self._namespace)
             if handle is not None:

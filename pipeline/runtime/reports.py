@@ -23,6 +23,8 @@ class StreamerStatus(TypedDict, total=False):
     last_stamp_us: int
     error: str | None
     resumed: bool
+    publish_retries: int
+    resent: int
     pid: int
     targets: dict[str, Any]
     restarting: bool

@@ -18,14 +18,15 @@ from typing import Any
 
 import ray
 
-from pipeline.errors import QueueError
+from pipeline.errors import BrokerRestarted, QueueError
 from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
 from pipeline.queue.group import Assignment
 from pipeline.queue.routing import merge_results, per_broker, split_for_brokers
 from pipeline.records import Envelope
 from pipeline.runtime.names import ActorHandle, find_brokers
+from pipeline.storage.checkpoints import CheckpointStore
 
-__all__ = ["RayQueue"]
+__all__ = ["DurableProducer", "RayQueue"]
 
 
 class RayQueue:
@@ -39,7 +40,8 @@ class RayQueue:
         self._brokers = list(brokers)
         self._timeout = call_timeout_s
         self._namespace = namespace
-        self._inflight: dict[tuple[str, int], list[Any]] = {}
+        self._inflight: dict[tuple[str, int], tuple[list[int], list[Any]]] = {}
+        self._incarnations: dict[int, str] = {}  # broker -> the incarnation that acknowledged our last flush
 
     def _get(self, refs: Any, what: str = "call") -> Any:
         try:
@@ -69,20 +71,38 @@ class RayQueue:
         raises ``QueueError`` and the same call is awaited again when the producer retries.
         """
         key = (producer, seq)
-        refs = self._inflight.get(key)
-        if refs is None:
+        inflight = self._inflight.get(key)
+        if inflight is None:
             self._inflight.clear()  # a producer has one flush in flight at a time
             parts = split_for_brokers(envelope, ranges, len(self._brokers))
-            refs = [self._brokers[b].append_batch.remote(producer, seq, part, r) for b, (part, r) in parts.items()]
-            self._inflight[key] = refs
+            refs = [
+                self._brokers[b].append_batch.remote(producer, seq, part, r, self._incarnations.get(b))
+                for b, (part, r) in parts.items()
+            ]
+            inflight = self._inflight[key] = (list(parts), refs)
+        order, refs = inflight
         try:
             acked: list[list[AppendResult]] = self._get(refs, f"publish {producer}#{seq}")
+        except BrokerRestarted as exc:
+            self._incarnations[exc.broker] = exc.incarnation
+            self._inflight.pop(key, None)
+            raise
         except QueueError:
             if not _pending(refs):
                 self._inflight.pop(key, None)  # a dead incarnation: send again (duplicates are dropped)
             raise
         self._inflight.pop(key, None)
+        for b, results in zip(order, acked, strict=True):
+            if results:
+                self._incarnations[b] = results[0].incarnation
         return [result for results in acked for result in results]
+
+    def released_below(self) -> dict[int, int]:
+        """Per partition, the offset below which every group has committed (the log's start)."""
+        positions: list[tuple[str, dict[int, tuple[int, int]]]] = self._get(
+            [b.positions.remote() for b in self._brokers], "positions"
+        )
+        return {p: start for _, parts in positions for p, (start, _) in parts.items()}
 
     def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
         """Store on broker 0."""
@@ -142,3 +162,34 @@ def _pending(refs: list[Any]) -> bool:
         except ray.exceptions.RayError:
             return False
     return True
+
+
+class DurableProducer:
+    """The ``Producer`` a streamer actor uses: flushes go to the brokers, checkpoints to the database.
+
+    A checkpoint that lived on broker 0 was lost with it (no queue dir): the CSV replayed from the
+    start, and a live source restarted its sequence numbers below what the other brokers had seen.
+    A database that is away raises ``DatabaseUnavailable``, which the streamer waits out.
+    """
+
+    def __init__(self, queue: RayQueue, store: CheckpointStore) -> None:
+        self._queue = queue
+        self._store = store
+
+    def publish(
+        self, producer: str, seq: int, envelope: Envelope, ranges: Sequence[tuple[int, int, int]]
+    ) -> list[AppendResult]:
+        """Through the brokers."""
+        return self._queue.publish(producer, seq, envelope, ranges)
+
+    def checkpoint(self, producer: str, state: Mapping[str, Any]) -> None:
+        """In the database."""
+        self._store.save(producer, state)
+
+    def producer_state(self, producer: str) -> dict[str, Any] | None:
+        """From the database."""
+        return self._store.load(producer)
+
+    def released_below(self) -> dict[int, int]:
+        """From the brokers."""
+        return self._queue.released_below()

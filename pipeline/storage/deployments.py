@@ -89,5 +89,6 @@ class DeploymentStore:
         self._execute(query, (json.dumps(dict(value)), namespace))
 
     def delete(self, namespace: str) -> None:
-        """Forget the deployment (after ``stop`` removed its actors)."""
+        """Forget the deployment and its streamers' checkpoints (after ``stop`` removed its actors)."""
+        self._execute("DELETE FROM producer_checkpoints WHERE namespace = %s", (namespace,))
         self._execute("DELETE FROM pipeline_deployments WHERE namespace = %s", (namespace,))

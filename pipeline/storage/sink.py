@@ -25,6 +25,8 @@ class PartitionBatch:
     next_offset: int
     rows: int
     rejects: int = 0
+    # newest sequence number per producer among these messages (stored with the rows)
+    sequences: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

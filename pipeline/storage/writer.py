@@ -37,6 +37,10 @@ UPDATE consumer_offsets
  WHERE group_id = %(group)s AND partition = %(partition)s
    AND next_offset = %(first)s AND generation = %(generation)s
 """
+_SEQUENCES = """
+INSERT INTO producer_sequences (group_id, partition, producer, seq) VALUES (%s, %s, %s, %s)
+ON CONFLICT (group_id, partition, producer) DO UPDATE SET seq = GREATEST(producer_sequences.seq, EXCLUDED.seq)
+"""
 
 
 class TelemetryWriter:
@@ -141,6 +145,16 @@ class TelemetryWriter:
                     generation=generation,
                 )
 
+    def sequences(self, group: str, partitions: Sequence[int]) -> dict[tuple[str, int], int]:
+        """The newest stored sequence per (producer, partition) of ``group`` (what a fresh broker dedupes on)."""
+        conn = self._db()
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT producer, partition, seq FROM producer_sequences WHERE group_id = %s AND partition = ANY(%s)",
+                (group, list(partitions)),
+            ).fetchall()
+        return {(str(producer), int(p)): int(seq) for producer, p, seq in rows}
+
     def offsets(self, group: str) -> dict[int, dict[str, int]]:
         """Stored offsets and totals of a group, per partition."""
         conn = self._db()
@@ -183,6 +197,9 @@ class TelemetryWriter:
                     )
                     if cur.rowcount != 1:
                         raise self._refusal(conn, group, generation, b)
+                sequences = [(group, b.partition, producer, seq) for b in batches for producer, seq in b.sequences]
+                if sequences:
+                    conn.cursor().executemany(_SEQUENCES, sequences)
                 if payload is not None:
                     with conn.cursor().copy(
                         "COPY telemetry (ts, gpu_key, metric_id, value) FROM STDIN (FORMAT BINARY)"
