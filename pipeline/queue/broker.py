@@ -138,11 +138,14 @@ class Broker:
         for p in list(self._logs):
             store = SegmentStore(root / f"partition-{p}", persistence.segment_bytes, persistence.fsync)
             state = StateFile(store.directory / "state.json")
-            committed = {str(g): int(o) for g, o in state.load().get("committed", {}).items()}
+            saved = state.load()
+            committed = {str(g): int(o) for g, o in saved.get("committed", {}).items()}
             keep_from = min(committed.values()) if committed else 0
-            frames, next_offset, last_seq = store.recover(keep_from)
-            for producer, seq in last_seq.items():
-                self._last_seq[(producer, p)] = seq
+            # Sequences of committed frames are in the state file, so committed history is not re-read.
+            known = {str(k): int(v) for k, v in saved.get("last_seq", {}).items()}
+            frames, next_offset, last_seq = store.recover(keep_from, last_seq_known="last_seq" in saved)
+            for producer, seq in [*known.items(), *last_seq.items()]:
+                self._last_seq[(producer, p)] = max(seq, self._last_seq.get((producer, p), -1))
             if next_offset is None:
                 plog = PartitionLog(p, starts.get(p, 0))
             else:
@@ -178,7 +181,10 @@ class Broker:
         if state is None:
             return
         committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
-        state.save({"committed": committed}, fsync=False)  # losing it only means re-reading more
+        last_seq = {producer: seq for (producer, p), seq in self._last_seq.items() if p == partition}
+        # Losing it only means re-reading more: sequences and offsets are saved together, so the
+        # sequences cover every frame below the offsets.
+        state.save({"committed": committed, "last_seq": last_seq}, fsync=False)
 
     def _retain(self, partition: int, floor: int) -> None:
         store = self._stores.get(partition)
