@@ -196,6 +196,10 @@ class Collector:
             self.stats.fenced += 1
             log.info("%s: claim of generation %d refused (%s); re-syncing", self.member, assignment.generation, exc)
             self._drop_assignment()
+            if isinstance(exc.current, int) and exc.current > assignment.generation:
+                # Report the newer generation on the next heartbeat: a coordinator restarted on a
+                # clock behind moves above it instead of handing out unclaimable generations.
+                self._assignment = Assignment(exc.current, ())
             return
         self._positions = positions
         self._reported = {}  # the brokers learn this generation's offsets on the next idle poll

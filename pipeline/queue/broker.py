@@ -97,10 +97,12 @@ class Broker:
         start_offsets: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         persistence: Persistence | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker_id = broker_id
         self.partitions = partitions
         self._clock = clock
+        self._wall_clock = wall_clock
         self._budget = budget_bytes
         self._session_timeout = session_timeout_s
         starts = start_offsets or {}
@@ -285,14 +287,15 @@ class Broker:
     def _coordinator(self, group: str) -> GroupCoordinator:
         coordinator = self._groups.get(group)
         if coordinator is None:
-            # Generations start from wall-clock milliseconds, so a restarted coordinator never
-            # hands out a generation that an earlier incarnation already used.
+            # Generations start from wall-clock milliseconds, so a restarted coordinator rarely
+            # hands out one an earlier incarnation used; where its clock is behind, members report
+            # their generations and the coordinator moves above them (see GroupCoordinator).
             coordinator = GroupCoordinator(
                 group,
                 range(self.partitions),
                 self._session_timeout,
                 self._clock,
-                first_generation=int(time.time() * 1000),
+                first_generation=int(self._wall_clock() * 1000),
             )
             self._groups[group] = coordinator
             self._committed.setdefault(group, {})

@@ -11,9 +11,9 @@ own, zero-copy from a memory map. A frame is written with one ``write`` and (by 
 history is neither checksummed nor decoded: a restart answers in seconds whatever the retained
 size). A torn frame at the end of the newest segment (a crash mid-write) is cut off; damage inside
 it is skipped up to the next intact frame when it lost no uncommitted message, and refused (an
-error naming the file and byte) when it did. Segments roll at ``segment_bytes``; retention deletes whole segments that every
-consumer group has committed, once they are older than ``retention_s`` or the partition is over
-its disk budget.
+error naming the file and byte) when it did. Segments roll at ``segment_bytes``; retention deletes
+whole segments that every consumer group has committed, once they are older than ``retention_s`` or
+the partition is over its disk budget.
 """
 
 from __future__ import annotations
