@@ -67,9 +67,14 @@ class QueueSettings(BaseModel):
     group: str = Field("telemetry-collectors", min_length=1)
     session_timeout_s: float = Field(10.0, gt=0)
     dir: Path | None = None
-    segment_bytes: int = Field(1 * GiB, ge=1 * MiB)
+    # Disk, per partition. The defaults fit the smallest overlay volume: dev's 5 GiB claim holds all
+    # 16 partitions of its one broker (16 x 256 MiB = 4 GiB); staging's 20 GiB and prod's 50 GiB
+    # claims hold 6 and 4 partitions each. Segments are small enough for retention to free space
+    # a quarter budget at a time.
+    segment_bytes: int = Field(64 * MiB, ge=1 * MiB)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)
-    disk_budget_bytes: int | None = Field(None, ge=1 * MiB)  # per partition
+    retention_bytes: int | None = Field(128 * MiB, ge=1 * MiB)  # committed data kept, besides retention_s
+    disk_budget_bytes: int | None = Field(256 * MiB, ge=1 * MiB)  # producers wait when it is full
     fsync: bool = True  # fsync every append before acknowledging it (with dir)
 
 

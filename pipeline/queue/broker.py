@@ -10,23 +10,26 @@ Guarantees:
   acknowledged and dropped (idempotent producers);
 * a partition holds at most ``budget_bytes`` of uncommitted data: an append that would exceed it
   waits until consumers commit (never dropped); waiting time is counted;
-* data is released only once every known consumer group has committed past it.
+* data is released only once every known consumer group has committed past it;
+* a full volume (ENOSPC) is a state, not an error: the append waits and retries, ``stats()`` says
+  why (``disk_full``), and nothing torn is left in the segment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FencedError, OffsetOutOfRange, QueueError
+from pipeline.queue.disk import PartitionDisk, Persistence
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import PartitionLog
-from pipeline.queue.segments import SegmentStore, StateFile
+from pipeline.queue.segments import StateFile
 from pipeline.records import Envelope, pack_envelopes
 
 __all__ = ["AppendResult", "Broker", "FetchResult", "Fetched", "Persistence"]
@@ -63,17 +66,6 @@ class FetchResult:
     # When every payload is an Envelope, the broker ships them as one (its dictionaries unified) and
     # leaves ``payload`` None: one Arrow batch per fetch instead of one per message.
     data: Envelope | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Persistence:
-    """Where and how a broker keeps its partitions on disk."""
-
-    directory: Path
-    segment_bytes: int = 1 << 30
-    retention_s: float = 7 * 24 * 3600.0
-    disk_budget_bytes: int | None = None  # per partition; producers wait when it is full
-    fsync: bool = True
 
 
 @dataclass(slots=True)
@@ -119,11 +111,8 @@ class Broker:
         self._space = asyncio.Condition()
         self.started_at = time.time()
         self._persistence = persistence
-        self._stores: dict[int, SegmentStore] = {}
-        self._states: dict[int, StateFile] = {}
-        self._disk: dict[int, int] = {}
+        self._disks: dict[int, PartitionDisk] = {}
         self._checkpoint_file: StateFile | None = None
-        self._reserve: dict[int, int] = {}
         self.recovered: dict[int, int] = {}
         if persistence is not None:
             self._recover(persistence, starts)
@@ -138,70 +127,34 @@ class Broker:
             self._checkpoint_file = StateFile(root / "producers.json")
             self._checkpoints = self._checkpoint_file.load()
         for p in list(self._logs):
-            store = SegmentStore(root / f"partition-{p}", persistence.segment_bytes, persistence.fsync)
-            state = StateFile(store.directory / "state.json")
-            saved = state.load()
-            committed = {str(g): int(o) for g, o in saved.get("committed", {}).items()}
-            keep_from = min(committed.values()) if committed else 0
-            # Sequences of committed frames are in the state file, so committed history is not re-read.
-            known = {str(k): int(v) for k, v in saved.get("last_seq", {}).items()}
-            frames, next_offset, last_seq = store.recover(keep_from, last_seq_known="last_seq" in saved)
-            for producer, seq in [*known.items(), *last_seq.items()]:
-                self._last_seq[(producer, p)] = max(seq, self._last_seq.get((producer, p), -1))
-            if next_offset is None:
-                plog = PartitionLog(p, starts.get(p, 0))
-            else:
-                plog = PartitionLog(p, frames[0].offset if frames else next_offset)
-                for f in frames:
-                    plog.append(
-                        f.envelope,
-                        f.envelope.num_rows,
-                        f.nbytes,
-                        self._clock(),
-                        f.header.get("producer"),
-                        f.header.get("seq"),
-                    )
+            disk = PartitionDisk(persistence, p)
+            plog, committed, last_seq = disk.recover(starts.get(p, 0), self._clock)
+            for producer, seq in last_seq.items():
+                self._last_seq[(producer, p)] = seq
             self._logs[p] = plog
             for group, offset in committed.items():
                 self._committed.setdefault(group, {})[p] = offset
-            self._stores[p] = store
-            self._states[p] = state
-            self._disk[p] = store.disk_bytes()
-            self.recovered[p] = len(frames)
-            if frames or store.truncated_bytes:
-                log.info(
-                    "partition %d: recovered %d uncommitted message(s), offsets [%d, %d); truncated %d torn byte(s)",
-                    p,
-                    len(frames),
-                    plog.start_offset,
-                    plog.end_offset,
-                    store.truncated_bytes,
-                )
+            self._disks[p] = disk
+            self.recovered[p] = len(plog)
 
     def _persist_committed(self, partition: int) -> None:
-        state = self._states.get(partition)
-        if state is None:
-            return
-        committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
-        last_seq = {producer: seq for (producer, p), seq in self._last_seq.items() if p == partition}
-        # Losing it only means re-reading more: sequences and offsets are saved together, so the
-        # sequences cover every frame below the offsets.
-        state.save({"committed": committed, "last_seq": last_seq}, fsync=False)
+        disk = self._disks.get(partition)
+        if disk is not None:
+            committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
+            disk.save(committed, {producer: seq for (producer, p), seq in self._last_seq.items() if p == partition})
 
     def _retain(self, partition: int, floor: int) -> None:
-        store = self._stores.get(partition)
-        if store is None or self._persistence is None:
-            return
-        budget = self._persistence.disk_budget_bytes
-        if budget is not None:
-            budget -= self._reserve.get(partition, 0)  # make room for an append that is waiting
-        freed = store.apply_retention(floor, self._persistence.retention_s, budget)
-        self._disk[partition] -= freed
+        disk = self._disks.get(partition)
+        if disk is not None:
+            disk.retain(floor, self._logs[partition].end_offset)
+
+    def _committed_floor(self, partition: int) -> int:
+        committed = [c[partition] for c in self._committed.values() if partition in c]
+        return min(committed) if committed else self._logs[partition].start_offset
 
     def _disk_full(self, partition: int, nbytes: int) -> bool:
-        budget = None if self._persistence is None else self._persistence.disk_budget_bytes
-        used = self._disk.get(partition, 0)
-        return budget is not None and used > 0 and used + nbytes > budget
+        disk = self._disks.get(partition)
+        return disk is not None and disk.over_budget(nbytes)
 
     def _over_budget(self, plog: PartitionLog, nbytes: int) -> bool:
         memory = plog.bytes_held > 0 and plog.bytes_held + nbytes > self._budget
@@ -227,25 +180,19 @@ class Broker:
         if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
             stats.duplicates += 1
             return AppendResult(partition, -1, duplicate=True)
-        if self._over_budget(plog, nbytes):
-            started = self._clock()
-            self._reserve[partition] = max(self._reserve.get(partition, 0), nbytes)
-            committed = [c[partition] for c in self._committed.values() if partition in c]
-            self._retain(partition, min(committed) if committed else plog.start_offset)
-            async with self._space:
-                while self._over_budget(plog, nbytes):
-                    await self._space.wait()
-            self._reserve.pop(partition, None)
-            stats.blocked_s += self._clock() - started
-            # Another append of the same producer may have landed while this one waited.
+        while True:
+            if self._over_budget(plog, nbytes):
+                await self._wait_for_budget(plog, nbytes)
+                # Another append of the same producer may have landed while this one waited.
+                if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
+                    stats.duplicates += 1
+                    return AppendResult(partition, -1, duplicate=True)
+            if self._write(partition, plog.end_offset, producer, seq, rows, nbytes, payload):
+                break
+            await self._wait_for_disk(partition)
             if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                 stats.duplicates += 1
                 return AppendResult(partition, -1, duplicate=True)
-        store = self._stores.get(partition)
-        if store is not None:
-            # On disk (and fsynced) before it is acknowledged.
-            header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes, "at": time.time()}
-            self._disk[partition] += store.append(plog.end_offset, header, payload)
         offset = plog.append(payload, rows, nbytes, self._clock(), producer, seq)
         if key is not None and seq is not None:
             self._last_seq[key] = seq  # type: ignore[index]
@@ -253,6 +200,40 @@ class Broker:
         async with self._data:
             self._data.notify_all()
         return AppendResult(partition, offset)
+
+    async def _wait_for_budget(self, plog: PartitionLog, nbytes: int) -> None:
+        partition = plog.partition
+        started = self._clock()
+        disk = self._disks.get(partition)
+        if disk is not None:
+            disk.reserve = max(disk.reserve, nbytes)  # retention makes room for this append
+            self._retain(partition, self._committed_floor(partition))
+            if disk.over_budget(nbytes):
+                disk.full = "budget"
+        async with self._space:
+            while self._over_budget(plog, nbytes):
+                await self._space.wait()
+        if disk is not None:
+            disk.reserve, disk.full = 0, None
+        self._stats[partition].blocked_s += self._clock() - started
+
+    def _write(
+        self, partition: int, offset: int, producer: str | None, seq: int | None, rows: int, nbytes: int, payload: Any
+    ) -> bool:
+        """Put a message on disk (fsynced) before it is acknowledged; False while the volume is full."""
+        disk = self._disks.get(partition)
+        header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes}
+        return disk is None or disk.write(offset, header, payload)
+
+    async def _wait_for_disk(self, partition: int) -> None:
+        """After ENOSPC: free what retention may, then wait for a commit or the retry interval."""
+        started = self._clock()
+        self._retain(partition, self._committed_floor(partition))
+        retry = 1.0 if self._persistence is None else self._persistence.enospc_retry_s
+        async with self._space:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), retry)
+        self._stats[partition].blocked_s += self._clock() - started
 
     async def append_batch(
         self, producer: str | None, seq: int | None, envelope: Envelope, ranges: list[tuple[int, int, int]]
@@ -429,7 +410,8 @@ class Broker:
                     "lag_rows": plog.rows_between(c, plog.end_offset),
                 }
             parts[p] = {
-                "disk_bytes": self._disk.get(p, 0),
+                "disk_bytes": self._disks[p].used if p in self._disks else 0,
+                "disk_full": self._disks[p].full if p in self._disks else None,
                 "start_offset": plog.start_offset,
                 "end_offset": plog.end_offset,
                 "bytes_held": plog.bytes_held,

@@ -162,12 +162,31 @@ class SegmentStore:
         # A slice keeps its parent's whole dictionary; only the entries it uses are written.
         compact = Envelope(compact_dictionaries(envelope.samples), envelope.rejects)
         frame = encode_envelope({**header, "offset": offset}, compact)
-        self._file.write(frame)
-        self._file.flush()
+        fd = self._file.fileno()
+        try:
+            _write_all(fd, frame)
+        except OSError:
+            # A short write (ENOSPC, EIO) must not leave a fragment for later frames to follow.
+            os.ftruncate(fd, self._file_size)
+            raise
         if self._fsync:
-            os.fsync(self._file.fileno())
+            os.fsync(fd)
         self._file_size += len(frame)
         return len(frame)
+
+    def seal_active(self, next_offset: int) -> None:
+        """Start a new, empty active segment at ``next_offset`` so the old one can be deleted."""
+        if self._file is not None and self._file_size == 0:
+            return
+        if self._file is None and not (self.segments() and self.segments()[-1][1].stat().st_size):
+            return
+        self.close()
+        path = self.directory / f"{next_offset:020d}{SUFFIX}"
+        self._file = path.open("ab", buffering=0)
+        self._file_size = 0
+        self._active_base = next_offset
+        if self._fsync:
+            _fsync_dir(self.directory)
 
     def _roll(self, base: int) -> None:
         if self._file is not None:
@@ -177,20 +196,44 @@ class SegmentStore:
         if existing and existing[-1][1].stat().st_size < self._segment_bytes and self._active_base is None:
             # Reopen the newest segment after a restart instead of starting a tiny new one.
             path = existing[-1][1]
-        self._file = path.open("ab")
+        self._file = path.open("ab", buffering=0)  # one os.write per frame, nothing buffered
         self._file_size = path.stat().st_size
         self._active_base = int(path.stem)
         if self._fsync:
             _fsync_dir(self.directory)
 
     def apply_retention(
-        self, committed: int, retention_s: float, max_bytes: int | None, now: float | None = None
+        self,
+        committed: int,
+        retention_s: float,
+        max_bytes: int | None,
+        now: float | None = None,
+        *,
+        retention_bytes: int | None = None,
+        end_offset: int | None = None,
     ) -> int:
-        """Delete whole segments below ``committed`` that are too old or over the byte budget; returns bytes freed."""
+        """Delete whole segments below ``committed``; returns bytes freed.
+
+        A committed segment goes when it is older than ``retention_s``, when committed data exceeds
+        ``retention_bytes``, or while the partition is over ``max_bytes`` (its disk budget). When
+        everything is committed (``committed >= end_offset``) and the budget is still exceeded, the
+        active segment is sealed first, so a budget at or below one segment never blocks producers.
+        """
         now = time.time() if now is None else now
         segments = self.segments()
         sizes = [p.stat().st_size for _, p in segments]
         total = sum(sizes)
+        if (
+            max_bytes is not None
+            and end_offset is not None
+            and committed >= end_offset
+            and total > max_bytes
+            and segments
+            and sizes[-1] > 0
+        ):
+            self.seal_active(end_offset)
+            segments, sizes = self.segments(), [p.stat().st_size for _, p in self.segments()]
+        committed_bytes = sum(s for i, s in enumerate(sizes[:-1]) if segments[i + 1][0] <= committed)
         freed = 0
         for i, (_, path) in enumerate(segments[:-1]):  # never the active (newest) segment
             next_base = segments[i + 1][0]
@@ -198,7 +241,8 @@ class SegmentStore:
                 break  # holds messages some group has not committed
             too_old = now - path.stat().st_mtime > retention_s
             too_big = max_bytes is not None and total - freed > max_bytes
-            if not (too_old or too_big):
+            too_much = retention_bytes is not None and committed_bytes - freed > retention_bytes
+            if not (too_old or too_big or too_much):
                 break
             freed += sizes[i]
             path.unlink()
@@ -210,6 +254,13 @@ class SegmentStore:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (``os.write`` may write fewer); raises ``OSError`` (e.g. ENOSPC) part way."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _crc32(data: Any) -> int:
