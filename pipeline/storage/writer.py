@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
 from pipeline.records import Envelope, PartitionBatch, WriteResult, make_rejects, to_wire
 from pipeline.storage.copy_format import encode_telemetry
-from pipeline.storage.database import connect
+from pipeline.storage.database import SessionSettings, connect, session_options
 
 __all__ = ["MAX_METRIC_ID", "TelemetryWriter", "record_rejects"]
 
@@ -51,9 +51,16 @@ HAVING coalesce(max(metric_id), 0) < %(limit)s AND NOT bool_or(name = %(name)s) 
 class TelemetryWriter:
     """Writes partition batches to ``telemetry`` and ``rejects`` with exactly-once offsets."""
 
-    def __init__(self, conninfo: str, timeout_s: float = 5.0, last_seen_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        timeout_s: float = 5.0,
+        last_seen_every_s: float = 2.0,
+        session: SessionSettings | None = None,
+    ) -> None:
         self._conninfo = conninfo
         self._timeout = timeout_s
+        self._session = SessionSettings() if session is None else session
         self._conn: psycopg.Connection[Any] | None = None
         self._gpu_keys: dict[str, int] = {}
         self._metric_ids: dict[str, int] = {}
@@ -66,7 +73,7 @@ class TelemetryWriter:
 
     def open(self) -> None:
         """Connect and load the metric dictionary."""
-        self._conn = connect(self._conninfo, self._timeout)
+        self._conn = connect(self._conninfo, self._timeout, **_merged(self._conninfo, session_options(self._session)))
         self._conn.execute("SET synchronous_commit = on")
         self._conn.commit()
         self._metric_ids = {n: i for n, i in self._conn.execute("SELECT name, metric_id FROM metrics")}
@@ -80,6 +87,10 @@ class TelemetryWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def session(self) -> psycopg.Connection[Any]:
+        """The open connection (connecting if needed), with the session settings applied."""
+        return self._db()
 
     def _db(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -131,6 +142,8 @@ class TelemetryWriter:
                     "UPDATE consumer_offsets SET generation = %s WHERE group_id = %s AND partition = ANY(%s)",
                     (generation, group, list(partitions)),
                 )
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise StorageError(f"claim of {list(partitions)} timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         return {int(p): int(o) for p, o, _ in rows}
@@ -209,6 +222,8 @@ class TelemetryWriter:
                         for rb in rejects:
                             for row in rb.to_pylist():
                                 copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise StorageError(f"write timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         except psycopg.Error as exc:
@@ -377,6 +392,14 @@ class TelemetryWriter:
         except psycopg.OperationalError as exc:
             log.warning("last_seen update skipped: %s", exc)
             self._lost(exc)
+
+
+def _merged(conninfo: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for ``connect``, keeping any ``options`` the URL already carries."""
+    given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
+    if given:
+        options = {**options, "options": f"{given} {options['options']}"}
+    return options
 
 
 def record_rejects(conninfo: str, rejects: pa.RecordBatch, timeout_s: float = 5.0) -> int:
