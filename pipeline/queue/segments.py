@@ -147,7 +147,7 @@ class SegmentStore:
             if not newest and segments[i + 1][0] <= keep_from and last_seq_known:
                 next_offset = segments[i + 1][0]  # wholly committed: not read
                 continue
-            scan = _Scan(path, base, keep_from, newest, not last_seq_known)
+            scan = _Scan(path, base, keep_from, None if newest else segments[i + 1][0], not last_seq_known)
             next_offset = scan.run(frames, last_seq)
             self.truncated_bytes += scan.truncated
             self.skipped_bytes += scan.skipped
@@ -270,11 +270,12 @@ def _crc32(data: Any) -> int:
 class _Scan:
     """One pass over one segment file for ``SegmentStore.recover``."""
 
-    def __init__(self, path: Path, base: int, keep_from: int, newest: bool, read_seq: bool) -> None:
+    def __init__(self, path: Path, base: int, keep_from: int, next_base: int | None, read_seq: bool) -> None:
         self.path = path
         self.base = base
         self.keep_from = keep_from
-        self.newest = newest
+        self.next_base = next_base  # base offset of the next segment; None for the newest
+        self.newest = next_base is None
         self.read_seq = read_seq
         self.truncated = 0
         self.skipped = 0
@@ -316,15 +317,11 @@ class _Scan:
         return offset
 
     def _damaged(self, data: pa.Buffer, pos: int, offset: int, bad: str) -> tuple[int | None, int]:
-        """Resync after damage at ``pos``; returns where to go on (None: truncated there) and the offset."""
-        if not self.newest:
-            raise QueueError(
-                f"{self.path}: {bad} at byte {pos} in a sealed segment; refusing to guess",
-                path=str(self.path),
-                position=pos,
-            )
+        """Resync after damage at ``pos``; returns where to go on (None: nothing more here) and the offset."""
+        where = "" if self.newest else " in a sealed segment"
         nxt = _resync(self.path, data, pos + 1)
-        if nxt is None:
+        resumed = self.next_base if nxt is None else int(_read_header(_checked_body(data, nxt)[0])["offset"])  # type: ignore[arg-type]
+        if resumed is None:  # the newest segment's tail: a crash mid-write
             log.warning(
                 "%s: %s at byte %d (crash mid-write); truncating %d byte(s)", self.path, bad, pos, data.size - pos
             )
@@ -332,31 +329,24 @@ class _Scan:
             with self.path.open("r+b") as f:
                 f.truncate(pos)
             return None, offset
-        resumed = int(_read_header(_checked_body(data, nxt)[0])["offset"])  # type: ignore[arg-type]
         if resumed < offset:
             raise QueueError(
-                f"{self.path}: intact frame at byte {nxt} has offset {resumed}, expected at least {offset}",
-                path=str(self.path),
-                position=nxt,
-            )
-        if resumed > offset and resumed > self.keep_from:
-            raise QueueError(
-                f"{self.path}: {bad} at byte {pos}: message(s) at offset {offset} to {resumed - 1} are damaged "
-                f"and not committed; intact frames resume at byte {nxt}; refusing to start",
+                f"{self.path}: {bad} at byte {pos}{where}; the next intact message has offset {resumed}, "
+                f"expected at least {offset}; refusing to guess",
                 path=str(self.path),
                 position=pos,
             )
-        log.warning(
-            "%s: %s at byte %d; skipped %d byte(s) to the intact frame at byte %d (offset %d)%s",
-            self.path,
-            bad,
-            pos,
-            nxt - pos,
-            nxt,
-            resumed,
-            "" if resumed == offset else f"; lost offsets {offset}..{resumed - 1} were already committed",
-        )
-        self.skipped += nxt - pos
+        if resumed > offset and resumed > self.keep_from:
+            raise QueueError(
+                f"{self.path}: {bad} at byte {pos}{where}: message(s) at offset {offset} to {resumed - 1} are "
+                "damaged and not committed; refusing to guess",
+                path=str(self.path),
+                position=pos,
+            )
+        lost = "" if resumed == offset else f"; lost offsets {offset}..{resumed - 1} were already committed"
+        skipped = (data.size if nxt is None else nxt) - pos
+        log.warning("%s: %s at byte %d%s; skipped %d byte(s)%s", self.path, bad, pos, where, skipped, lost)
+        self.skipped += skipped
         return nxt, resumed
 
 

@@ -136,3 +136,29 @@ def test_a_store_walks_committed_segments_by_name_only(tmp_path: Path) -> None:
     first.write_bytes(b"rotten history")  # committed and sealed: never read at start
     frames, next_offset, _ = SegmentStore(tmp_path, segment_bytes=1).recover(keep_from=2, last_seq_known=True)
     assert [f.offset for f in frames] == [2, 3] and next_offset == 4
+
+
+def test_damage_in_a_sealed_segment_that_lost_only_committed_messages_is_skipped(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, segment_bytes=3 * len(segments.encode_envelope({"offset": 0}, envelope())))
+    for i in range(6):
+        store.append(i, {"producer": "p", "seq": i}, envelope())
+    store.close()
+    sealed = sorted(tmp_path.glob("*.seg"))[0]
+    data = bytearray(sealed.read_bytes())
+    data[1] ^= 0xFF  # frame 0's magic: committed; frames 1, 2 in the same segment are not
+    sealed.write_bytes(bytes(data))
+    with pytest.raises(QueueError, match="in a sealed segment: message"):
+        SegmentStore(tmp_path, segment_bytes=1 << 30).recover(keep_from=0)
+    frames, next_offset, _ = SegmentStore(tmp_path, segment_bytes=1 << 30).recover(keep_from=1)
+    assert [f.offset for f in frames] == [1, 2, 3, 4, 5] and next_offset == 6
+
+
+def test_a_fragment_at_the_end_of_a_sealed_segment_loses_nothing(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, segment_bytes=1)  # every frame its own segment
+    for i in range(3):
+        store.append(i, {}, envelope())
+    store.close()
+    with sorted(tmp_path.glob("*.seg"))[0].open("ab") as f:
+        f.write(b"GTQ1\x00\x00\x10\x00torn")  # left by a failed write before the roll
+    frames, next_offset, _ = SegmentStore(tmp_path, segment_bytes=1).recover(keep_from=0)
+    assert [f.offset for f in frames] == [0, 1, 2] and next_offset == 3
