@@ -54,7 +54,7 @@ class DatabaseSettings(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0)
     # Sessions of the write path: locks of a half-open connection are freed within seconds.
     idle_in_transaction_timeout_s: float = Field(10.0, gt=0)
-    lock_timeout_s: float = Field(10.0, gt=0)
+    lock_timeout_s: float = Field(3.0, gt=0)
     statement_timeout_s: float = Field(120.0, gt=0)
     keepalives_idle_s: int = Field(10, ge=1)
     pool_min: int = Field(1, ge=0)

@@ -76,7 +76,9 @@ class SessionSettings:
     """
 
     idle_in_transaction_s: float = 10.0
-    lock_timeout_s: float = 10.0
+    # Well below the group session timeout (10 s): a claim stuck behind a lock gives up (and is
+    # retried, heartbeating meanwhile) instead of costing the collector its session.
+    lock_timeout_s: float = 3.0
     statement_timeout_s: float = 120.0
     keepalives_idle_s: int = 10
     keepalives_interval_s: int = 5

@@ -54,7 +54,7 @@ class TelemetryWriter:
     def __init__(
         self,
         conninfo: str,
-        timeout_s: float = 5.0,
+        timeout_s: float = 3.0,  # per address; with heartbeats, well inside the group session timeout
         last_seen_every_s: float = 2.0,
         session: SessionSettings | None = None,
     ) -> None:
