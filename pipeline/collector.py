@@ -324,9 +324,9 @@ class Collector:
 
     def _wait_beating(self, delay: float) -> None:
         """Wait ``delay`` seconds, heartbeating meanwhile so a database outage never costs the session."""
-        deadline = self._clock() + delay
+        deadline = time.monotonic() + delay  # a real wait, whatever clock paces the heartbeats
         while not self._stop.is_set():
-            remaining = deadline - self._clock()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._stop.wait(min(remaining, self._heartbeat_every))
