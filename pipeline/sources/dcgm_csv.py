@@ -103,7 +103,7 @@ class DcgmCsvSource:
                 f"{', '.join(missing)}; expected {','.join(HEADER)}",
                 path=str(self._path),
                 line=1,
-                raw=",".join(first),
+                raw=_printable(",".join(first)),
             )
         unknown = [c for c in first if c not in HEADER]
         if unknown:
