@@ -81,6 +81,12 @@ def test_sessions_carry_keepalives_and_timeouts(fresh_db: str) -> None:
         ).fetchall()
     )
     conn.rollback()
-    assert all(int(v) > 0 for v in settings.values()) and len(settings) == 4
-    assert conn.info.get_parameters().get("keepalives", "1") == "1"
+    assert settings == {
+        "idle_in_transaction_session_timeout": "10000",
+        "lock_timeout": "3000",
+        "statement_timeout": "120000",
+        "tcp_keepalives_idle": "10",
+    }
+    client = conn.info.get_parameters()
+    assert (client["keepalives"], client["keepalives_idle"], client["keepalives_count"]) == ("1", "10", "3")
     w.close()
