@@ -142,6 +142,9 @@ def _nul_fields(col: dict[str, pa.Array]) -> dict[int, str]:
     """Rows holding a NUL byte, with the first field that does."""
     found: dict[int, str] = {}
     for name in RAW_COLUMNS:
+        data = col[name].buffers()[-1]  # the text bytes (shared with slices: a cheap pre-check)
+        if data is None or not np.any(np.frombuffer(data, dtype=np.uint8) == 0):
+            continue
         for i in np.flatnonzero(_mask(pc.match_substring(col[name], "\x00"))).tolist():
             found.setdefault(i, name)
     return found
