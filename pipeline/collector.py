@@ -109,6 +109,7 @@ class Collector:
         self._on_commit = on_commit
         self._clock = clock
         self._assignment = Assignment(0, ())
+        self._pending = self._assignment  # the newest assignment heard, claimed or not
         self._positions: dict[int, int] = {}
         self._reported: dict[int, int] = {}  # offsets the brokers have acknowledged, per partition
         self._last_heartbeat = 0.0
@@ -123,18 +124,30 @@ class Collector:
         return dict(self._positions)
 
     def start(self) -> None:
-        """Connect the sink and join the group."""
+        """Connect the sink and join the group (``run`` retries this while the database is away).
+
+        A claim refused because a newer generation already holds a partition (another collector
+        joined at the same moment) is not an error: the next heartbeat brings the new assignment.
+        """
         self._sink.open()
-        self._apply(self._consumer.join(self.group, self.member))
+        self._pending = self._consumer.join(self.group, self.member)
+        self._last_heartbeat = self._clock()
+        self._apply(self._pending)
 
     def stop(self) -> None:
         """Ask ``run`` to finish the batch in hand, leave the group and return."""
         self._stop.set()
 
     def run(self) -> CollectorStats:
-        """Poll until stopped; leaves the group on the way out."""
-        self.start()
+        """Start (retrying while the database or the brokers are away), then poll until stopped."""
         try:
+            while not self._stop.is_set():
+                try:
+                    self.start()
+                    break
+                except (DatabaseUnavailable, StorageError, QueueError) as exc:
+                    self._failed(exc)
+            self._failures = 0
             while not self._stop.is_set():
                 self.poll_once()
         finally:
@@ -156,7 +169,20 @@ class Collector:
             assignment.partitions
         ):
             return
-        self._positions = self._sink.claim(self.group, assignment.generation, assignment.partitions)
+        try:
+            positions = self._sink.claim(self.group, assignment.generation, assignment.partitions)
+        except FencedError as exc:
+            # A newer generation exists already (a member joined meanwhile): own nothing until the
+            # next heartbeat brings it.
+            self.stats.fenced += 1
+            log.info("%s: claim of generation %d refused (%s); re-syncing", self.member, assignment.generation, exc)
+            self._drop_assignment()
+            if isinstance(exc.current, int) and exc.current > assignment.generation:
+                # Report the newer generation on the next heartbeat: a coordinator restarted on a
+                # clock behind moves above it instead of handing out unclaimable generations.
+                self._assignment = Assignment(exc.current, ())
+            return
+        self._positions = positions
         self._reported = {}  # the brokers learn this generation's offsets on the next idle poll
         self._assignment = assignment
         self.stats.rebalances += 1
@@ -170,18 +196,28 @@ class Collector:
             self._positions,
         )
 
-    def _sync(self, force: bool = False) -> None:
-        now = self._clock()
-        if not force and now - self._last_heartbeat < self._heartbeat_every:
-            return
+    def _drop_assignment(self) -> None:
+        """Own nothing and heartbeat at the next chance (after a fence)."""
+        self._assignment = Assignment(0, ())
+        self._positions = {}
+        self._last_heartbeat = float("-inf")
+
+    def _beat(self) -> Assignment:
+        """Heartbeat (rejoining if the group dropped this member); touches only the brokers."""
         try:
             assignment = self._consumer.heartbeat(self.group, self.member, self._assignment.generation)
         except FencedError:
             self.stats.fenced += 1
             log.warning("%s: dropped from group %s; rejoining", self.member, self.group)
             assignment = self._consumer.join(self.group, self.member)
-        self._last_heartbeat = now
-        self._apply(assignment)
+        self._last_heartbeat = self._clock()
+        self._pending = assignment
+        return assignment
+
+    def _sync(self, force: bool = False) -> None:
+        if force or self._clock() - self._last_heartbeat >= self._heartbeat_every:
+            self._beat()
+        self._apply(self._pending)
 
     def poll_once(self) -> int:
         """Fetch, write and commit one batch; returns rows committed (0 when idle or on a retried failure)."""
@@ -210,8 +246,7 @@ class Collector:
             # Someone else owns or already stored this: nothing was written; re-sync from the database.
             self.stats.fenced += 1
             log.info("%s: %s; re-syncing", self.member, exc)
-            self._assignment = Assignment(0, ())
-            self._sync(force=True)
+            self._drop_assignment()  # the next poll heartbeats and claims again, inside this try
             return 0
         except (DatabaseUnavailable, StorageError, QueueError) as exc:
             self._failed(exc)
@@ -264,4 +299,18 @@ class Collector:
         low, high = self._backoff
         delay = min(high, low * (2 ** min(self._failures - 1, 16)))
         log.warning("%s: %s; retrying in %.2fs", self.member, exc, delay)
-        self._stop.wait(delay)
+        self._wait_beating(delay)
+
+    def _wait_beating(self, delay: float) -> None:
+        """Wait ``delay`` seconds, heartbeating meanwhile so a database outage never costs the session."""
+        deadline = time.monotonic() + delay  # a real wait, whatever clock paces the heartbeats
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, self._heartbeat_every))
+            if self._clock() - self._last_heartbeat >= self._heartbeat_every:
+                try:
+                    self._beat()
+                except (FencedError, QueueError) as exc:
+                    log.info("%s: heartbeat during backoff failed: %s", self.member, exc)

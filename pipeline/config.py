@@ -52,6 +52,11 @@ class DatabaseSettings(BaseModel):
     url: SecretStr | None = None
     embedded_dir: Path = Field(default_factory=lambda: default_data_dir() / "postgres")
     connect_timeout_s: float = Field(5.0, gt=0)
+    # Sessions of the write path: locks of a half-open connection are freed within seconds.
+    idle_in_transaction_timeout_s: float = Field(10.0, gt=0)
+    lock_timeout_s: float = Field(3.0, gt=0)
+    statement_timeout_s: float = Field(120.0, gt=0)
+    keepalives_idle_s: int = Field(10, ge=1)
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(8, ge=1)
 
@@ -69,9 +74,14 @@ class QueueSettings(BaseModel):
     # Deadline of one call to a broker; a broker away longer is waited out (callers retry), never fatal.
     call_timeout_s: float = Field(120.0, gt=0)
     dir: Path | None = None
-    segment_bytes: int = Field(1 * GiB, ge=1 * MiB)
+    # Disk, per partition. The defaults fit the smallest overlay volume: dev's 5 GiB claim holds all
+    # 16 partitions of its one broker (16 x 256 MiB = 4 GiB); staging's 20 GiB and prod's 50 GiB
+    # claims hold 6 and 4 partitions each. Segments are small enough for retention to free space
+    # a quarter budget at a time.
+    segment_bytes: int = Field(64 * MiB, ge=1 * MiB)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)
-    disk_budget_bytes: int | None = Field(None, ge=1 * MiB)  # per partition
+    retention_bytes: int | None = Field(128 * MiB, ge=1 * MiB)  # committed data kept, besides retention_s
+    disk_budget_bytes: int | None = Field(256 * MiB, ge=1 * MiB)  # producers wait when it is full
     fsync: bool = True  # fsync every append before acknowledging it (with dir)
 
 

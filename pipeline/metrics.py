@@ -85,6 +85,20 @@ QUEUE_APPENDED_ROWS = MetricDef(
 QUEUE_FETCHED_ROWS = MetricDef(
     "pipeline_queue_fetched_rows_total", "counter", "Rows fetched by consumers.", ("partition",), "ray"
 )
+QUEUE_DISK_FULL = MetricDef(
+    "pipeline_queue_disk_full",
+    "gauge",
+    "1 while a partition's appends wait for disk (reason: budget = its disk budget, enospc = the volume is full).",
+    ("partition", "reason"),
+    "ray",
+)
+STORAGE_REFUSED_METRICS = MetricDef(
+    "pipeline_storage_refused_metric_names",
+    "gauge",
+    "Metric names refused because the metrics table's smallint key is exhausted (their rows become rejects).",
+    ("collector",),
+    "ray",
+)
 CONTROLLER_DESIRED = MetricDef(
     "pipeline_controller_desired_actors", "gauge", "Actors the controller wants.", ("role",), "ray"
 )
@@ -168,6 +182,8 @@ RAY: tuple[MetricDef, ...] = (
     QUEUE_BLOCKED_SECONDS,
     QUEUE_APPENDED_ROWS,
     QUEUE_FETCHED_ROWS,
+    QUEUE_DISK_FULL,
+    STORAGE_REFUSED_METRICS,
     CONTROLLER_DESIRED,
     CONTROLLER_ACTUAL,
     CONTROLLER_DECISIONS,

@@ -6,9 +6,11 @@ stamped at ``max(now, last + 1 us)``, and repeats of a series inside one batch g
 microseconds.
 
 Resuming is exact. Messages carry (producer id, sequence); the broker drops a sequence it already
-stored. After every flush is acknowledged the streamer checkpoints its replay position, next
-sequence and last stamp on the broker; a restarted streamer resumes from that checkpoint and
-re-sends the same messages with the same sequences, so nothing is produced twice or skipped.
+stored. Before each flush is published the streamer checkpoints, on the broker, where that flush's
+rows begin, its sequence and its newest stamp; a restarted streamer resumes from that checkpoint
+and re-sends the same messages with the same sequences, so nothing is produced twice or skipped.
+Because the checkpoint holds the in-flight flush's newest stamp, a restart onto a clock that is
+behind still stamps above everything that may already be stored.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Streamer:
         self._position: int | None = None  # resume position within self._pass; None = pass start
         self._seq = 0
         self._last_stamp = 0
+        self._flushed: tuple[int, int | None] = (0, None)  # (pass, position) after the last acknowledged flush
         self._stop = threading.Event()
         self._stop_at: int | None = None
         self._opened = False
@@ -165,6 +168,7 @@ class Streamer:
             self.stats.produced = int(state.get("produced", 0))
             self.stats.rejected = int(state.get("rejected", 0))
             self.stats.resumed_from = dict(state)
+            self._flushed = (self._pass, self._position)
             log.info(
                 "%s resumes at pass %d position %s seq %d", self.producer_id, self._pass, self._position, self._seq
             )
@@ -200,7 +204,7 @@ class Streamer:
             )
             if finished:
                 self.stats.done = True
-                self._checkpoint()
+            self._checkpoint()  # everything is acknowledged: resume after it
         finally:
             self._source.close()
         return self.stats
@@ -272,6 +276,7 @@ class Streamer:
             ordered, ranges = order_by_partition(batch, partitions, self._partitions)
         else:
             ordered, ranges = empty_wire(), [(0, 0, 0)]  # rejects alone still travel, on partition 0
+        self._checkpoint(self._flushed)  # before publishing: a crash in between re-sends this flush
         t0 = time.monotonic()
         results = self._publish(Envelope(ordered, rejects), ranges)
         self.stats.blocked_s += time.monotonic() - t0
@@ -283,7 +288,7 @@ class Streamer:
         self.stats.flushes += 1
         published = self._pending_rows
         self._pending, self._pending_rejects, self._pending_rows = [], [], 0
-        self._checkpoint()
+        self._flushed = (self._pass, self._position)
         return published
 
     def _publish(self, envelope: Envelope, ranges: list[tuple[int, int, int]]) -> list[AppendResult]:
@@ -360,10 +365,12 @@ class Streamer:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, resume: tuple[int, int | None] | None = None) -> None:
+        """Store the resume state: from ``resume`` (pass, position), else after everything read so far."""
+        pass_, position = (self._pass, self._position) if resume is None else resume
         state: ProducerCheckpoint = {
-            "pass": self._pass,
-            "position": self._position,
+            "pass": pass_,
+            "position": position,
             "seq": self._seq,
             "stamp_us": self._last_stamp,
             "done": self.stats.done,

@@ -68,7 +68,8 @@ class MemorySink:
     def claim(self, group: str, generation: int, partitions: Sequence[int]) -> dict[int, int]:
         for p in partitions:
             if self.generations.get((group, p), 0) > generation:
-                raise FencedError("newer generation", group=group, generation=generation)
+                current = self.generations[(group, p)]
+                raise FencedError("newer generation", group=group, generation=generation, current=current)
         for p in partitions:
             self.generations[(group, p)] = generation
             self.offsets.setdefault((group, p), 0)

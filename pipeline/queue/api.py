@@ -94,6 +94,7 @@ class PartitionStats(TypedDict):
     """One partition's offsets, holdings and counters, as its broker reports them."""
 
     disk_bytes: int
+    disk_full: str | None  # why producers wait on the disk: "budget", "enospc", or None
     start_offset: int
     end_offset: int
     bytes_held: int

@@ -10,41 +10,33 @@ Guarantees:
   acknowledged and dropped (idempotent producers);
 * a partition holds at most ``budget_bytes`` of uncommitted data: an append that would exceed it
   waits until consumers commit (never dropped); waiting time is counted;
-* data is released only once every known consumer group has committed past it.
+* data is released only once every known consumer group has committed past it;
+* a full volume (ENOSPC) is a state, not an error: the append waits and retries, ``stats()`` says
+  why (``disk_full``), and nothing torn is left in the segment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BrokerRestarted, FencedError, OffsetOutOfRange, QueueError
 from pipeline.queue.api import AppendResult, BrokerStats, Fetched, FetchResult, GroupLag, PartitionStats
+from pipeline.queue.disk import PartitionDisk, Persistence
 from pipeline.queue.group import Assignment, GroupCoordinator
 from pipeline.queue.log import PartitionLog
-from pipeline.queue.segments import SegmentStore, StateFile
+from pipeline.queue.segments import StateFile
 from pipeline.records import Envelope, pack_envelopes
 
 __all__ = ["Broker", "Persistence"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Persistence:
-    """Where and how a broker keeps its partitions on disk."""
-
-    directory: Path
-    segment_bytes: int = 1 << 30
-    retention_s: float = 7 * 24 * 3600.0
-    disk_budget_bytes: int | None = None  # per partition; producers wait when it is full
-    fsync: bool = True
 
 
 @dataclass(slots=True)
@@ -69,10 +61,12 @@ class Broker:
         clock: Callable[[], float] = time.monotonic,
         persistence: Persistence | None = None,
         start_sequences: Mapping[tuple[str, int], int] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker_id = broker_id
         self.partitions = partitions
         self._clock = clock
+        self._wall_clock = wall_clock
         self._budget = budget_bytes
         self._session_timeout = session_timeout_s
         starts = start_offsets or {}
@@ -93,11 +87,8 @@ class Broker:
         self._space = asyncio.Condition()
         self.started_at = time.time()
         self._persistence = persistence
-        self._stores: dict[int, SegmentStore] = {}
-        self._states: dict[int, StateFile] = {}
-        self._disk: dict[int, int] = {}
+        self._disks: dict[int, PartitionDisk] = {}
         self._checkpoint_file: StateFile | None = None
-        self._reserve: dict[int, int] = {}
         self.recovered: dict[int, int] = {}
         if persistence is not None:
             self._recover(persistence, starts)
@@ -112,64 +103,34 @@ class Broker:
             self._checkpoint_file = StateFile(root / "producers.json")
             self._checkpoints = self._checkpoint_file.load()
         for p in list(self._logs):
-            store = SegmentStore(root / f"partition-{p}", persistence.segment_bytes, persistence.fsync)
-            state = StateFile(store.directory / "state.json")
-            committed = {str(g): int(o) for g, o in state.load().get("committed", {}).items()}
-            keep_from = min(committed.values()) if committed else 0
-            frames, next_offset, last_seq = store.recover(keep_from)
+            disk = PartitionDisk(persistence, p)
+            plog, committed, last_seq = disk.recover(starts.get(p, 0), self._clock)
             for producer, seq in last_seq.items():
                 self._last_seq[(producer, p)] = max(seq, self._last_seq.get((producer, p), -1))
-            if next_offset is None:
-                plog = PartitionLog(p, starts.get(p, 0))
-            else:
-                plog = PartitionLog(p, frames[0].offset if frames else next_offset)
-                for f in frames:
-                    plog.append(
-                        f.envelope,
-                        f.envelope.num_rows,
-                        f.nbytes,
-                        self._clock(),
-                        f.header.get("producer"),
-                        f.header.get("seq"),
-                    )
             self._logs[p] = plog
             for group, offset in committed.items():
                 self._committed.setdefault(group, {})[p] = offset
-            self._stores[p] = store
-            self._states[p] = state
-            self._disk[p] = store.disk_bytes()
-            self.recovered[p] = len(frames)
-            if frames or store.truncated_bytes:
-                log.info(
-                    "partition %d: recovered %d uncommitted message(s), offsets [%d, %d); truncated %d torn byte(s)",
-                    p,
-                    len(frames),
-                    plog.start_offset,
-                    plog.end_offset,
-                    store.truncated_bytes,
-                )
+            self._disks[p] = disk
+            self.recovered[p] = len(plog)
 
     def _persist_committed(self, partition: int) -> None:
-        state = self._states.get(partition)
-        if state is None:
-            return
-        committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
-        state.save({"committed": committed}, fsync=False)  # losing it only means re-reading more
+        disk = self._disks.get(partition)
+        if disk is not None:
+            committed = {g: c[partition] for g, c in self._committed.items() if partition in c}
+            disk.save(committed, {producer: seq for (producer, p), seq in self._last_seq.items() if p == partition})
 
     def _retain(self, partition: int, floor: int) -> None:
-        store = self._stores.get(partition)
-        if store is None or self._persistence is None:
-            return
-        budget = self._persistence.disk_budget_bytes
-        if budget is not None:
-            budget -= self._reserve.get(partition, 0)  # make room for an append that is waiting
-        freed = store.apply_retention(floor, self._persistence.retention_s, budget)
-        self._disk[partition] -= freed
+        disk = self._disks.get(partition)
+        if disk is not None:
+            disk.retain(floor, self._logs[partition].end_offset)
+
+    def _committed_floor(self, partition: int) -> int:
+        committed = [c[partition] for c in self._committed.values() if partition in c]
+        return min(committed) if committed else self._logs[partition].start_offset
 
     def _disk_full(self, partition: int, nbytes: int) -> bool:
-        budget = None if self._persistence is None else self._persistence.disk_budget_bytes
-        used = self._disk.get(partition, 0)
-        return budget is not None and used > 0 and used + nbytes > budget
+        disk = self._disks.get(partition)
+        return disk is not None and disk.over_budget(nbytes)
 
     def _over_budget(self, plog: PartitionLog, nbytes: int) -> bool:
         memory = plog.bytes_held > 0 and plog.bytes_held + nbytes > self._budget
@@ -201,25 +162,19 @@ class Broker:
         if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
             stats.duplicates += 1
             return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
-        if self._over_budget(plog, nbytes):
-            started = self._clock()
-            self._reserve[partition] = max(self._reserve.get(partition, 0), nbytes)
-            committed = [c[partition] for c in self._committed.values() if partition in c]
-            self._retain(partition, min(committed) if committed else plog.start_offset)
-            async with self._space:
-                while self._over_budget(plog, nbytes):
-                    await self._space.wait()
-            self._reserve.pop(partition, None)
-            stats.blocked_s += self._clock() - started
-            # Another append of the same producer may have landed while this one waited.
+        while True:
+            if self._over_budget(plog, nbytes):
+                await self._wait_for_budget(plog, nbytes)
+                # Another append of the same producer may have landed while this one waited.
+                if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
+                    stats.duplicates += 1
+                    return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
+            if self._write(partition, plog.end_offset, producer, seq, rows, nbytes, payload):
+                break
+            await self._wait_for_disk(partition)
             if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                 stats.duplicates += 1
                 return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
-        store = self._stores.get(partition)
-        if store is not None:
-            # On disk (and fsynced) before it is acknowledged.
-            header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes, "at": time.time()}
-            self._disk[partition] += store.append(plog.end_offset, header, payload)
         offset = plog.append(payload, rows, nbytes, self._clock(), producer, seq)
         if key is not None and seq is not None:
             self._last_seq[key] = seq  # type: ignore[index]
@@ -227,6 +182,40 @@ class Broker:
         async with self._data:
             self._data.notify_all()
         return AppendResult(partition, offset, incarnation=self.incarnation)
+
+    async def _wait_for_budget(self, plog: PartitionLog, nbytes: int) -> None:
+        partition = plog.partition
+        started = self._clock()
+        disk = self._disks.get(partition)
+        if disk is not None:
+            disk.reserve = max(disk.reserve, nbytes)  # retention makes room for this append
+            self._retain(partition, self._committed_floor(partition))
+            if disk.over_budget(nbytes):
+                disk.full = "budget"
+        async with self._space:
+            while self._over_budget(plog, nbytes):
+                await self._space.wait()
+        if disk is not None:
+            disk.reserve, disk.full = 0, None
+        self._stats[partition].blocked_s += self._clock() - started
+
+    def _write(
+        self, partition: int, offset: int, producer: str | None, seq: int | None, rows: int, nbytes: int, payload: Any
+    ) -> bool:
+        """Put a message on disk (fsynced) before it is acknowledged; False while the volume is full."""
+        disk = self._disks.get(partition)
+        header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes}
+        return disk is None or disk.write(offset, header, payload)
+
+    async def _wait_for_disk(self, partition: int) -> None:
+        """After ENOSPC: free what retention may, then wait for a commit or the retry interval."""
+        started = self._clock()
+        self._retain(partition, self._committed_floor(partition))
+        retry = 1.0 if self._persistence is None else self._persistence.enospc_retry_s
+        async with self._space:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), retry)
+        self._stats[partition].blocked_s += self._clock() - started
 
     async def append_batch(
         self,
@@ -273,14 +262,15 @@ class Broker:
     def _coordinator(self, group: str) -> GroupCoordinator:
         coordinator = self._groups.get(group)
         if coordinator is None:
-            # Generations start from wall-clock milliseconds, so a restarted coordinator never
-            # hands out a generation that an earlier incarnation already used.
+            # Generations start from wall-clock milliseconds, so a restarted coordinator rarely
+            # hands out one an earlier incarnation used; where its clock is behind, members report
+            # their generations and the coordinator moves above them (see GroupCoordinator).
             coordinator = GroupCoordinator(
                 group,
                 range(self.partitions),
                 self._session_timeout,
                 self._clock,
-                first_generation=int(time.time() * 1000),
+                first_generation=int(self._wall_clock() * 1000),
             )
             self._groups[group] = coordinator
             self._committed.setdefault(group, {})
@@ -421,7 +411,8 @@ class Broker:
                     "lag_rows": plog.rows_between(c, plog.end_offset),
                 }
             parts[p] = {
-                "disk_bytes": self._disk.get(p, 0),
+                "disk_bytes": self._disks[p].used if p in self._disks else 0,
+                "disk_full": self._disks[p].full if p in self._disks else None,
                 "start_offset": plog.start_offset,
                 "end_offset": plog.end_offset,
                 "bytes_held": plog.bytes_held,

@@ -5,6 +5,10 @@ than the session timeout is dropped. Any change of membership starts a new *gene
 rebalance that moves as few partitions as possible. Every operation a member makes carries its
 generation; one from an older generation is refused (``FencedError``), so a member that was dropped
 while it stalled cannot commit.
+
+Generations only grow, even across a coordinator restarted on a clock that is behind: every
+generation a member reports (in a heartbeat or a check) is remembered, the next generation is above
+all of them, and a member reporting one above the current starts a new generation at once.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class GroupCoordinator:
         self._timeout = session_timeout_s
         self._clock = clock
         self.generation = first_generation
+        self._seen = first_generation  # highest generation any member reported
         self._last_seen: dict[str, float] = {}
         self._assignment: dict[str, tuple[int, ...]] = {}
         self.rebalances = 0
@@ -113,6 +118,7 @@ class GroupCoordinator:
         A member that was dropped (session expired) is told so by ``FencedError`` and must rejoin.
         """
         self.expire()
+        self._note(generation)
         if member not in self._last_seen:
             raise FencedError(
                 f"group {self.group}: member {member} is not in the group (session expired?); rejoin",
@@ -122,7 +128,12 @@ class GroupCoordinator:
                 current=self.generation,
             )
         self._last_seen[member] = self._clock()
+        if generation > self.generation:
+            self._rebalance(f"{member} reported generation {generation}, above this coordinator's (clock behind?)")
         return self.assignment_of(member)
+
+    def _note(self, generation: int) -> None:
+        self._seen = max(self._seen, generation)
 
     def assignment_of(self, member: str) -> Assignment:
         """The member's partitions in the current generation."""
@@ -131,6 +142,7 @@ class GroupCoordinator:
     def check(self, member: str, generation: int, partition: int | None = None) -> None:
         """Raise ``FencedError`` unless ``member`` acts in the current generation (and owns ``partition``)."""
         self.expire()
+        self._note(generation)
         if generation != self.generation or member not in self._last_seen:
             raise FencedError(
                 f"group {self.group}: member {member} used generation {generation}, current is {self.generation}",
@@ -159,7 +171,7 @@ class GroupCoordinator:
         return gone
 
     def _rebalance(self, reason: str) -> None:
-        self.generation += 1
+        self.generation = max(self.generation, self._seen) + 1
         self.rebalances += 1
         before = self._assignment
         self._assignment = sticky_assign(self._partitions, self.members, before)

@@ -7,17 +7,20 @@ Layout: ``<dir>/partition-<p>/<base offset, 20 digits>.seg``. Each message is on
 
 Each IPC stream is self-contained (schema, dictionaries, one batch), so a message reads back on its
 own, zero-copy from a memory map. A frame is written with one ``write`` and (by default) an
-``fsync`` before the append is acknowledged. Recovery scans the segments; a torn or corrupt frame at
-the end of the newest segment (a crash mid-write) is cut off, and the log resumes after the last
-whole message. Segments roll at ``segment_bytes``; retention deletes whole segments that every
-consumer group has committed, once they are older than ``retention_s`` or the partition is over
-its disk budget.
+``fsync`` before the append is acknowledged. Recovery reads only what is not committed (committed
+history is neither checksummed nor decoded: a restart answers in seconds whatever the retained
+size). A torn frame at the end of the newest segment (a crash mid-write) is cut off; damage inside
+it is skipped up to the next intact frame when it lost no uncommitted message, and refused (an
+error naming the file and byte) when it did. Segments roll at ``segment_bytes``; retention deletes
+whole segments that every consumer group has committed, once they are older than ``retention_s`` or
+the partition is over its disk budget.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import struct
 import time
@@ -104,6 +107,7 @@ class SegmentStore:
         self._file_size = 0
         self._active_base: int | None = None
         self.truncated_bytes = 0
+        self.skipped_bytes = 0
 
     def segments(self) -> list[tuple[int, Path]]:
         """(base offset, path) of every segment, oldest first."""
@@ -119,14 +123,20 @@ class SegmentStore:
         """Bytes of all segments."""
         return sum(p.stat().st_size for _, p in self.segments())
 
-    def recover(self, keep_from: int) -> tuple[list[Frame], int | None, dict[str, int]]:
+    def recover(self, keep_from: int, last_seq_known: bool = False) -> tuple[list[Frame], int | None, dict[str, int]]:
         """Read back messages with offsets >= ``keep_from``.
 
         Returns them, the next offset (None if there is no data) and the newest sequence per
-        producer found in any frame (to keep deduplicating after a restart).
+        producer found in the frames read (to keep deduplicating after a restart).
 
-        A torn frame at the end of the newest segment is truncated away; damage anywhere else raises
-        ``QueueError`` (the data needs an operator, not a silent cut).
+        Committed history (offsets below ``keep_from``) is not verified or decoded: sealed segments
+        wholly below it are not opened at all, and inside a segment only frame prefixes are walked.
+        With ``last_seq_known`` False (an older state file) their headers are read for sequences.
+
+        Damage in the newest segment: the scan resyncs at the next intact frame. Bytes that held no
+        message (a torn write, an ENOSPC fragment) are skipped; a lost message that was committed is
+        skipped with a warning; a lost message that was not committed raises ``QueueError`` naming
+        the file and byte. A torn tail is truncated. Damage in a sealed segment raises.
         """
         frames: list[Frame] = []
         next_offset: int | None = None
@@ -134,52 +144,14 @@ class SegmentStore:
         segments = self.segments()
         for i, (base, path) in enumerate(segments):
             newest = i == len(segments) - 1
-            offset = base
-            with pa.memory_map(str(path), "r") as mm:
-                data = mm.read_buffer()
-            size = data.size
-            pos = 0
-            while pos < size:
-                bad = None
-                if size - pos < _PREFIX.size:
-                    bad = "torn frame header"
-                else:
-                    magic, length, crc = _PREFIX.unpack(data[pos : pos + _PREFIX.size].to_pybytes())
-                    if magic != MAGIC:
-                        bad = "bad magic"
-                    elif pos + _PREFIX.size + length > size:
-                        bad = "torn frame body"
-                    else:
-                        body = data.slice(pos + _PREFIX.size, length)
-                        if zlib.crc32(body.to_pybytes()) != crc:
-                            bad = "checksum mismatch"
-                if bad is not None:
-                    if not newest:
-                        raise QueueError(
-                            f"{path}: {bad} at byte {pos} in a sealed segment; refusing to guess",
-                            path=str(path),
-                            position=pos,
-                        )
-                    log.warning(
-                        "%s: %s at byte %d (crash mid-write); truncating %d byte(s)", path, bad, pos, size - pos
-                    )
-                    self.truncated_bytes += size - pos
-                    with path.open("r+b") as f:
-                        f.truncate(pos)
-                    break
-                header, envelope = decode_envelope(body)
-                if header.get("producer") is not None and header.get("seq") is not None:
-                    last_seq[header["producer"]] = max(last_seq.get(header["producer"], -1), int(header["seq"]))
-                if int(header["offset"]) != offset:
-                    raise QueueError(
-                        f"{path}: frame at byte {pos} has offset {header['offset']}, expected {offset}", path=str(path)
-                    )
-                if offset >= keep_from:
-                    frames.append(Frame(offset, header, envelope, int(header.get("nbytes", length))))
-                pos += _PREFIX.size + length
-                offset += 1
-            next_offset = offset
-            if newest and pos == 0 and base == offset and len(segments) > 1:
+            if not newest and segments[i + 1][0] <= keep_from and last_seq_known:
+                next_offset = segments[i + 1][0]  # wholly committed: not read
+                continue
+            scan = _Scan(path, base, keep_from, None if newest else segments[i + 1][0], not last_seq_known)
+            next_offset = scan.run(frames, last_seq)
+            self.truncated_bytes += scan.truncated
+            self.skipped_bytes += scan.skipped
+            if newest and scan.end == 0 and base == next_offset and len(segments) > 1:
                 path.unlink()  # an empty newest segment (rolled, then nothing written)
         return frames, next_offset, last_seq
 
@@ -190,12 +162,31 @@ class SegmentStore:
         # A slice keeps its parent's whole dictionary; only the entries it uses are written.
         compact = Envelope(compact_dictionaries(envelope.samples), envelope.rejects)
         frame = encode_envelope({**header, "offset": offset}, compact)
-        self._file.write(frame)
-        self._file.flush()
+        fd = self._file.fileno()
+        try:
+            _write_all(fd, frame)
+        except OSError:
+            # A short write (ENOSPC, EIO) must not leave a fragment for later frames to follow.
+            os.ftruncate(fd, self._file_size)
+            raise
         if self._fsync:
-            os.fsync(self._file.fileno())
+            os.fsync(fd)
         self._file_size += len(frame)
         return len(frame)
+
+    def seal_active(self, next_offset: int) -> None:
+        """Start a new, empty active segment at ``next_offset`` so the old one can be deleted."""
+        if self._file is not None and self._file_size == 0:
+            return
+        if self._file is None and not (self.segments() and self.segments()[-1][1].stat().st_size):
+            return
+        self.close()
+        path = self.directory / f"{next_offset:020d}{SUFFIX}"
+        self._file = path.open("ab", buffering=0)
+        self._file_size = 0
+        self._active_base = next_offset
+        if self._fsync:
+            _fsync_dir(self.directory)
 
     def _roll(self, base: int) -> None:
         if self._file is not None:
@@ -205,20 +196,44 @@ class SegmentStore:
         if existing and existing[-1][1].stat().st_size < self._segment_bytes and self._active_base is None:
             # Reopen the newest segment after a restart instead of starting a tiny new one.
             path = existing[-1][1]
-        self._file = path.open("ab")
+        self._file = path.open("ab", buffering=0)  # one os.write per frame, nothing buffered
         self._file_size = path.stat().st_size
         self._active_base = int(path.stem)
         if self._fsync:
             _fsync_dir(self.directory)
 
     def apply_retention(
-        self, committed: int, retention_s: float, max_bytes: int | None, now: float | None = None
+        self,
+        committed: int,
+        retention_s: float,
+        max_bytes: int | None,
+        now: float | None = None,
+        *,
+        retention_bytes: int | None = None,
+        end_offset: int | None = None,
     ) -> int:
-        """Delete whole segments below ``committed`` that are too old or over the byte budget; returns bytes freed."""
+        """Delete whole segments below ``committed``; returns bytes freed.
+
+        A committed segment goes when it is older than ``retention_s``, when committed data exceeds
+        ``retention_bytes``, or while the partition is over ``max_bytes`` (its disk budget). When
+        everything is committed (``committed >= end_offset``) and the budget is still exceeded, the
+        active segment is sealed first, so a budget at or below one segment never blocks producers.
+        """
         now = time.time() if now is None else now
         segments = self.segments()
         sizes = [p.stat().st_size for _, p in segments]
         total = sum(sizes)
+        if (
+            max_bytes is not None
+            and end_offset is not None
+            and committed >= end_offset
+            and total > max_bytes
+            and segments
+            and sizes[-1] > 0
+        ):
+            self.seal_active(end_offset)
+            segments, sizes = self.segments(), [p.stat().st_size for _, p in self.segments()]
+        committed_bytes = sum(s for i, s in enumerate(sizes[:-1]) if segments[i + 1][0] <= committed)
         freed = 0
         for i, (_, path) in enumerate(segments[:-1]):  # never the active (newest) segment
             next_base = segments[i + 1][0]
@@ -226,7 +241,8 @@ class SegmentStore:
                 break  # holds messages some group has not committed
             too_old = now - path.stat().st_mtime > retention_s
             too_big = max_bytes is not None and total - freed > max_bytes
-            if not (too_old or too_big):
+            too_much = retention_bytes is not None and committed_bytes - freed > retention_bytes
+            if not (too_old or too_big or too_much):
                 break
             freed += sizes[i]
             path.unlink()
@@ -238,6 +254,148 @@ class SegmentStore:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (``os.write`` may write fewer); raises ``OSError`` (e.g. ENOSPC) part way."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _crc32(data: Any) -> int:
+    return zlib.crc32(data)
+
+
+class _Scan:
+    """One pass over one segment file for ``SegmentStore.recover``."""
+
+    def __init__(self, path: Path, base: int, keep_from: int, next_base: int | None, read_seq: bool) -> None:
+        self.path = path
+        self.base = base
+        self.keep_from = keep_from
+        self.next_base = next_base  # base offset of the next segment; None for the newest
+        self.newest = next_base is None
+        self.read_seq = read_seq
+        self.truncated = 0
+        self.skipped = 0
+        self.end = 0
+
+    def run(self, frames: list[Frame], last_seq: dict[str, int]) -> int:
+        """Append this segment's kept frames to ``frames``; returns the offset after its last one."""
+        with pa.memory_map(str(self.path), "r") as mm:
+            data = mm.read_buffer()
+        size, pos, offset = data.size, 0, self.base
+        while pos < size:
+            length = _prefix_length(data, pos)
+            if offset < self.keep_from and length is not None:  # committed: walk the prefix only
+                if self.read_seq:
+                    _note_seq(_read_header(data.slice(pos + _PREFIX.size, length)), last_seq)
+                pos += _PREFIX.size + length
+                offset += 1
+                continue
+            body, bad = _checked_body(data, pos)
+            if body is None:
+                resume, offset = self._damaged(data, pos, offset, bad)
+                if resume is None:
+                    break  # truncated at pos
+                pos = resume
+                continue
+            header, envelope = decode_envelope(body)
+            _note_seq(header, last_seq)
+            if int(header["offset"]) != offset:
+                raise QueueError(
+                    f"{self.path}: frame at byte {pos} has offset {header['offset']}, expected {offset}",
+                    path=str(self.path),
+                    position=pos,
+                )
+            if offset >= self.keep_from:
+                frames.append(Frame(offset, header, envelope, int(header.get("nbytes", body.size))))
+            pos += _PREFIX.size + body.size
+            offset += 1
+        self.end = pos
+        return offset
+
+    def _damaged(self, data: pa.Buffer, pos: int, offset: int, bad: str) -> tuple[int | None, int]:
+        """Resync after damage at ``pos``; returns where to go on (None: nothing more here) and the offset."""
+        where = "" if self.newest else " in a sealed segment"
+        nxt = _resync(self.path, data, pos + 1)
+        resumed = self.next_base if nxt is None else int(_read_header(_checked_body(data, nxt)[0])["offset"])  # type: ignore[arg-type]
+        if resumed is None:  # the newest segment's tail: a crash mid-write
+            log.warning(
+                "%s: %s at byte %d (crash mid-write); truncating %d byte(s)", self.path, bad, pos, data.size - pos
+            )
+            self.truncated += data.size - pos
+            with self.path.open("r+b") as f:
+                f.truncate(pos)
+            return None, offset
+        if resumed < offset:
+            raise QueueError(
+                f"{self.path}: {bad} at byte {pos}{where}; the next intact message has offset {resumed}, "
+                f"expected at least {offset}; refusing to guess",
+                path=str(self.path),
+                position=pos,
+            )
+        if resumed > offset and resumed > self.keep_from:
+            raise QueueError(
+                f"{self.path}: {bad} at byte {pos}{where}: message(s) at offset {offset} to {resumed - 1} are "
+                "damaged and not committed; refusing to guess",
+                path=str(self.path),
+                position=pos,
+            )
+        lost = "" if resumed == offset else f"; lost offsets {offset}..{resumed - 1} were already committed"
+        skipped = (data.size if nxt is None else nxt) - pos
+        log.warning("%s: %s at byte %d%s; skipped %d byte(s)%s", self.path, bad, pos, where, skipped, lost)
+        self.skipped += skipped
+        return nxt, resumed
+
+
+def _prefix_length(data: pa.Buffer, pos: int) -> int | None:
+    """The body length of a frame at ``pos`` if its prefix is whole and in bounds."""
+    if data.size - pos < _PREFIX.size:
+        return None
+    magic, length, _ = _PREFIX.unpack(data[pos : pos + _PREFIX.size].to_pybytes())
+    if magic != MAGIC or pos + _PREFIX.size + length > data.size:
+        return None
+    return int(length)
+
+
+def _checked_body(data: pa.Buffer, pos: int) -> tuple[pa.Buffer | None, str]:
+    """The body of an intact frame at ``pos``, or None and what is wrong."""
+    if data.size - pos < _PREFIX.size:
+        return None, "torn frame header"
+    magic, length, crc = _PREFIX.unpack(data[pos : pos + _PREFIX.size].to_pybytes())
+    if magic != MAGIC:
+        return None, "bad magic"
+    if pos + _PREFIX.size + length > data.size:
+        return None, "torn frame body"
+    body = data.slice(pos + _PREFIX.size, length)
+    if _crc32(body) != crc:
+        return None, "checksum mismatch"
+    return body, ""
+
+
+def _resync(path: Path, data: pa.Buffer, start: int) -> int | None:
+    """Byte position of the next intact frame at or after ``start``, if any (a rare path: plain scanning)."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos = mm.find(MAGIC, start)
+        while pos != -1:
+            if _checked_body(data, pos)[0] is not None:
+                return pos
+            pos = mm.find(MAGIC, pos + 1)
+    return None
+
+
+def _read_header(body: pa.Buffer) -> dict[str, Any]:
+    (n,) = _U32.unpack(body[0:4].to_pybytes())
+    header: dict[str, Any] = json.loads(body[4 : 4 + n].to_pybytes())
+    return header
+
+
+def _note_seq(header: dict[str, Any], last_seq: dict[str, int]) -> None:
+    producer, seq = header.get("producer"), header.get("seq")
+    if producer is not None and seq is not None:
+        last_seq[producer] = max(last_seq.get(producer, -1), int(seq))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline import metrics
 from pipeline.collector import Collector as CollectorLogic
-from pipeline.config import CollectorSettings, QueueSettings, StreamerSettings
+from pipeline.config import CollectorSettings, DatabaseSettings, QueueSettings, StreamerSettings
 from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats
 from pipeline.queue.broker import Broker as BrokerLogic
@@ -44,6 +44,7 @@ from pipeline.runtime.transport import DurableProducer, RayQueue
 from pipeline.sources import Shard, source_for
 from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.checkpoints import CheckpointStore
+from pipeline.storage.setup import writer_for
 from pipeline.storage.sink import WriteResult
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
@@ -80,7 +81,12 @@ class Broker(BrokerLogic):
         persistence = None
         if queue.dir is not None:
             persistence = Persistence(
-                Path(queue.dir), queue.segment_bytes, queue.retention_s, queue.disk_budget_bytes, queue.fsync
+                Path(queue.dir),
+                queue.segment_bytes,
+                queue.retention_s,
+                queue.disk_budget_bytes,
+                queue.fsync,
+                retention_bytes=queue.retention_bytes,
             )
         super().__init__(
             broker_id,
@@ -108,6 +114,7 @@ class Broker(BrokerLogic):
                     metrics.QUEUE_APPENDED_ROWS,
                     metrics.QUEUE_FETCHED_ROWS,
                     metrics.CONSUMER_LAG,
+                    metrics.QUEUE_DISK_FULL,
                 )
             )
         ins = self._instruments
@@ -122,6 +129,10 @@ class Broker(BrokerLogic):
             self._reported[p] = (s["blocked_s"], s["rows_appended"], s["rows_fetched"])
             for group, g in s["groups"].items():
                 ins.set(metrics.CONSUMER_LAG, g["lag_rows"], group=group, partition=tag)
+            for reason in ("budget", "enospc"):
+                ins.set(
+                    metrics.QUEUE_DISK_FULL, 1.0 if s.get("disk_full") == reason else 0.0, partition=tag, reason=reason
+                )
         return out
 
 
@@ -231,19 +242,26 @@ class Collector:
         conninfo: str,
         brokers: list[ActorHandle],
         namespace: str,
+        database: DatabaseSettings,
     ) -> None:
         self._instruments = Instruments(
-            (metrics.COLLECTOR_ROWS, metrics.COLLECTOR_COMMIT_SECONDS, metrics.COLLECTOR_LAST_COMMIT)
+            (
+                metrics.COLLECTOR_ROWS,
+                metrics.COLLECTOR_COMMIT_SECONDS,
+                metrics.COLLECTOR_LAST_COMMIT,
+                metrics.STORAGE_REFUSED_METRICS,
+            )
         )
         # Every incarnation gets a fresh member id: a restarted actor must not inherit the old
         # generation's claims, it rejoins and claims again.
         self._member = f"{member}#{int(time.time() * 1000)}"
         self._name = member
+        self._writer = writer_for(conninfo, database)
         self._logic = CollectorLogic(
             self._member,
             queue.group,
             RayQueue(brokers, queue.call_timeout_s, namespace=namespace),
-            TelemetryWriter(conninfo),
+            self._writer,
             settings.max_rows,
             settings.poll_timeout_s,
             heartbeat_s=min(1.0, queue.session_timeout_s / 4),
@@ -265,6 +283,7 @@ class Collector:
     def stats(self) -> CollectorStatus:
         """Counters, assignment and the last error."""
         s = self._logic.stats
+        self._instruments.set(metrics.STORAGE_REFUSED_METRICS, len(self._writer.refused_metrics), collector=self._name)
         return {
             "id": self._member,
             "rows": s.rows,
@@ -360,6 +379,7 @@ def make_collector(
     namespace: str,
     conninfo: str,
     brokers: list[ActorHandle],
+    database: DatabaseSettings,
     num_cpus: float = 0.5,
     placement: bool = False,
 ) -> ActorHandle:
@@ -372,4 +392,4 @@ def make_collector(
         max_concurrency=4,
         **role_resources("collector", index, placement),
     )
-    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers, namespace)
+    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers, namespace, database)

@@ -130,7 +130,14 @@ class Fleet:
     def _collector(self, index: int) -> ActorHandle:
         s = self._settings
         return actors.make_collector(
-            index, s.collector, s.queue, self._namespace, self._conninfo, self.brokers, placement=s.ray.placement
+            index,
+            s.collector,
+            s.queue,
+            self._namespace,
+            self._conninfo,
+            self.brokers,
+            s.database,
+            placement=s.ray.placement,
         )
 
     def counts(self) -> dict[str, int]:

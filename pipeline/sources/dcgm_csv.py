@@ -85,12 +85,15 @@ class DcgmCsvSource:
     def open(self) -> None:
         """Check the file exists and has a dcgm-exporter header."""
         try:
-            with self._path.open(newline="") as f:
-                first = next(csv.reader(f), None)
+            with self._path.open("rb") as f:
+                line = f.readline()
+            # Only the header is decoded here: a bad byte further down is one row's reject, not the file's.
+            first = next(csv.reader([line.decode("utf-8-sig")]), None)
         except FileNotFoundError:
             raise SourceError(f"CSV file {self._path} does not exist", path=str(self._path)) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SourceError(f"CSV file {self._path} cannot be read: {exc}", path=str(self._path)) from None
+        first = [c.strip() for c in first] if first else first
         if not first:
             raise SourceError(f"CSV file {self._path} is empty: expected a dcgm-exporter header", path=str(self._path))
         missing = [c for c in _REQUIRED if c not in first]
@@ -100,7 +103,7 @@ class DcgmCsvSource:
                 f"{', '.join(missing)}; expected {','.join(HEADER)}",
                 path=str(self._path),
                 line=1,
-                raw=",".join(first),
+                raw=_printable(",".join(first)),
             )
         unknown = [c for c in first if c not in HEADER]
         if unknown:
@@ -145,10 +148,11 @@ class DcgmCsvSource:
         same whatever record reading started from: a streamer resuming mid-pass re-creates exactly
         the messages it sent before, which is what sequence-number deduplication relies on.
         """
-        invalid: list[tuple[int, str]] = []
+        invalid: list[tuple[int, str, str]] = []
+        wrong_count = f"wrong column count: expected {len(self._header)} fields"
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
-            invalid.append((row.number or 0, row.text))
+            invalid.append((row.number or 0, _printable(row.text), wrong_count))
             return "skip"
 
         names = [_CANONICAL.get(c, f"_extra_{i}") for i, c in enumerate(self._header)]
@@ -166,7 +170,8 @@ class DcgmCsvSource:
             ),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
+                # Bytes, not text: invalid UTF-8 is found per row (a reject), not per file (an error).
+                column_types={n: pa.binary() for n in names},
                 strings_can_be_null=False,
                 include_columns=[n for n in names if not n.startswith("_extra_")],
             ),
@@ -175,7 +180,7 @@ class DcgmCsvSource:
         boundary = start + step - ((start - 2) % step)
         held: list[pa.RecordBatch] = []
         held_records: list[np.ndarray] = []
-        held_bad: list[tuple[int, str]] = []
+        held_bad: list[tuple[int, str, str]] = []
         next_record = start
         while True:
             try:
@@ -189,9 +194,11 @@ class DcgmCsvSource:
             # pyarrow numbers invalid records by their place in the file (skipped records counted).
             bad = list(invalid)
             invalid.clear()
-            records = _number_rows(next_record, block.num_rows, [n for n, _ in bad])
-            last = max([next_record - 1] + ([int(records[-1])] if len(records) else []) + [n for n, _ in bad])
+            records = _number_rows(next_record, block.num_rows, [n for n, _, _ in bad])
+            last = max([next_record - 1] + ([int(records[-1])] if len(records) else []) + [n for n, _, _ in bad])
             next_record = last + 1
+            block, records, undecodable = _decode(block, records)
+            bad.extend(undecodable)
             held.append(block)
             held_records.append(records)
             held_bad.extend(bad)
@@ -204,7 +211,7 @@ class DcgmCsvSource:
         self,
         held: list[pa.RecordBatch],
         held_records: list[np.ndarray],
-        held_bad: list[tuple[int, str]],
+        held_bad: list[tuple[int, str, str]],
         boundary: int,
         shard: Shard,
         final: bool = False,
@@ -233,12 +240,9 @@ class DcgmCsvSource:
         now_us = time.time_ns() // 1000
         rejects = None
         if bad and shard.index == 0:  # rows that cannot be keyed are reported by shard 0 only
+            bad.sort()
             rejects = make_rejects(
-                now_us,
-                self.name,
-                [n for n, _ in bad],
-                [t for _, t in bad],
-                [f"wrong column count: expected {len(self._header)} fields" for _ in bad],
+                now_us, self.name, [n for n, _, _ in bad], [t for _, t, _ in bad], [r for *_, r in bad]
             )
         samples = None
         if rows is not None and rows.num_rows:
@@ -253,6 +257,40 @@ class DcgmCsvSource:
             samples = empty_samples()
         if samples.num_rows or rejects is not None or final:
             yield SourceBatch(samples, rejects, boundary)
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL accepts: NUL bytes shown as ``\\x00``."""
+    return text.replace("\x00", "\\x00")
+
+
+def _decode(
+    block: pa.RecordBatch, records: np.ndarray
+) -> tuple[pa.RecordBatch, np.ndarray, list[tuple[int, str, str]]]:
+    """Binary columns to UTF-8 text; rows with invalid UTF-8 leave the block as (record, raw, reason)."""
+    try:
+        return _as_text(block), records, []
+    except pa.ArrowInvalid:
+        pass  # rare: find the rows in Python
+    reasons: dict[int, str] = {}
+    for name, column in zip(block.schema.names, block.columns, strict=True):
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reasons.setdefault(i, f"invalid UTF-8 in field {name} at byte {exc.start}")
+    bad = []
+    for i, reason in sorted(reasons.items()):
+        fields = [block.column(c)[i].as_py().decode("utf-8", "replace") for c in range(block.num_columns)]
+        raw = ",".join('"' + f.replace('"', '""') + '"' for f in fields)
+        bad.append((int(records[i]), _printable(raw), reason))
+    keep = np.ones(block.num_rows, dtype=bool)
+    keep[list(reasons)] = False
+    return _as_text(block.filter(pa.array(keep))), records[keep], bad
+
+
+def _as_text(block: pa.RecordBatch) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in block.columns], names=block.schema.names)
 
 
 def _number_rows(first: int, count: int, invalid: list[int]) -> np.ndarray:

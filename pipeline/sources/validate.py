@@ -90,6 +90,7 @@ def validate(
     uuid_ok = _mask(pc.greater(pc.utf8_length(col["uuid"]), 0))
     metric_ok = _mask(pc.greater(pc.utf8_length(col["metric"]), 0))
 
+    nul_in = _nul_fields(col)
     good = is_number & finite & ts_ok & idx_ok & uuid_ok & metric_ok
     bad_positions: list[int] = np.flatnonzero(~good).tolist()
     sentinel_positions = np.flatnonzero(good & suspicious).tolist()
@@ -101,6 +102,8 @@ def validate(
             reasons[i] = f"value `{raw_value}` for {col['metric'][i].as_py()} is a DCGM {code} code (no value)"
     for i in bad_positions:
         reasons[i] = _reason(col, i, bool(is_number[i]), bool(ts_ok[i]), bool(idx_ok[i]))
+    for i, name in nul_in.items():  # PostgreSQL refuses NUL in text: never send one
+        reasons[i] = f"field {name} contains a NUL byte"
     if reasons:
         good[list(reasons)] = False
 
@@ -133,6 +136,18 @@ def validate(
             [reasons[i] for i in order],
         )
     return ValidatedBatch(samples, rejects)
+
+
+def _nul_fields(col: dict[str, pa.Array]) -> dict[int, str]:
+    """Rows holding a NUL byte, with the first field that does."""
+    found: dict[int, str] = {}
+    for name in RAW_COLUMNS:
+        data = col[name].buffers()[-1]  # the text bytes (shared with slices: a cheap pre-check)
+        if data is None or not np.any(np.frombuffer(data, dtype=np.uint8) == 0):
+            continue
+        for i in np.flatnonzero(_mask(pc.match_substring(col[name], "\x00"))).tolist():
+            found.setdefault(i, name)
+    return found
 
 
 def _reason(col: dict[str, pa.Array], i: int, is_number: bool, ts_ok: bool, idx_ok: bool) -> str:
@@ -246,4 +261,5 @@ def _samples(
 
 def _raw_text(col: dict[str, pa.Array], i: int) -> str:
     fields = [col[name][i].as_py() for name in RAW_COLUMNS]
-    return ",".join('"' + ("" if f is None else str(f)).replace('"', '""') + '"' for f in fields)
+    text = ",".join('"' + ("" if f is None else str(f)).replace('"', '""') + '"' for f in fields)
+    return text.replace("\x00", "\\x00")  # stored as text: NUL shown, not sent

@@ -12,7 +12,7 @@ import psycopg
 
 from pipeline.errors import DatabaseUnavailable
 
-__all__ = ["Database", "connect", "resolve", "start_embedded"]
+__all__ = ["Database", "SessionSettings", "connect", "resolve", "session_options", "start_embedded"]
 
 log = logging.getLogger(__name__)
 EMBEDDED_DBNAME = "telemetry"
@@ -62,6 +62,46 @@ def resolve(url: str | None, embedded_dir: Path) -> Database:
     if url:
         return Database(url)
     return start_embedded(embedded_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """How long a pipeline session may hold or wait for locks, and how fast a dead peer is noticed.
+
+    A collector whose node vanished mid-transaction leaves a half-open connection: without these
+    the server keeps its locks (the offset rows every claim needs) until TCP gives up, about two
+    hours. The server ends a session idle in a transaction after ``idle_in_transaction_s``; a
+    statement waiting on a lock gives up after ``lock_timeout_s`` (and is retried); keepalives find
+    a peer that is gone while the session is idle.
+    """
+
+    idle_in_transaction_s: float = 10.0
+    # Well below the group session timeout (10 s): a claim stuck behind a lock gives up (and is
+    # retried, heartbeating meanwhile) instead of costing the collector its session.
+    lock_timeout_s: float = 3.0
+    statement_timeout_s: float = 120.0
+    keepalives_idle_s: int = 10
+    keepalives_interval_s: int = 5
+    keepalives_count: int = 3
+
+
+def session_options(settings: SessionSettings) -> dict[str, Any]:
+    """libpq connection parameters that apply ``settings`` (client keepalives and server GUCs)."""
+    gucs = {
+        "idle_in_transaction_session_timeout": int(settings.idle_in_transaction_s * 1000),
+        "lock_timeout": int(settings.lock_timeout_s * 1000),
+        "statement_timeout": int(settings.statement_timeout_s * 1000),
+        "tcp_keepalives_idle": settings.keepalives_idle_s,
+        "tcp_keepalives_interval": settings.keepalives_interval_s,
+        "tcp_keepalives_count": settings.keepalives_count,
+    }
+    return {
+        "keepalives": 1,
+        "keepalives_idle": settings.keepalives_idle_s,
+        "keepalives_interval": settings.keepalives_interval_s,
+        "keepalives_count": settings.keepalives_count,
+        "options": " ".join(f"-c {k}={v}" for k, v in gucs.items()),
+    }
 
 
 def connect(conninfo: str, timeout_s: float = 5.0, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -10,11 +10,12 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.config import DatabaseSettings, StorageSettings
-from pipeline.storage.database import Database, check, resolve
+from pipeline.storage.database import Database, SessionSettings, check, resolve
 from pipeline.storage.migrate import Migration, migrate
 from pipeline.storage.time_partitions import PartitionManager, PartitionReport
+from pipeline.storage.writer import TelemetryWriter
 
-__all__ = ["Prepared", "maintain", "prepare"]
+__all__ = ["Prepared", "maintain", "prepare", "writer_for"]
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,14 @@ def maintain(conninfo: str, storage: StorageSettings) -> PartitionReport:
             list(report.skipped),
         )
     return report
+
+
+def writer_for(conninfo: str, database: DatabaseSettings) -> TelemetryWriter:
+    """The collectors' writer with the session limits the settings give (keepalives, lock and idle timeouts)."""
+    session = SessionSettings(
+        idle_in_transaction_s=database.idle_in_transaction_timeout_s,
+        lock_timeout_s=database.lock_timeout_s,
+        statement_timeout_s=database.statement_timeout_s,
+        keepalives_idle_s=database.keepalives_idle_s,
+    )
+    return TelemetryWriter(conninfo, timeout_s=database.connect_timeout_s, session=session)

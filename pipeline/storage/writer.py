@@ -21,14 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
-from pipeline.records import Envelope, to_wire
+from pipeline.records import Envelope, make_rejects, to_wire
 from pipeline.storage.copy_format import encode_telemetry
-from pipeline.storage.database import connect
+from pipeline.storage.database import SessionSettings, connect, session_options
 from pipeline.storage.sink import PartitionBatch, WriteResult
 
-__all__ = ["TelemetryWriter", "record_rejects"]
+__all__ = ["MAX_METRIC_ID", "TelemetryWriter", "record_rejects"]
 
 log = logging.getLogger(__name__)
+
+MAX_METRIC_ID = 32767  # metrics.metric_id is a smallint: names past it are refused, never overflowed
 
 _CAS = """
 UPDATE consumer_offsets
@@ -43,24 +45,40 @@ ON CONFLICT (group_id, partition, producer) DO UPDATE SET seq = GREATEST(produce
 """
 
 
+_FULL = f"the metrics table is full ({MAX_METRIC_ID} names, the limit of its smallint key)"
+_NEXT_METRIC = """
+INSERT INTO metrics (metric_id, name)
+SELECT coalesce(max(metric_id), 0) + 1, %(name)s FROM metrics
+HAVING coalesce(max(metric_id), 0) < %(limit)s AND NOT bool_or(name = %(name)s) IS TRUE
+"""
+
+
 class TelemetryWriter:
     """Writes partition batches to ``telemetry`` and ``rejects`` with exactly-once offsets."""
 
-    def __init__(self, conninfo: str, timeout_s: float = 5.0, last_seen_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        timeout_s: float = 3.0,  # per address; with heartbeats, well inside the group session timeout
+        last_seen_every_s: float = 2.0,
+        session: SessionSettings | None = None,
+    ) -> None:
         self._conninfo = conninfo
         self._timeout = timeout_s
+        self._session = SessionSettings() if session is None else session
         self._conn: psycopg.Connection[Any] | None = None
         self._gpu_keys: dict[str, int] = {}
         self._metric_ids: dict[str, int] = {}
         self._last_seen_every = last_seen_every_s
         self._last_seen_at = 0.0
         self._last_seen: dict[int, int] = {}
+        self.refused_metrics: set[str] = set()  # names refused because the smallint key is exhausted
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def open(self) -> None:
         """Connect and load the metric dictionary."""
-        self._conn = connect(self._conninfo, self._timeout)
+        self._conn = connect(self._conninfo, self._timeout, **_merged(self._conninfo, session_options(self._session)))
         self._conn.execute("SET synchronous_commit = on")
         self._conn.commit()
         self._metric_ids = {n: i for n, i in self._conn.execute("SELECT name, metric_id FROM metrics")}
@@ -74,6 +92,10 @@ class TelemetryWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def session(self) -> psycopg.Connection[Any]:
+        """The open connection (connecting if needed), with the session settings applied."""
+        return self._db()
 
     def _db(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -125,6 +147,8 @@ class TelemetryWriter:
                     "UPDATE consumer_offsets SET generation = %s WHERE group_id = %s AND partition = ANY(%s)",
                     (generation, group, list(partitions)),
                 )
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise StorageError(f"claim of {list(partitions)} timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         return {int(p): int(o) for p, o, _ in rows}
@@ -179,16 +203,22 @@ class TelemetryWriter:
         rejects = [] if data is None or not data.num_rejects or data.rejects is None else [data.rejects]
         try:
             table = pa.Table.from_batches([to_wire(samples[0])]) if samples else None
-            payload = self._encode(table) if table is not None else None
+            payload = None
+            if table is not None:
+                payload, table, refused = self._encode(table)
+                if refused is not None:
+                    rejects.append(refused)
             conn = self._db()
             with conn.transaction():
-                for b in batches:
+                moved = sum(r.num_rows for r in rejects) - sum(b.rejects for b in batches)  # refused rows
+                for i, b in enumerate(batches):
+                    shift = moved if i == 0 else 0  # totals stay exact: refused rows count as rejects
                     cur = conn.execute(
                         _CAS,
                         {
                             "next": b.next_offset,
-                            "rows": b.rows,
-                            "rejects": b.rejects,
+                            "rows": b.rows - shift,
+                            "rejects": b.rejects + shift,
                             "group": group,
                             "partition": b.partition,
                             "first": b.first_offset,
@@ -200,7 +230,7 @@ class TelemetryWriter:
                 sequences = [(group, b.partition, producer, seq) for b in batches for producer, seq in b.sequences]
                 if sequences:
                     conn.cursor().executemany(_SEQUENCES, sequences)
-                if payload is not None:
+                if payload:
                     with conn.cursor().copy(
                         "COPY telemetry (ts, gpu_key, metric_id, value) FROM STDIN (FORMAT BINARY)"
                     ) as copy:
@@ -210,6 +240,8 @@ class TelemetryWriter:
                         for rb in rejects:
                             for row in rb.to_pylist():
                                 copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise StorageError(f"write timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         except psycopg.Error as exc:
@@ -244,12 +276,32 @@ class TelemetryWriter:
 
     # --- encoding ---------------------------------------------------------------------------------------
 
-    def _encode(self, table: pa.Table) -> bytes:
-        gpu_keys = self._keys(table)
+    def _encode(self, table: pa.Table) -> tuple[bytes, pa.Table, pa.RecordBatch | None]:
+        """COPY payload, the rows it holds, and rejects for rows whose metric name was refused."""
         metric_ids = self._metric_keys(table.column("metric"))
+        refused = None
+        if (metric_ids < 0).any():
+            keep = metric_ids >= 0
+            refused = self._refusals(table.filter(pa.array(~keep)))
+            table = table.filter(pa.array(keep))
+            metric_ids = metric_ids[keep]
+        if not table.num_rows:
+            return b"", table, refused
+        gpu_keys = self._keys(table)
         ts = table.column("ts").cast(pa.int64()).to_numpy()
         values = table.column("value").to_numpy()
-        return encode_telemetry(ts, gpu_keys, metric_ids, values)
+        return encode_telemetry(ts, gpu_keys, metric_ids, values), table, refused
+
+    def _refusals(self, table: pa.Table) -> pa.RecordBatch:
+        names = table.column("metric").to_pylist()
+        uuids = table.column("uuid").to_pylist()
+        return make_rejects(
+            time.time_ns() // 1000,
+            "collector",
+            [None] * len(names),
+            [f"{u},{n},{v}" for u, n, v in zip(uuids, names, table.column("value").to_pylist(), strict=True)],
+            [f"metric `{n}` refused: {_FULL}" for n in names],
+        )
 
     def _keys(self, table: pa.Table) -> npt.NDArray[np.int32]:
         encoded = pc.dictionary_encode(table.column("uuid")).combine_chunks()
@@ -300,19 +352,43 @@ class TelemetryWriter:
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         used = np.unique(indices).tolist()
         unknown = [dictionary[i] for i in used if dictionary[i] not in self._metric_ids]
-        if unknown:
-            conn = self._db()
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO metrics (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING", (unknown,)
-                )
-                for name, mid in conn.execute("SELECT name, metric_id FROM metrics WHERE name = ANY(%s)", (unknown,)):
-                    self._metric_ids[name] = int(mid)
+        if unknown and not set(unknown) <= self.refused_metrics:
+            self._register_metrics(sorted(set(unknown) - self.refused_metrics))
         lookup = np.full(len(dictionary), -1, dtype=np.int16)
         for i in used:
-            lookup[i] = self._metric_ids[dictionary[i]]
+            lookup[i] = self._metric_ids.get(dictionary[i], -1)
         ids: npt.NDArray[np.int16] = lookup[indices]
         return ids
+
+    def _register_metrics(self, names: list[str]) -> None:
+        """Give new metric names ids; names past ``MAX_METRIC_ID`` are refused (and remembered)."""
+        conn = self._db()
+        with conn.transaction():
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO metrics (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING", (names,)
+                    )
+            except (psycopg.errors.SequenceGeneratorLimitExceeded, psycopg.errors.NumericValueOutOfRange):
+                # The identity sequence ran out (a failed INSERT consumes values too): hand out the ids
+                # left below the smallint limit explicitly, one name at a time.
+                for name in names:
+                    try:
+                        with conn.transaction():
+                            conn.execute(_NEXT_METRIC, {"name": name, "limit": MAX_METRIC_ID})
+                    except psycopg.errors.UniqueViolation:
+                        continue  # another writer took that id or name meanwhile; the lookup below decides
+            for name, mid in conn.execute("SELECT name, metric_id FROM metrics WHERE name = ANY(%s)", (names,)):
+                self._metric_ids[name] = int(mid)
+        refused = [n for n in names if n not in self._metric_ids]
+        if refused:
+            self.refused_metrics.update(refused)
+            log.error(
+                "metrics table is full (%d names): refusing %d new metric name(s), e.g. %s; their rows become rejects",
+                MAX_METRIC_ID,
+                len(refused),
+                refused[0],
+            )
 
     def _touch_last_seen(self) -> None:
         """Advance gpus.last_seen, at most every few seconds (one small UPDATE, not per batch)."""
@@ -334,6 +410,14 @@ class TelemetryWriter:
         except psycopg.OperationalError as exc:
             log.warning("last_seen update skipped: %s", exc)
             self._lost(exc)
+
+
+def _merged(conninfo: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for ``connect``, keeping any ``options`` the URL already carries."""
+    given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
+    if given:
+        options = {**options, "options": f"{given} {options['options']}"}
+    return options
 
 
 def record_rejects(conninfo: str, rejects: pa.RecordBatch, timeout_s: float = 5.0) -> int:

@@ -73,6 +73,7 @@ def test_a_broker_restarted_empty_loses_and_duplicates_nothing(
             while (s := ray.get(p.streamers[0].stats.remote(), timeout=60))["resent"] == 0:
                 assert time.monotonic() < deadline, "the streamer never re-sent"
                 time.sleep(0.1)
+            time.sleep(2.0)  # let the re-send finish: it began, it is not done at its first flush
             os.kill(s["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 240
         while not p.progress().streamers_done:

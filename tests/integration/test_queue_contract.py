@@ -32,6 +32,7 @@ def queue(request: pytest.FixtureRequest) -> Iterator[Any]:
         q.close()
         return
     request.getfixturevalue("ray_local")
+    conninfo = request.getfixturevalue("fresh_db")  # a broker starts at the offsets committed there
     import ray
 
     from pipeline.runtime.actors import make_broker
@@ -42,7 +43,7 @@ def queue(request: pytest.FixtureRequest) -> Iterator[Any]:
     )
     namespace = f"contract-{uuid.uuid4().hex[:8]}"
     handles = [
-        make_broker(b, settings, namespace, [p for p in range(PARTITIONS) if broker_of(p, BROKERS) == b], {}, 0.0)
+        make_broker(b, settings, namespace, [p for p in range(PARTITIONS) if broker_of(p, BROKERS) == b], conninfo, 0.0)
         for b in range(BROKERS)
     ]
     yield RayQueue(handles)
