@@ -20,6 +20,7 @@ from pipeline.errors import InvalidParameter
 from pipeline.storage.reader import AGGREGATE_ORIGIN
 
 __all__ = [
+    "API",
     "DEFAULT_WINDOW",
     "MEDIA_ARROW",
     "MEDIA_CSV",
@@ -36,6 +37,7 @@ __all__ = [
     "window",
 ]
 
+API = "/api/v1"  # the prefix of every resource route
 DEFAULT_WINDOW = timedelta(hours=1)
 MEDIA_JSON = "application/json"
 MEDIA_CSV = "text/csv"

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError, ResourceNotFound, StorageError
 
-__all__ = ["PROBLEM_RESPONSES", "Problem", "install"]
+__all__ = ["PROBLEM_RESPONSES", "Problem", "install", "responses"]
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -52,6 +52,11 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     503: _problem_schema(503, "Service Unavailable", "database unreachable"),
 }
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of the problems ``codes``."""
+    return {c: PROBLEM_RESPONSES[c] for c in codes}
 
 
 def install(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.config import GatewaySettings
-from pipeline.gateway.app import Limits, build_app
+from pipeline.gateway.app import build_app
 from pipeline.gateway.params import negotiate
 from pipeline.storage.migrate import migrate
 from pipeline.storage.reader import Reader
@@ -85,10 +85,10 @@ def fleet(fresh_db: str) -> str:
 
 
 @contextlib.contextmanager
-def make_client(conninfo: str, limits: Limits | None = None) -> Iterator[TestClient]:
+def make_client(conninfo: str, **settings: Any) -> Iterator[TestClient]:
     reader = Reader(conninfo)
     reader.open(wait=True)
-    app = build_app(reader, GatewaySettings(default_limit=50, max_limit=100), limits=limits)
+    app = build_app(reader, GatewaySettings(default_limit=50, max_limit=100, **settings))
     with TestClient(app) as c:
         yield c
     reader.close()
@@ -345,7 +345,7 @@ def test_aggregate_reads_a_rollup_view_when_the_bucket_is_a_multiple(fleet: str)
 
 def test_csv_and_arrow_exports_stream_the_same_query(fleet: str) -> None:
     window = {"start_time": iso(0), "end_time": iso(9), "order": "desc"}
-    with make_client(fleet, Limits(export_chunk_rows=3)) as client:
+    with make_client(fleet, export_chunk_rows=3) as client:
         expected = client.get("/api/v1/gpus/GPU-a/telemetry", params=window).json()["items"]
         assert len(expected) == 20
         r = client.get("/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
@@ -372,7 +372,7 @@ def test_csv_and_arrow_exports_stream_the_same_query(fleet: str) -> None:
 
 def test_exports_are_bounded(fleet: str) -> None:
     window = {"start_time": iso(0), "end_time": iso(9)}
-    with make_client(fleet, Limits(export_max_rows=10)) as client:
+    with make_client(fleet, export_max_rows=10) as client:
         r = client.get("/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
         assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM)
         assert r.json()["param"] == "end_time" and "more than 10 samples" in r.json()["detail"]

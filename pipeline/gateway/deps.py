@@ -1,0 +1,98 @@
+"""What a request handler needs, read from ``app.state``: the one place routes meet the app's parts.
+
+``build_app`` stores one ``GatewayState`` on ``app.state.gateway``; handlers take it through the ``State``
+dependency and use its small helpers (page limits, GPU and metric look-ups, cached JSON responses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import pydantic_core
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from pipeline.config import GatewaySettings
+from pipeline.errors import InvalidParameter, ResourceNotFound
+from pipeline.gateway.cache import Cache, cache_key
+from pipeline.gateway.params import MEDIA_JSON, utc
+from pipeline.storage.reader import Reader
+
+__all__ = ["GatewayState", "State", "gateway_state", "install_state"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """The reader, settings, optional cache and metric registry of one app."""
+
+    reader: Reader
+    settings: GatewaySettings
+    cache: Cache | None
+    registry: CollectorRegistry
+
+    def page_limit(self, limit: int | None) -> int:
+        """The page size a request asks for: the default when absent, 400 above the maximum."""
+        if limit is None:
+            return self.settings.default_limit
+        if limit > self.settings.max_limit:
+            raise InvalidParameter(f"limit {limit} exceeds the maximum {self.settings.max_limit}", param="limit")
+        return limit
+
+    def gpu_key(self, uuid: str) -> int:
+        """The key of the GPU ``uuid``; 404 when there is none."""
+        key = self.reader.gpu_key(uuid)
+        if key is None:
+            raise ResourceNotFound(f"GPU {uuid} not found", kind="gpu", name=uuid)
+        return key
+
+    def metric_ids(self, names: Sequence[str] | None) -> list[int] | None:
+        """Ids of the metrics ``names`` (None: all); 400 naming the first unknown one."""
+        if not names:
+            return None
+        known = self.reader.metric_ids(names)
+        for name in names:
+            if name not in known:
+                raise InvalidParameter(f"metric `{name[:128]}` is not a known metric", param="metric")
+        return sorted(set(known.values()))
+
+    def is_recent(self, end_time: datetime | None) -> bool:
+        """Whether a window ending at ``end_time`` (None: now) is recent enough to cache only briefly."""
+        recent = timedelta(seconds=self.settings.recent_window_s)
+        return end_time is None or utc(end_time) >= datetime.now(UTC) - recent
+
+    def cached_json(
+        self,
+        route: str,
+        key: dict[str, Any] | None,
+        ttl_s: float,
+        produce: Callable[[], BaseModel | dict[str, Any]],
+    ) -> Response:
+        """Serve from the cache when allowed, else produce, store and serve (JSON)."""
+        cache = self.cache
+        use = cache is not None and key is not None and ttl_s > 0
+        k = cache_key(route, key or {}) if use else ""
+        if use and cache is not None and (hit := cache.get(k)) is not None:
+            return Response(hit, media_type=MEDIA_JSON, headers={"X-Cache": "hit"})
+        value = produce()
+        body = value.model_dump_json().encode() if isinstance(value, BaseModel) else pydantic_core.to_json(value)
+        if use and cache is not None:
+            cache.set(k, body, ttl_s)
+        return Response(body, media_type=MEDIA_JSON, headers={"X-Cache": "miss"} if use else None)
+
+
+def install_state(app: FastAPI, state: GatewayState) -> None:
+    """Attach ``state`` to ``app`` (done once, by ``build_app``)."""
+    app.state.gateway = state
+
+
+def gateway_state(request: Request) -> GatewayState:
+    """The ``GatewayState`` of the app serving ``request``."""
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+State = Annotated[GatewayState, Depends(gateway_state)]

@@ -1,0 +1,39 @@
+"""``/hosts``: hosts with their GPU counts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from pipeline.gateway import problems
+from pipeline.gateway.deps import State
+from pipeline.gateway.models import Host, HostPage
+from pipeline.gateway.params import API, CursorParam, LimitParam, decode_cursor, encode_cursor
+
+__all__ = ["router"]
+
+router = APIRouter(prefix=API, tags=["gpus"])
+
+
+@router.get(
+    "/hosts",
+    response_model=HostPage,
+    summary="List hosts with their GPU counts.",
+    responses=problems.responses(400, 422, 503),
+)
+def list_hosts(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
+    """A page of hosts ordered by hostname."""
+    n = state.page_limit(limit)
+    after = decode_cursor("hosts", cursor, (str,))[0] if cursor is not None else None
+
+    def produce() -> HostPage:
+        rows = state.reader.hosts(n + 1, after)
+        nxt = encode_cursor("hosts", [rows[n - 1].hostname or ""]) if len(rows) > n else None
+        items = [
+            Host(
+                hostname=r.hostname, gpus=r.gpus, models=list(r.models), first_seen=r.first_seen, last_seen=r.last_seen
+            )
+            for r in rows[:n]
+        ]
+        return HostPage(items=items, next_cursor=nxt)
+
+    return state.cached_json("hosts", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)

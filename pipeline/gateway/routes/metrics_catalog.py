@@ -1,0 +1,34 @@
+"""``/metrics/catalog``: the metric names, units and help texts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from pipeline.gateway import problems
+from pipeline.gateway.deps import State
+from pipeline.gateway.models import MetricCatalog, MetricInfo
+from pipeline.gateway.params import API, CursorParam, LimitParam, decode_cursor, encode_cursor
+
+__all__ = ["router"]
+
+router = APIRouter(prefix=API, tags=["metrics"])
+
+
+@router.get(
+    "/metrics/catalog",
+    response_model=MetricCatalog,
+    summary="The metric catalogue: names, units and help (Prometheus exposition is at /metrics).",
+    responses=problems.responses(400, 422, 503),
+)
+def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
+    """A page of the catalogue ordered by name."""
+    n = state.page_limit(limit)
+    after = decode_cursor("metrics", cursor, (str,))[0] if cursor is not None else None
+
+    def produce() -> MetricCatalog:
+        rows = state.reader.metrics(n + 1, after)
+        nxt = encode_cursor("metrics", [rows[n - 1].name]) if len(rows) > n else None
+        items = [MetricInfo(name=r.name, unit=r.unit, help=r.help) for r in rows[:n]]
+        return MetricCatalog(items=items, next_cursor=nxt)
+
+    return state.cached_json("catalog", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)
