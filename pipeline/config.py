@@ -171,6 +171,9 @@ class GatewaySettings(BaseModel):
     gpu_list_ttl_s: float = Field(5.0, ge=0)
     export_max_rows: int = Field(1_000_000, ge=1)  # CSV / Arrow export: samples per request
     export_chunk_rows: int = Field(10_000, ge=1)
+    export_concurrency: int = Field(4, ge=1)  # exports streaming at once per replica; more get 503
+    export_write_timeout_s: float = Field(10.0, gt=0)  # a client that takes longer to accept a chunk is cut off
+    export_deadline_s: float = Field(600.0, gt=0)  # an export still running after this is cut off
     max_buckets: int = Field(10_000, ge=1)  # aggregate buckets per request
     recent_window_s: float = Field(5.0, ge=0)  # a window ending this close to now is "recent" (cached briefly)
     recent_ttl_s: float = Field(1.0, ge=0)

@@ -16,6 +16,7 @@ from pipeline.config import GatewaySettings
 from pipeline.gateway import problems
 from pipeline.gateway.cache import Cache
 from pipeline.gateway.deps import GatewayState, install_state
+from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.models import ProblemModel
 from pipeline.gateway.observe import Observe, QueueStats, request_metrics
 from pipeline.gateway.params import API
@@ -51,7 +52,8 @@ def build_app(
     problems.install(app)
     registry, recorder = request_metrics(reader, cache, queue_stats)
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
-    install_state(app, GatewayState(reader=reader, settings=cfg, cache=cache, registry=registry))
+    exports = ExportSlots(cfg.export_concurrency)
+    install_state(app, GatewayState(reader=reader, settings=cfg, cache=cache, registry=registry, exports=exports))
     for router in ROUTERS:
         app.include_router(router)
     app.openapi_schema = None

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pipeline.config import GatewaySettings
 from pipeline.errors import InvalidParameter, ResourceNotFound
 from pipeline.gateway.cache import Cache, cache_key
+from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.params import MEDIA_JSON, utc
 from pipeline.storage.reader import Reader
 
@@ -27,12 +28,13 @@ __all__ = ["GatewayState", "State", "gateway_state", "install_state"]
 
 @dataclass(frozen=True, slots=True)
 class GatewayState:
-    """The reader, settings, optional cache and metric registry of one app."""
+    """The reader, settings, optional cache, metric registry and export slots of one app."""
 
     reader: Reader
     settings: GatewaySettings
     cache: Cache | None
     registry: CollectorRegistry
+    exports: ExportSlots
 
     def page_limit(self, limit: int | None) -> int:
         """The page size a request asks for: the default when absent, 400 above the maximum."""

@@ -89,5 +89,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Problem:
-        titles = {404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable"}
-        return Problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        titles = {404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 503: "Service Unavailable"}
+        problem = Problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        problem.headers.update(exc.headers or {})
+        return problem

@@ -373,6 +373,39 @@ class Reader:
         )
         return int(rows[0][0])
 
+    def telemetry_page(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        metric_ids: Sequence[int] | None = None,
+        order: Order = "asc",
+        after: tuple[datetime, int] | None = None,
+    ) -> tuple[list[SampleRow], bool]:
+        """A page of ``telemetry`` and whether more follow; the page never splits one (ts, metric).
+
+        Samples may share (ts, metric) (nothing forbids it), and a keyset cursor cannot point between
+        them: when the page would end inside such a group, the whole group is in this page (which may
+        then hold a few more than ``limit`` samples).
+        """
+        rows = self.telemetry(gpu_key, start, end, limit + 1, metric_ids, order, after)
+        if len(rows) <= limit:
+            return rows, False
+        last = (rows[limit - 1].ts, rows[limit - 1].metric_id)
+        if (rows[limit].ts, rows[limit].metric_id) != last:
+            return rows[:limit], True
+        page = [r for r in rows[:limit] if (r.ts, r.metric_id) != last]
+        group = self._fetch(
+            "SELECT t.ts, t.metric_id, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.ts = %(ts)s "
+            "AND t.metric_id = %(metric)s",
+            {"gpu": gpu_key, "ts": last[0], "metric": last[1]},
+            binary=True,
+        )
+        names = self._metric_names({last[1]})
+        page += [SampleRow(ts, mid, names[mid], value) for ts, mid, value in group]
+        return page, bool(self.telemetry(gpu_key, start, end, 1, metric_ids, order, last))
+
     def stream_telemetry(
         self,
         gpu_key: int,
@@ -384,27 +417,24 @@ class Reader:
         after: tuple[datetime, int] | None = None,
         chunk_rows: int = 10_000,
     ) -> Iterator[list[tuple[datetime, str, float]]]:
-        """The ``telemetry`` query through a server-side cursor: chunks of (ts, metric, value), at most ``max_rows``.
+        """The ``telemetry`` query in keyset chunks of (ts, metric, value); fails past ``max_rows`` samples.
 
-        A pooled connection is held until the iterator is exhausted or closed.
+        Each chunk is its own short query: between chunks no connection, transaction or lock is held,
+        so a client that reads slowly (or not at all) costs the database nothing. Samples that arrive
+        while the export runs may join it; if they push it past ``max_rows`` the iterator raises
+        ``InvalidParameter`` rather than end early, so a cut-off export never looks complete.
         """
-        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
-        query = (
-            f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
-            f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s"
-        )
-        try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(name="telemetry_export", binary=True) as cur,
-            ):
-                cur.execute(query, {**params, "limit": max_rows})
-                while rows := cur.fetchmany(chunk_rows):
-                    names = self._metric_names({r[1] for r in rows})
-                    yield [(ts, names[mid], value) for ts, mid, value in rows]
-        except Exception as exc:
-            raise _translate(exc) from None
+        sent = 0
+        more = True
+        while more:
+            rows, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
+            if not rows:
+                return
+            sent += len(rows)
+            if sent > max_rows:
+                raise InvalidParameter(f"the export grew past {max_rows} samples while it ran", param="end_time")
+            after = (rows[-1].ts, rows[-1].metric_id)
+            yield [(r.ts, r.metric, r.value) for r in rows]
 
     def aggregate(
         self,

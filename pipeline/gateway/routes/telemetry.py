@@ -137,7 +137,8 @@ def _export(
         )
     chunks = state.reader.stream_telemetry(key, start, end, cap, ids, order, after, state.settings.export_chunk_rows)
     kind: Literal["csv", "arrow"] = "csv" if media == "csv" else "arrow"
-    return export_response(chunks, kind, re.sub(r"[^A-Za-z0-9._-]", "_", uuid)[:128])
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", uuid)[:128]
+    return export_response(chunks, kind, name, state.exports, state.settings)
 
 
 @router.get(

@@ -1,0 +1,130 @@
+"""The gateway over real HTTP (uvicorn on 127.0.0.1) against PostgreSQL: slow and hostile clients."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from pipeline.config import GatewaySettings
+from pipeline.gateway.app import build_app
+from pipeline.storage.reader import Reader
+from tests.integration.test_gateway import T0, fleet_database, iso
+
+PROBLEM = "application/problem+json"
+BIG = "GPU-big"
+BIG_SECONDS = 60_000  # 5 metrics each: 300,000 samples, about 14 MB of CSV
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def big_db(pg_server: str) -> Iterator[str]:
+    """The test fleet plus one GPU with 300,000 samples (large enough to fill socket buffers)."""
+    with fleet_database(pg_server) as conninfo:
+        with psycopg.connect(conninfo) as c:
+            c.execute(
+                "INSERT INTO gpus (uuid, hostname, gpu_index, first_seen, last_seen) VALUES (%s, 'h9', 0, %s, %s)",
+                (BIG, T0, T0),
+            )
+            c.execute(
+                "INSERT INTO telemetry (ts, value, gpu_key, metric_id) "
+                "SELECT %(t0)s + make_interval(secs => s), s, g.gpu_key, m.metric_id "
+                "FROM generate_series(0, %(n)s - 1) s, gpus g, (SELECT metric_id FROM metrics ORDER BY 1 LIMIT 5) m "
+                "WHERE g.uuid = %(uuid)s",
+                {"t0": T0, "n": BIG_SECONDS, "uuid": BIG},
+            )
+        yield conninfo
+
+
+@contextlib.contextmanager
+def serving(conninfo: str, pool_max: int = 2, **settings: Any) -> Iterator[str]:
+    """The app under uvicorn on a free local port (its own pool of ``pool_max``); yields the base URL."""
+    reader = Reader(conninfo, min_size=1, max_size=pool_max, timeout_s=2)
+    reader.open(wait=True)
+    app = build_app(reader, GatewaySettings(default_limit=50, max_limit=100, **settings))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        reader.close()
+
+
+def stalled_export(base: str, uuid: str = BIG) -> socket.socket:
+    """A client that asks for a large CSV export and never reads it."""
+    port = int(base.rsplit(":", 1)[1])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    path = f"/api/v1/gpus/{uuid}/telemetry?start_time={iso(0)}&end_time={iso(BIG_SECONDS)}"
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/csv\r\n\r\n".encode())
+    return s
+
+
+def sessions_in_transaction(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+# --- 1: slow export readers --------------------------------------------------------------------------------
+
+
+def test_exports_that_nobody_reads_hold_no_database_connection(big_db: str) -> None:
+    with serving(big_db, pool_max=2, export_chunk_rows=1000) as base:
+        stalled = [stalled_export(base), stalled_export(base)]
+        try:
+            time.sleep(1.0)  # both exports are now blocked on their clients
+            assert sessions_in_transaction(big_db) == 0
+            r = httpx.get(f"{base}/api/v1/gpus", timeout=30)
+            assert r.status_code == 200, r.text
+            assert httpx.get(f"{base}/ready", timeout=30).status_code == 200
+        finally:
+            for s in stalled:
+                s.close()
+
+
+def test_exports_are_limited_and_a_stalled_one_is_cut_off(big_db: str) -> None:
+    settings = {"export_concurrency": 1, "export_write_timeout_s": 0.5, "export_chunk_rows": 1000}
+    window = {"start_time": iso(0), "end_time": iso(9)}
+    with serving(big_db, **settings) as base:
+        stalled = stalled_export(base)
+        try:
+            time.sleep(0.2)
+            busy = httpx.get(f"{base}/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
+            assert busy.status_code == 503 and busy.headers["content-type"].startswith(PROBLEM)
+            assert busy.headers["retry-after"] == "1"
+            deadline = time.monotonic() + 20  # the stalled export is cut off after its write timeout
+            while True:
+                r = httpx.get(f"{base}/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
+                if r.status_code == 200:
+                    break
+                assert time.monotonic() < deadline, "the stalled export kept its slot"
+                time.sleep(0.2)
+            assert len(r.text.splitlines()) == 21
+        finally:
+            stalled.close()
