@@ -77,7 +77,8 @@ class Observe:
         try:
             await self._app(scope, receive, send_status)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
+            # The template without convertors (``{uuid}``, not ``{uuid:path}``), as the OpenAPI spec names it.
+            path = getattr(scope.get("route"), "path_format", None) or "unmatched"
             labels = (path, scope.get("method", "GET"), str(status))
             self._metrics.duration.labels(*labels).observe(time.perf_counter() - started)
             self._metrics.requests.labels(*labels).inc()

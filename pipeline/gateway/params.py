@@ -49,7 +49,14 @@ BUCKET_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
 
 # --- declarations --------------------------------------------------------------------------------------
 
-UuidParam = Annotated[str, Path(description="The GPU's UUID.", examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"])]
+UuidParam = Annotated[
+    str,
+    Path(
+        description="The GPU's UUID as listed; a MIG instance's is `<GPU UUID>/mig-<id>`, sent as is or with its "
+        "slash as `%2F` (not double-encoded).",
+        examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"],
+    ),
+]
 _LIMIT = (
     "Page size: default 1000, at most 10000 (the gateway's default_limit / max_limit); a larger value is refused "
     "with 400, never clamped."

@@ -128,3 +128,41 @@ def test_exports_are_limited_and_a_stalled_one_is_cut_off(big_db: str) -> None:
             assert len(r.text.splitlines()) == 21
         finally:
             stalled.close()
+
+
+# --- 2: MIG instances ----------------------------------------------------------------------------------------
+
+MIG = "GPU-big/mig-1"
+
+
+@pytest.fixture(scope="module")
+def mig_db(big_db: str) -> str:
+    with psycopg.connect(big_db) as c:
+        c.execute(
+            "INSERT INTO gpus (uuid, hostname, gpu_index, first_seen, last_seen) VALUES (%s, 'h9', 0, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (MIG, T0, T0),
+        )
+        c.execute(
+            "INSERT INTO telemetry (ts, value, gpu_key, metric_id) SELECT %s, 7.0, g.gpu_key, 1 FROM gpus g "
+            "WHERE g.uuid = %s AND NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.gpu_key = g.gpu_key)",
+            (T0, MIG),
+        )
+    return big_db
+
+
+@pytest.mark.parametrize("spelling", [MIG, MIG.replace("/", "%2F")])
+def test_mig_instances_are_reachable_under_the_identity_they_are_listed_with(mig_db: str, spelling: str) -> None:
+    with serving(mig_db) as base, httpx.Client(base_url=base) as http:
+        listed = [g["uuid"] for g in http.get("/api/v1/gpus", params={"hostname": "h9"}).json()["items"]]
+        assert MIG in listed
+        one = http.get(f"/api/v1/gpus/{spelling}")
+        assert one.status_code == 200 and one.json()["uuid"] == MIG, one.text
+        window = {"start_time": iso(0), "end_time": iso(0)}
+        samples = http.get(f"/api/v1/gpus/{spelling}/telemetry", params=window)
+        assert samples.status_code == 200 and samples.json()["uuid"] == MIG
+        assert [i["value"] for i in samples.json()["items"]] == [7.0]
+        agg = http.get(f"/api/v1/gpus/{spelling}/telemetry/aggregate", params={**window, "bucket": "1m"})
+        assert agg.status_code == 200 and [p["value"] for p in agg.json()["items"]] == [7.0]
+        csv = http.get(f"/api/v1/gpus/{spelling}/telemetry", params=window, headers={"Accept": "text/csv"})
+        assert csv.status_code == 200 and 'filename="GPU-big_mig-1.csv"' in csv.headers["content-disposition"]

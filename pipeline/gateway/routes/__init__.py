@@ -15,11 +15,12 @@ from pipeline.gateway.routes import gpus, hosts, metrics_catalog, operations, te
 __all__ = ["ROUTERS"]
 
 # Each router carries its full path prefix, so a matched route's ``path`` is the whole template
-# (the request metrics label requests with it).
+# (the request metrics label requests with it). Telemetry comes before gpus: ``/gpus/{uuid:path}`` takes
+# slashes (MIG instances) and would otherwise swallow ``/gpus/<uuid>/telemetry``.
 ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
-    gpus.router,
     telemetry.router,
+    gpus.router,
     hosts.router,
     metrics_catalog.router,
 )

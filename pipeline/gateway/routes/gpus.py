@@ -78,7 +78,7 @@ def list_gpus(
 
 
 @router.get(
-    "/gpus/{uuid}",
+    "/gpus/{uuid:path}",
     response_model=GpuDetail,
     summary="One GPU, with the newest value of each metric it reports.",
     responses=problems.responses(400, 404, 422, 503),

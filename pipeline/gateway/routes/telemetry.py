@@ -64,7 +64,7 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 @router.get(
-    "/gpus/{uuid}/telemetry",
+    "/gpus/{uuid:path}/telemetry",
     response_model=TelemetryPage,
     summary="Samples of one GPU in a time window, ordered by (ts, metric); JSON pages, CSV or Arrow.",
     responses={**_TELEMETRY_200, **problems.responses(400, 404, 406, 422, 503)},
@@ -142,7 +142,7 @@ def _export(
 
 
 @router.get(
-    "/gpus/{uuid}/telemetry/aggregate",
+    "/gpus/{uuid:path}/telemetry/aggregate",
     response_model=AggregatePage,
     summary="One aggregate per bucket and metric of one GPU's samples.",
     description="Buckets are whole: every bucket that holds an instant of [start_time, end_time] is "
