@@ -24,6 +24,8 @@ __all__ = ["Observe", "QueueStats", "RequestMetrics", "request_metrics"]
 log = logging.getLogger(__name__)
 
 QueueStats = Callable[[], list[dict[str, Any]]]
+# Every label comes from a closed set: a request cannot add series by inventing a method or a path.
+_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 
 class RequestMetrics:
@@ -79,7 +81,8 @@ class Observe:
         finally:
             # The template without convertors (``{uuid}``, not ``{uuid:path}``), as the OpenAPI spec names it.
             path = getattr(scope.get("route"), "path_format", None) or "unmatched"
-            labels = (path, scope.get("method", "GET"), str(status))
+            method = scope.get("method", "GET")
+            labels = (path, method if method in _METHODS else "other", str(status))
             self._metrics.duration.labels(*labels).observe(time.perf_counter() - started)
             self._metrics.requests.labels(*labels).inc()
 
