@@ -175,6 +175,8 @@ class GatewaySettings(BaseModel):
     export_write_timeout_s: float = Field(10.0, gt=0)  # a client that takes longer to accept a chunk is cut off
     export_deadline_s: float = Field(600.0, gt=0)  # an export still running after this is cut off
     max_buckets: int = Field(10_000, ge=1)  # aggregate buckets per request
+    max_window_s: float = Field(31 * 86400, gt=0)  # time span of one telemetry request (pages and exports)
+    max_aggregate_window_s: float = Field(366 * 86400, gt=0)  # span of one aggregate, whole buckets included
     recent_window_s: float = Field(5.0, ge=0)  # a window ending this close to now is "recent" (cached briefly)
     recent_ttl_s: float = Field(1.0, ge=0)
 

@@ -44,8 +44,9 @@ def build_app(
             "offending parameter or value. Time parameters are RFC 3339 (a time without an offset is UTC) and "
             "both bounds are inclusive. Lists are paged with `limit` and an opaque `cursor`; `limit` above "
             f"{cfg.max_limit} is refused with 400 (never clamped). Telemetry can be exported as CSV or an Arrow "
-            f"IPC stream (`Accept` header), at most {cfg.export_max_rows} samples per request; aggregates "
-            f"span at most {cfg.max_buckets} buckets."
+            f"IPC stream (`Accept` header), at most {cfg.export_max_rows} samples per request. One request spans "
+            f"at most {cfg.max_window_s:.0f} s of telemetry; an aggregate at most {cfg.max_aggregate_window_s:.0f} s "
+            f"(whole buckets included) and {cfg.max_buckets} buckets."
         ),
         responses={422: problems.PROBLEM_RESPONSES[422]},
     )

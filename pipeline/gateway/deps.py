@@ -61,6 +61,15 @@ class GatewayState:
                 raise InvalidParameter(f"metric `{name[:128]}` is not a known metric", param="metric")
         return sorted(set(known.values()))
 
+    def check_span(self, start: datetime, end: datetime, max_s: float, param: str = "start_time") -> None:
+        """400 naming ``param`` when ``[start, end]`` spans more than ``max_s`` seconds."""
+        if (end - start).total_seconds() > max_s:
+            raise InvalidParameter(
+                f"the window {start.isoformat()}..{end.isoformat()} spans more than {_span(max_s)}, at most "
+                "that per request: narrow start_time/end_time",
+                param=param,
+            )
+
     def is_recent(self, end_time: datetime | None) -> bool:
         """Whether a window ending at ``end_time`` (None: now) is recent enough to cache only briefly."""
         recent = timedelta(seconds=self.settings.recent_window_s)
@@ -84,6 +93,11 @@ class GatewayState:
         if use and cache is not None:
             cache.set(k, body, ttl_s)
         return Response(body, media_type=MEDIA_JSON, headers={"X-Cache": "miss"} if use else None)
+
+
+def _span(seconds: float) -> str:
+    days, rest = divmod(seconds, 86400)
+    return f"{days:.0f} days" if rest == 0 else f"{seconds:.0f} seconds"
 
 
 def install_state(app: FastAPI, state: GatewayState) -> None:

@@ -86,7 +86,8 @@ HasMetricParam = Annotated[
 StartParam = Annotated[
     datetime | None,
     Query(
-        description="Inclusive start (RFC 3339; no offset means UTC); default end_time minus one hour.",
+        description="Inclusive start (RFC 3339; no offset means UTC); default end_time minus one hour. A window "
+        "spans at most 31 days (366 for aggregates, whole buckets included); a longer one is refused with 400.",
         examples=["2025-07-18T19:42:34Z"],
     ),
 ]

@@ -472,3 +472,43 @@ def test_ready_fails_when_the_database_is_unreachable() -> None:
         r = c.get("/api/v1/gpus")
         assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
     reader.close()
+
+
+# --- bounds on the work of one request -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "headers", "param"),
+    [
+        (
+            "/api/v1/gpus/GPU-a/telemetry",
+            {"start_time": "0001-01-02T00:00:00Z", "end_time": "9999-12-31T00:00:00Z", "metric": POWER},
+            {},
+            "start_time",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry",
+            {"start_time": "2025-01-01T00:00:00Z", "end_time": "2026-02-01T00:00:00Z"},
+            {"Accept": "text/csv"},
+            "start_time",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry/aggregate",
+            {"bucket": "999999d", "fn": "last", "start_time": iso(0), "end_time": iso(0)},
+            {},
+            "bucket",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry/aggregate",
+            {"bucket": "1d", "start_time": "2020-01-01T00:00:00Z", "end_time": "2026-01-01T00:00:00Z"},
+            {},
+            "start_time",
+        ),
+    ],
+)
+def test_one_request_reads_a_bounded_time_span(
+    client: TestClient, path: str, params: dict[str, str], headers: dict[str, str], param: str
+) -> None:
+    r = client.get(path, params=params, headers=headers)
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == param and "at most" in r.json()["detail"]

@@ -87,6 +87,7 @@ def telemetry(
     reject_nul(uuid=uuid, metric=metric)
     n = state.page_limit(limit)
     start, end = window(start_time, end_time)
+    state.check_span(start, end, state.settings.max_window_s)
     after = None
     if cursor is not None:
         us, mid = decode_cursor(order, cursor, (int, int))
@@ -167,6 +168,9 @@ def aggregate(
         lo, hi = floor_to(start, width), floor_to(end, width) + width
     except OverflowError:
         raise InvalidParameter(f"bucket {bucket} reaches outside the representable times", param="bucket") from None
+    if width.total_seconds() > state.settings.max_aggregate_window_s:
+        state.check_span(lo, lo + width, state.settings.max_aggregate_window_s, param="bucket")
+    state.check_span(lo, hi, state.settings.max_aggregate_window_s)
     count = (hi - lo) // width
     max_buckets = state.settings.max_buckets
     if count > max_buckets:
