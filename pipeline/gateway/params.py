@@ -135,6 +135,8 @@ def decode_cursor(kind: str, cursor: str, types: tuple[type, ...]) -> list[Any]:
             # bool is an int in Python; a cursor of ours never holds one.
             if not isinstance(value, typ) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
                 raise ValueError
+            if isinstance(value, str):
+                value.encode()  # a lone surrogate (UnicodeEncodeError) cannot be a database value
             if isinstance(value, int) and not -(2**62) < value < 2**62:
                 raise ValueError
         return values

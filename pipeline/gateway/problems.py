@@ -74,7 +74,13 @@ def install(app: FastAPI) -> None:
             log.error("storage error: %s", exc)
             return Problem(503, "Service Unavailable", str(exc))
         log.error("unhandled pipeline error: %s", exc)
-        return Problem(500, "Internal Server Error", str(exc))
+        return Problem(500, "Internal Server Error", "the gateway failed to answer this request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Problem:
+        # A bug, not bad input: the client learns nothing of it but that it happened; the log has it all.
+        log.error("unhandled error", exc_info=exc)
+        return Problem(500, "Internal Server Error", "the gateway failed to answer this request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Problem:

@@ -498,16 +498,22 @@ def _samples_where(
 
 
 def _translate(exc: Exception) -> Exception:
-    """Map psycopg and pool failures onto the pipeline's errors."""
+    """Map psycopg and pool failures onto the pipeline's errors.
+
+    The database's own text goes to the log only: it can name hosts, roles, tables and values, and the
+    messages here end up in HTTP responses.
+    """
     if isinstance(exc, PoolTimeout):
         return DatabaseUnavailable("database unreachable: connection pool exhausted or down")
     if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled):
-        return DatabaseUnavailable(f"database unreachable: {str(exc).strip()}")
+        log.warning("database unreachable: %s", str(exc).strip())
+        return DatabaseUnavailable("database unreachable")
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return StorageError("query exceeded the statement timeout: narrow the time window")
     if isinstance(exc, psycopg.DataError):
-        return InvalidParameter(f"a parameter value is out of range for the database: {str(exc).strip()}")
+        log.info("query refused a parameter: %s", str(exc).strip())
+        return InvalidParameter("a parameter value is out of range for the database")
     if isinstance(exc, psycopg.Error):
-        log.error("query failed: %s", exc)
-        return StorageError(f"query failed: {str(exc).strip()}")
+        log.error("query failed: %s", str(exc).strip())
+        return StorageError("query failed")
     return exc

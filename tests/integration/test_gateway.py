@@ -471,7 +471,21 @@ def test_ready_fails_when_the_database_is_unreachable() -> None:
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         r = c.get("/api/v1/gpus")
         assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+        assert "127.0.0.1" not in r.text and "refused" not in r.text  # database text stays in the log
     reader.close()
+
+
+def test_database_error_text_never_reaches_a_client(fleet: str) -> None:
+    with make_client(fleet) as client:
+        with psycopg.connect(fleet, autocommit=True) as c:
+            c.execute("ALTER TABLE metrics RENAME TO metrics_gone")
+        try:
+            r = client.get("/api/v1/metrics/catalog")
+        finally:
+            with psycopg.connect(fleet, autocommit=True) as c:
+                c.execute("ALTER TABLE metrics_gone RENAME TO metrics")
+    assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+    assert "metrics" not in r.json()["detail"] and "relation" not in r.text
 
 
 # --- bounds on the work of one request -------------------------------------------------------------------
@@ -512,3 +526,20 @@ def test_one_request_reads_a_bounded_time_span(
     r = client.get(path, params=params, headers=headers)
     assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
     assert r.json()["param"] == param and "at most" in r.json()["detail"]
+
+
+# --- no 5xx for bad input, and every 5xx a problem ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/api/v1/hosts", "WyJob3N0cyIsIlx1ZDgwMCJd"),  # ["hosts", "\ud800"]: a lone surrogate
+        ("/api/v1/gpus", "WyJncHVzIiwgIlx1ZDgwMCIsIDAsICJ4Il0"),
+        ("/api/v1/metrics/catalog", "WyJtZXRyaWNzIiwgIlx1ZDgwMCJd"),
+    ],
+)
+def test_a_cursor_holding_a_lone_surrogate_is_a_400(client: TestClient, path: str, cursor: str) -> None:
+    r = client.get(path, params={"cursor": cursor})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == "cursor"
