@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pipeline.config import GatewaySettings
 from pipeline.gateway import problems
 from pipeline.gateway.cache import Cache
+from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
 from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.models import ProblemModel
@@ -53,13 +54,27 @@ def build_app(
     problems.install(app)
     registry, recorder = request_metrics(reader, cache, queue_stats)
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
-    exports = ExportSlots(cfg.export_concurrency)
-    install_state(app, GatewayState(reader=reader, settings=cfg, cache=cache, registry=registry, exports=exports))
+    state = GatewayState(
+        reader=reader,
+        settings=cfg,
+        cache=cache,
+        registry=registry,
+        exports=ExportSlots(cfg.export_concurrency),
+        cursors=Cursors(cursor_key(cfg)),
+    )
+    install_state(app, state)
     for router in ROUTERS:
         app.include_router(router)
     app.openapi_schema = None
     _add_problem_schema(app)
     return app
+
+
+def cursor_key(settings: GatewaySettings) -> bytes:
+    """The HMAC key of page cursors: ``cursor_secret``, else one derived from settings every replica shares."""
+    if settings.cursor_secret is not None:
+        return settings.cursor_secret.get_secret_value().encode()
+    return b"gpu-telemetry-cursor"
 
 
 def _add_problem_schema(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pipeline.config import GatewaySettings
 from pipeline.errors import InvalidParameter, ResourceNotFound
 from pipeline.gateway.cache import Cache, cache_key
+from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.params import MEDIA_JSON, utc
 from pipeline.storage.reader import Reader
@@ -35,6 +36,7 @@ class GatewayState:
     cache: Cache | None
     registry: CollectorRegistry
     exports: ExportSlots
+    cursors: Cursors
 
     def page_limit(self, limit: int | None) -> int:
         """The page size a request asks for: the default when absent, 400 above the maximum."""

@@ -6,13 +6,9 @@ module level (``from __future__ import annotations`` would otherwise hide them).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 
@@ -25,8 +21,6 @@ __all__ = [
     "MEDIA_ARROW",
     "MEDIA_CSV",
     "MEDIA_JSON",
-    "decode_cursor",
-    "encode_cursor",
     "floor_to",
     "from_us",
     "negotiate",
@@ -114,34 +108,7 @@ FnParam = Annotated[
     Query(description="Aggregate of each bucket: avg, min, max, count, last (newest value) or p95.", examples=["avg"]),
 ]
 
-# --- cursors -------------------------------------------------------------------------------------------
-
-
-def encode_cursor(kind: str, values: Iterable[Any]) -> str:
-    """An opaque cursor: the last row's sort key."""
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(kind: str, cursor: str, types: tuple[type, ...]) -> list[Any]:
-    """Decode a cursor of ``kind`` whose values have ``types``; 400 naming the parameter if it is not ours."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
-            raise ValueError
-        values = data[1:]
-        for value, typ in zip(values, types, strict=True):
-            # bool is an int in Python; a cursor of ours never holds one.
-            if not isinstance(value, typ) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
-                raise ValueError
-            if isinstance(value, str):
-                value.encode()  # a lone surrogate (UnicodeEncodeError) cannot be a database value
-            if isinstance(value, int) and not -(2**62) < value < 2**62:
-                raise ValueError
-        return values
-    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError):
-        raise InvalidParameter(f"cursor `{cursor[:64]}` is not a valid {kind} cursor", param="cursor") from None
+# --- times -------------------------------------------------------------------------------------------
 
 
 def ts_us(dt: datetime) -> int:

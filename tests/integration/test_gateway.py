@@ -543,3 +543,37 @@ def test_a_cursor_holding_a_lone_surrogate_is_a_400(client: TestClient, path: st
     r = client.get(path, params={"cursor": cursor})
     assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
     assert r.json()["param"] == "cursor"
+
+
+# --- cursors are bound to their query -----------------------------------------------------------------------
+
+
+def test_a_cursor_only_pages_the_query_that_made_it(client: TestClient) -> None:
+    params: dict[str, Any] = {"start_time": iso(0), "end_time": iso(59), "limit": 5, "metric": UTIL}
+    cursor = client.get("/api/v1/gpus/GPU-a/telemetry", params=params).json()["next_cursor"]
+    assert client.get("/api/v1/gpus/GPU-a/telemetry", params={**params, "cursor": cursor}).status_code == 200
+    foreign = [
+        ("/api/v1/gpus/GPU-b/telemetry", params),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "start_time": iso(1)}),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "end_time": iso(58)}),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "metric": [UTIL, TEMP]}),
+    ]
+    for path, other in foreign:
+        r = client.get(path, params={**other, "cursor": cursor})
+        assert r.status_code == 400 and r.json()["param"] == "cursor", (path, other, r.text)
+    gpus = client.get("/api/v1/gpus", params={"hostname": "h2", "limit": 1}).json()["next_cursor"]
+    assert client.get("/api/v1/gpus", params={"hostname": "h2", "limit": 1, "cursor": gpus}).status_code == 200
+    r = client.get("/api/v1/gpus", params={"hostname": "h1", "limit": 1, "cursor": gpus})
+    assert r.status_code == 400 and r.json()["param"] == "cursor"
+
+
+def test_a_forged_cursor_is_refused(client: TestClient) -> None:
+    import base64
+    import json
+
+    cursor = client.get("/api/v1/hosts", params={"limit": 1}).json()["next_cursor"]
+    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    data[1] = "h0"  # move the position, keep the rest
+    forged = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    r = client.get("/api/v1/hosts", params={"limit": 1, "cursor": forged})
+    assert r.status_code == 400 and r.json()["param"] == "cursor"

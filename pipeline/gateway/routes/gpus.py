@@ -16,8 +16,6 @@ from pipeline.gateway.params import (
     LimitParam,
     ModelParam,
     UuidParam,
-    decode_cursor,
-    encode_cursor,
     reject_nul,
 )
 from pipeline.storage.reader import GpuRow
@@ -57,11 +55,12 @@ def list_gpus(
     """A page of GPUs ordered by (hostname, gpu_index, uuid), optionally filtered."""
     reject_nul(hostname=hostname, model=model, metric=metric)
     n = state.page_limit(limit)
+    binding = {"hostname": hostname, "model": model, "metric": metric}
     after = None
     if cursor is not None:
-        h, i, u = decode_cursor("gpus", cursor, (str, int, str))
+        h, i, u = state.cursors.decode("gpus", cursor, (str, int, str), binding)
         after = (h, i, u)
-    key = {"hostname": hostname, "model": model, "metric": metric, "limit": n, "cursor": cursor}
+    key = {**binding, "limit": n, "cursor": cursor}
 
     def produce() -> GpuPage:
         ids = state.metric_ids([metric]) if metric is not None else None
@@ -71,7 +70,7 @@ def list_gpus(
             rows = rows[:n]
             last = rows[-1]
             index = -1 if last.gpu_index is None else last.gpu_index
-            nxt = encode_cursor("gpus", [last.hostname or "", index, last.uuid])
+            nxt = state.cursors.encode("gpus", [last.hostname or "", index, last.uuid], binding)
         return GpuPage(items=[_gpu(r) for r in rows], next_cursor=nxt)
 
     return state.cached_json("gpus", key, state.settings.gpu_list_ttl_s, produce)

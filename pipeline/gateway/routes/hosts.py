@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from pipeline.gateway import problems
 from pipeline.gateway.deps import State
 from pipeline.gateway.models import Host, HostPage
-from pipeline.gateway.params import API, CursorParam, LimitParam, decode_cursor, encode_cursor
+from pipeline.gateway.params import API, CursorParam, LimitParam
 
 __all__ = ["router"]
 
@@ -23,11 +23,11 @@ router = APIRouter(prefix=API, tags=["gpus"])
 def list_hosts(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
     """A page of hosts ordered by hostname."""
     n = state.page_limit(limit)
-    after = decode_cursor("hosts", cursor, (str,))[0] if cursor is not None else None
+    after = state.cursors.decode("hosts", cursor, (str,))[0] if cursor is not None else None
 
     def produce() -> HostPage:
         rows = state.reader.hosts(n + 1, after)
-        nxt = encode_cursor("hosts", [rows[n - 1].hostname or ""]) if len(rows) > n else None
+        nxt = state.cursors.encode("hosts", [rows[n - 1].hostname or ""]) if len(rows) > n else None
         items = [
             Host(
                 hostname=r.hostname, gpus=r.gpus, models=list(r.models), first_seen=r.first_seen, last_seen=r.last_seen

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from pipeline.gateway import problems
 from pipeline.gateway.deps import State
 from pipeline.gateway.models import MetricCatalog, MetricInfo
-from pipeline.gateway.params import API, CursorParam, LimitParam, decode_cursor, encode_cursor
+from pipeline.gateway.params import API, CursorParam, LimitParam
 
 __all__ = ["router"]
 
@@ -23,11 +23,11 @@ router = APIRouter(prefix=API, tags=["metrics"])
 def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
     """A page of the catalogue ordered by name."""
     n = state.page_limit(limit)
-    after = decode_cursor("metrics", cursor, (str,))[0] if cursor is not None else None
+    after = state.cursors.decode("metrics", cursor, (str,))[0] if cursor is not None else None
 
     def produce() -> MetricCatalog:
         rows = state.reader.metrics(n + 1, after)
-        nxt = encode_cursor("metrics", [rows[n - 1].name]) if len(rows) > n else None
+        nxt = state.cursors.encode("metrics", [rows[n - 1].name]) if len(rows) > n else None
         items = [MetricInfo(name=r.name, unit=r.unit, help=r.help) for r in rows[:n]]
         return MetricCatalog(items=items, next_cursor=nxt)
 
