@@ -43,7 +43,8 @@ def build_app(
         description=(
             "Errors are `application/problem+json` (RFC 9457) with `title`, `status` and a `detail` naming the "
             "offending parameter or value. Time parameters are RFC 3339 (a time without an offset is UTC) and "
-            "both bounds are inclusive. Lists are paged with `limit` and an opaque `cursor`; `limit` above "
+            "both bounds are inclusive. A query parameter a route does not declare, or a single-valued one given "
+            "twice, is refused with 400 (`metric` is the one that repeats). Lists are paged with `limit` and an opaque `cursor`; `limit` above "
             f"{cfg.max_limit} is refused with 400 (never clamped). Telemetry can be exported as CSV or an Arrow "
             f"IPC stream (`Accept` header), at most {cfg.export_max_rows} samples per request. One request spans "
             f"at most {cfg.max_window_s:.0f} s of telemetry; an aggregate at most {cfg.max_aggregate_window_s:.0f} s "

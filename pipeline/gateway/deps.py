@@ -6,6 +6,8 @@ dependency and use its small helpers (page limits, GPU and metric look-ups, cach
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.params import MEDIA_JSON, utc
 from pipeline.storage.reader import Reader
 
-__all__ = ["GatewayState", "State", "gateway_state", "install_state"]
+__all__ = ["GatewayState", "State", "gateway_state", "install_state", "strict_query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +116,40 @@ def gateway_state(request: Request) -> GatewayState:
 
 
 State = Annotated[GatewayState, Depends(gateway_state)]
+
+_SHAPES: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def strict_query(request: Request) -> None:
+    """400 for a query parameter the route does not declare, or a single-valued one given twice.
+
+    A router-level dependency: a misspelt parameter (``start=`` for ``start_time=``) or a repeated
+    filter would otherwise be ignored silently and answer a different question than the one asked.
+    """
+    names, multi = _shape(request.scope["route"])
+    query = request.query_params
+    unknown = list(dict.fromkeys(k for k in query if k not in names))
+    if unknown:
+        what = "parameters" if len(unknown) > 1 else "parameter"
+        shown = ", ".join(u[:64] for u in unknown[:10])
+        raise InvalidParameter(f"unknown {what} {shown}; this route takes {', '.join(sorted(names))}", param=unknown[0])
+    for name in query:
+        if name not in multi and len(values := query.getlist(name)) > 1:
+            raise InvalidParameter(f"{name} is given {len(values)} times; it takes one value", param=name)
+
+
+def _shape(route: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameter names a route declares, and those that take a list (computed once per route)."""
+    shape = _SHAPES.get(id(route))
+    if shape is None:
+        params = route.dependant.query_params
+        names = frozenset(p.alias for p in params)
+        multi = frozenset(p.alias for p in params if _is_list(p.field_info.annotation))
+        shape = _SHAPES[id(route)] = (names, multi)
+    return shape
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, tuple, set, frozenset)

@@ -577,3 +577,30 @@ def test_a_forged_cursor_is_refused(client: TestClient) -> None:
     forged = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
     r = client.get("/api/v1/hosts", params={"limit": 1, "cursor": forged})
     assert r.status_code == 400 and r.json()["param"] == "cursor"
+
+
+# --- unknown and repeated parameters ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "param", "detail"),
+    [
+        ("/api/v1/gpus/GPU-a/telemetry", f"start={iso(0)}&end={iso(9)}", "start", "unknown parameters start, end"),
+        ("/api/v1/gpus", "host=h1", "host", "unknown parameter host"),
+        ("/api/v1/hosts", "limit=1&page=2", "page", "unknown parameter page"),
+        ("/api/v1/gpus", "hostname=h1&hostname=h2", "hostname", "hostname is given 2 times"),
+        ("/api/v1/gpus/GPU-a/telemetry/aggregate", "bucket=1m&bucket=1h", "bucket", "bucket is given 2 times"),
+        ("/api/v1/gpus/GPU-a/telemetry", "order=asc&order=desc", "order", "order is given 2 times"),
+    ],
+)
+def test_unknown_and_repeated_parameters_are_refused(
+    client: TestClient, path: str, query: str, param: str, detail: str
+) -> None:
+    r = client.get(f"{path}?{query}")
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == param and detail in r.json()["detail"]
+
+
+def test_metric_is_the_one_repeatable_parameter(client: TestClient) -> None:
+    r = client.get(f"/api/v1/gpus/GPU-a/telemetry?start_time={iso(0)}&end_time={iso(0)}&metric={UTIL}&metric={TEMP}")
+    assert r.status_code == 200 and {i["metric"] for i in r.json()["items"]} == {UTIL, TEMP}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from pipeline.errors import ResourceNotFound
 from pipeline.gateway import problems
-from pipeline.gateway.deps import State
+from pipeline.gateway.deps import State, strict_query
 from pipeline.gateway.models import Gpu, GpuDetail, GpuPage, Latest
 from pipeline.gateway.params import (
     API,
@@ -22,7 +22,7 @@ from pipeline.storage.reader import GpuRow
 
 __all__ = ["router"]
 
-router = APIRouter(prefix=API, tags=["gpus"])
+router = APIRouter(prefix=API, tags=["gpus"], dependencies=[Depends(strict_query)])
 
 
 def _gpu(row: GpuRow) -> Gpu:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from pipeline.gateway import problems
-from pipeline.gateway.deps import State
+from pipeline.gateway.deps import State, strict_query
 from pipeline.gateway.models import Host, HostPage
 from pipeline.gateway.params import API, CursorParam, LimitParam
 
 __all__ = ["router"]
 
-router = APIRouter(prefix=API, tags=["gpus"])
+router = APIRouter(prefix=API, tags=["gpus"], dependencies=[Depends(strict_query)])
 
 
 @router.get(

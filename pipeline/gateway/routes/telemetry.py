@@ -6,12 +6,12 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.exceptions import HTTPException
 
 from pipeline.errors import InvalidParameter
 from pipeline.gateway import problems
-from pipeline.gateway.deps import GatewayState, State
+from pipeline.gateway.deps import GatewayState, State, strict_query
 from pipeline.gateway.export import export_response
 from pipeline.gateway.models import AggregatePage, TelemetryPage
 from pipeline.gateway.params import (
@@ -41,7 +41,7 @@ from pipeline.gateway.params import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix=API, tags=["telemetry"])
+router = APIRouter(prefix=API, tags=["telemetry"], dependencies=[Depends(strict_query)])
 
 _CSV_EXAMPLE = "ts,metric,value\n2025-07-18T20:42:34Z,DCGM_FI_DEV_GPU_TEMP,41.0\n"
 _TELEMETRY_200: dict[int | str, dict[str, Any]] = {
