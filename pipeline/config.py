@@ -166,6 +166,7 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     redis_url: SecretStr | None = None
+    cors_origins: list[str] = []  # origins allowed to call the API from a browser; none by default
     cursor_secret: SecretStr | None = None  # HMAC key of page cursors; default: derived from api_tokens
     default_limit: int = Field(1000, ge=1)
     max_limit: int = Field(10_000, ge=1)

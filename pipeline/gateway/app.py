@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.config import GatewaySettings
 from pipeline.gateway import problems
@@ -18,6 +19,7 @@ from pipeline.gateway.cache import Cache
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
 from pipeline.gateway.export import ExportSlots
+from pipeline.gateway.http import HeadAsGet
 from pipeline.gateway.models import ProblemModel
 from pipeline.gateway.observe import Observe, QueueStats, request_metrics
 from pipeline.gateway.params import API
@@ -40,21 +42,23 @@ def build_app(
         title="GPU Telemetry API",
         version="1.1.0",
         summary="DCGM telemetry of a GPU fleet: GPUs, hosts, metrics and samples over time.",
-        description=(
-            "Errors are `application/problem+json` (RFC 9457) with `title`, `status` and a `detail` naming the "
-            "offending parameter or value. Time parameters are RFC 3339 (a time without an offset is UTC) and "
-            "both bounds are inclusive. A query parameter a route does not declare, or a single-valued one given "
-            "twice, is refused with 400 (`metric` is the one that repeats). Lists are paged with `limit` and an opaque `cursor`; `limit` above "
-            f"{cfg.max_limit} is refused with 400 (never clamped). Telemetry can be exported as CSV or an Arrow "
-            f"IPC stream (`Accept` header), at most {cfg.export_max_rows} samples per request. One request spans "
-            f"at most {cfg.max_window_s:.0f} s of telemetry; an aggregate at most {cfg.max_aggregate_window_s:.0f} s "
-            f"(whole buckets included) and {cfg.max_buckets} buckets."
-        ),
+        description=_description(cfg),
         responses={422: problems.PROBLEM_RESPONSES[422]},
     )
     problems.install(app)
     registry, recorder = request_metrics(reader, cache, queue_stats)
+    # Added last runs first: CORS (when configured) answers preflights, then HEAD becomes GET, then the
+    # request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
+    app.add_middleware(HeadAsGet)
+    if cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origins,
+            allow_methods=["GET", "HEAD"],
+            allow_headers=["Authorization", "Accept"],
+            max_age=600,
+        )
     state = GatewayState(
         reader=reader,
         settings=cfg,
@@ -69,6 +73,21 @@ def build_app(
     app.openapi_schema = None
     _add_problem_schema(app)
     return app
+
+
+def _description(cfg: GatewaySettings) -> str:
+    return (
+        "Errors are `application/problem+json` (RFC 9457) with `title`, `status` and a `detail` naming the "
+        "offending parameter or value. Time parameters are RFC 3339 (a time without an offset is UTC; numbers "
+        "are refused) and both bounds are inclusive. A query parameter a route does not declare, or a "
+        "single-valued one given twice, is refused with 400 (`metric` is the one that repeats). Lists are "
+        f"paged with `limit` and an opaque `cursor` bound to its query; `limit` above {cfg.max_limit} is "
+        "refused with 400 (never clamped). Telemetry can be exported as CSV or an Arrow IPC stream (`Accept` "
+        f"header), at most {cfg.export_max_rows} samples per request and {cfg.export_concurrency} exports at "
+        "once per replica. One request spans at most "
+        f"{cfg.max_window_s:.0f} s of telemetry; an aggregate at most {cfg.max_aggregate_window_s:.0f} s (whole "
+        f"buckets included) and {cfg.max_buckets} buckets. `GET` routes answer `HEAD` too."
+    )
 
 
 def cursor_key(settings: GatewaySettings) -> bytes:

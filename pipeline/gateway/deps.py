@@ -23,7 +23,7 @@ from pipeline.errors import InvalidParameter, ResourceNotFound
 from pipeline.gateway.cache import Cache, cache_key
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.export import ExportSlots
-from pipeline.gateway.params import MEDIA_JSON, utc
+from pipeline.gateway.params import MEDIA_JSON, shown, utc
 from pipeline.storage.reader import Reader
 
 __all__ = ["GatewayState", "State", "gateway_state", "install_state", "strict_query"]
@@ -52,7 +52,7 @@ class GatewayState:
         """The key of the GPU ``uuid``; 404 when there is none."""
         key = self.reader.gpu_key(uuid)
         if key is None:
-            raise ResourceNotFound(f"GPU {uuid} not found", kind="gpu", name=uuid)
+            raise ResourceNotFound(f"GPU {shown(uuid)} not found", kind="gpu", name=uuid)
         return key
 
     def metric_ids(self, names: Sequence[str] | None) -> list[int] | None:
@@ -117,7 +117,8 @@ def gateway_state(request: Request) -> GatewayState:
 
 State = Annotated[GatewayState, Depends(gateway_state)]
 
-_SHAPES: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+_Shape = tuple[frozenset[str], frozenset[str], frozenset[str]]
+_SHAPES: dict[int, _Shape] = {}
 
 
 def strict_query(request: Request) -> None:
@@ -126,7 +127,7 @@ def strict_query(request: Request) -> None:
     A router-level dependency: a misspelt parameter (``start=`` for ``start_time=``) or a repeated
     filter would otherwise be ignored silently and answer a different question than the one asked.
     """
-    names, multi = _shape(request.scope["route"])
+    names, multi, integers = _shape(request.scope["route"])
     query = request.query_params
     unknown = list(dict.fromkeys(k for k in query if k not in names))
     if unknown:
@@ -136,16 +137,20 @@ def strict_query(request: Request) -> None:
     for name in query:
         if name not in multi and len(values := query.getlist(name)) > 1:
             raise InvalidParameter(f"{name} is given {len(values)} times; it takes one value", param=name)
+        if name in integers and not (query[name].isascii() and query[name].isdigit()):
+            raise InvalidParameter(f"{name} `{query[name][:32]}` is not a whole number like 1000", param=name)
 
 
-def _shape(route: Any) -> tuple[frozenset[str], frozenset[str]]:
-    """The query parameter names a route declares, and those that take a list (computed once per route)."""
+def _shape(route: Any) -> _Shape:
+    """The query parameters a route declares, those that take a list, and the integers (once per route)."""
     shape = _SHAPES.get(id(route))
     if shape is None:
         params = route.dependant.query_params
         names = frozenset(p.alias for p in params)
         multi = frozenset(p.alias for p in params if _is_list(p.field_info.annotation))
-        shape = _SHAPES[id(route)] = (names, multi)
+        # Python's int() takes "1_000" and " 7": the API takes digits only.
+        integers = frozenset(p.alias for p in params if int in typing.get_args(p.field_info.annotation))
+        shape = _SHAPES[id(route)] = (names, multi, integers)
     return shape
 
 

@@ -21,11 +21,13 @@ __all__ = [
     "MEDIA_ARROW",
     "MEDIA_CSV",
     "MEDIA_JSON",
+    "exact_times",
     "floor_to",
     "from_us",
     "negotiate",
     "parse_bucket",
     "reject_nul",
+    "shown",
     "ts_us",
     "utc",
     "window",
@@ -154,6 +156,33 @@ def window(
     return start, end
 
 
+_RFC3339_DATE = re.compile(r"\s*\d{4}-\d{2}-\d{2}")
+_FRACTION = re.compile(r"[T t]\d{2}:\d{2}:\d{2}[.,](\d+)")
+
+
+def exact_times(
+    raw_start: str | None, raw_end: str | None, start_time: datetime | None, end_time: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """The window's bounds as sent: numbers refused, a start finer than a microsecond rounded up.
+
+    Times are RFC 3339 only (a number could be seconds or milliseconds: the API does not guess).
+    Samples have microsecond precision and parsing truncates: ``10.0000001`` would become ``10.000000``
+    and let in a sample before the requested start, so a start with non-zero digits past the sixth
+    moves up one microsecond (an end is right truncated: the bound stays inclusive).
+    """
+    for name, raw in (("start_time", raw_start), ("end_time", raw_end)):
+        if raw is not None and not _RFC3339_DATE.match(raw):
+            raise InvalidParameter(
+                f"{name} `{raw[:40]}` is not an RFC 3339 time (like 2025-07-18T20:42:34Z); numbers are not accepted",
+                param=name,
+            )
+    if start_time is not None and raw_start is not None:
+        fraction = _FRACTION.search(raw_start)
+        if fraction and fraction.group(1)[6:].strip("0"):
+            start_time += timedelta(microseconds=1)
+    return start_time, end_time
+
+
 def parse_bucket(text: str) -> timedelta:
     """``10s``, ``1m``, ``1h``, ``7d`` as a timedelta."""
     if not re.fullmatch(BUCKET_PATTERN, text):
@@ -164,6 +193,11 @@ def parse_bucket(text: str) -> timedelta:
 def floor_to(dt: datetime, bucket: timedelta) -> datetime:
     """The start of the bucket holding ``dt`` (buckets are aligned to the aggregate origin)."""
     return AGGREGATE_ORIGIN + ((dt - AGGREGATE_ORIGIN) // bucket) * bucket
+
+
+def shown(value: str, at_most: int = 128) -> str:
+    """``value`` as a message may quote it: cut to ``at_most`` characters."""
+    return value if len(value) <= at_most else value[:at_most] + "..."
 
 
 def reject_nul(**values: str | list[str] | None) -> None:

@@ -97,5 +97,9 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Problem:
         titles = {404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 503: "Service Unavailable"}
         problem = Problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
-        problem.headers.update(exc.headers or {})
+        headers = dict(exc.headers or {})
+        allow = headers.get("Allow")
+        if allow is not None and "GET" in allow and "HEAD" not in allow:
+            headers["Allow"] = f"{allow}, HEAD"  # every GET route answers HEAD (pipeline.gateway.http)
+        problem.headers.update(headers)
         return problem

@@ -185,6 +185,9 @@ class Reader:
             max_size=max_size,
             open=False,
             timeout=timeout_s,
+            # A connection that died while idle (a database restart) is replaced on checkout, not
+            # handed to a request that would fail with it.
+            check=ConnectionPool.check_connection,
             kwargs={
                 "autocommit": True,
                 "options": f"-c statement_timeout={statement_timeout_ms} -c TimeZone=UTC",

@@ -604,3 +604,55 @@ def test_unknown_and_repeated_parameters_are_refused(
 def test_metric_is_the_one_repeatable_parameter(client: TestClient) -> None:
     r = client.get(f"/api/v1/gpus/GPU-a/telemetry?start_time={iso(0)}&end_time={iso(0)}&metric={UTIL}&metric={TEMP}")
     assert r.status_code == 200 and {i["metric"] for i in r.json()["items"]} == {UTIL, TEMP}
+
+
+# --- HTTP details ----------------------------------------------------------------------------------------------
+
+
+def test_pooled_connections_that_died_are_replaced_on_checkout(fleet: str) -> None:
+    reader = Reader(fleet, min_size=2, max_size=2)
+    reader.open(wait=True)
+    with TestClient(build_app(reader, GatewaySettings())) as client:
+        assert client.get("/api/v1/hosts").status_code == 200
+        with psycopg.connect(fleet, autocommit=True) as c:  # what a database restart does to the pool
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        statuses = [client.get("/api/v1/hosts", params={"limit": n}).status_code for n in (1, 2, 3, 4)]
+    reader.close()
+    assert statuses == [200, 200, 200, 200]
+
+
+def test_a_sub_microsecond_start_never_returns_an_earlier_sample(client: TestClient) -> None:
+    params = {"start_time": "2026-01-01T00:00:10.0000001Z", "end_time": iso(11), "metric": UTIL}
+    items = client.get("/api/v1/gpus/GPU-a/telemetry", params=params).json()["items"]
+    assert [i["ts"] for i in items] == [iso(11)]
+    end = {"start_time": iso(10), "end_time": "2026-01-01T00:00:10.9999999Z", "metric": UTIL}
+    assert [i["ts"] for i in client.get("/api/v1/gpus/GPU-a/telemetry", params=end).json()["items"]] == [iso(10)]
+
+
+@pytest.mark.parametrize("value", ["1767225600", "1767225600000", "1767225600.5"])
+def test_numeric_times_are_refused(client: TestClient, value: str) -> None:
+    r = client.get("/api/v1/gpus/GPU-a/telemetry", params={"start_time": value})
+    assert r.status_code == 400 and r.json()["param"] == "start_time" and "RFC 3339" in r.json()["detail"]
+
+
+def test_pages_keep_samples_that_share_ts_and_metric(fleet: str, client: TestClient) -> None:
+    # Nothing forbids two samples of one series at one instant (a replayed batch); paging must return both.
+    for _ in range(3):
+        insert_samples(fleet, "GPU-c", POWER, range(5, 6), offset=1000.0)
+    window = {"start_time": iso(0), "end_time": iso(9)}
+    for limit in range(1, 8):
+        items = walk(client, "/api/v1/gpus/GPU-c/telemetry", {**window, "limit": limit})
+        assert len(items) == 13 and [i["value"] for i in items].count(1005.0) == 3, limit
+
+
+def test_exports_ignore_limit_and_other_small_details(client: TestClient) -> None:
+    window = {"start_time": iso(0), "end_time": iso(9)}
+    csv = client.get("/api/v1/gpus/GPU-a/telemetry", params={**window, "limit": 20000}, headers={"Accept": "text/csv"})
+    assert csv.status_code == 200 and len(csv.text.splitlines()) == 21
+    long = client.get("/api/v1/gpus/GPU-" + "x" * 5000)
+    assert long.status_code == 404 and len(long.json()["detail"]) < 300
+    r = client.get("/api/v1/gpus", params={"limit": "1_000"})
+    assert r.status_code in (400, 422) and r.headers["content-type"].startswith(PROBLEM)

@@ -166,3 +166,42 @@ def test_mig_instances_are_reachable_under_the_identity_they_are_listed_with(mig
         assert agg.status_code == 200 and [p["value"] for p in agg.json()["items"]] == [7.0]
         csv = http.get(f"/api/v1/gpus/{spelling}/telemetry", params=window, headers={"Accept": "text/csv"})
         assert csv.status_code == 200 and 'filename="GPU-big_mig-1.csv"' in csv.headers["content-disposition"]
+
+
+# --- 8: HTTP details ------------------------------------------------------------------------------------------
+
+
+def test_head_options_and_allow(mig_db: str) -> None:
+    with serving(mig_db) as base, httpx.Client(base_url=base) as http:
+        get = http.get("/api/v1/gpus")
+        head = http.head("/api/v1/gpus")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert http.head("/health").status_code == 200
+        window = {"start_time": iso(0), "end_time": iso(BIG_SECONDS)}
+        export = http.head(f"/api/v1/gpus/{BIG}/telemetry", params=window, headers={"Accept": "text/csv"})
+        assert (
+            export.status_code == 200
+            and export.content == b""
+            and "attachment" in export.headers["content-disposition"]
+        )
+        assert http.get("/api/v1/gpus").status_code == 200  # the export's slot is free again
+        options = http.options("/api/v1/gpus")
+        assert options.status_code == 405 and options.headers["content-type"].startswith(PROBLEM)
+        assert set(options.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+        post = http.post("/api/v1/gpus")
+        assert post.status_code == 405 and "GET" in post.headers["allow"]
+
+
+def test_cors_is_off_by_default_and_configurable(mig_db: str) -> None:
+    preflight = {"Origin": "https://grafana.example", "Access-Control-Request-Method": "GET"}
+    with serving(mig_db) as base:
+        r = httpx.get(f"{base}/api/v1/gpus", headers={"Origin": "https://grafana.example"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    with serving(mig_db, cors_origins=["https://grafana.example"]) as base:
+        r = httpx.options(f"{base}/api/v1/gpus", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://grafana.example"
+        r = httpx.get(f"{base}/api/v1/gpus", headers={"Origin": "https://grafana.example"})
+        assert r.headers["access-control-allow-origin"] == "https://grafana.example"
+        other = httpx.options(f"{base}/api/v1/gpus", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

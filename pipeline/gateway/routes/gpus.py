@@ -17,6 +17,7 @@ from pipeline.gateway.params import (
     ModelParam,
     UuidParam,
     reject_nul,
+    shown,
 )
 from pipeline.storage.reader import GpuRow
 
@@ -89,7 +90,7 @@ def get_gpu(state: State, uuid: UuidParam) -> Response:
     def produce() -> GpuDetail:
         row = state.reader.gpu(uuid)
         if row is None:
-            raise ResourceNotFound(f"GPU {uuid} not found", kind="gpu", name=uuid)
+            raise ResourceNotFound(f"GPU {shown(uuid)} not found", kind="gpu", name=uuid)
         latest = [
             Latest(metric=r.metric, unit=r.unit, ts=r.ts, value=r.value) for r in state.reader.latest(row.gpu_key)
         ]

@@ -29,6 +29,7 @@ from pipeline.gateway.params import (
     StartParam,
     TelemetryLimitParam,
     UuidParam,
+    exact_times,
     floor_to,
     from_us,
     negotiate,
@@ -83,7 +84,8 @@ def telemetry(
     if media is None:
         raise HTTPException(406, f"Accept offers none of {MEDIA_JSON}, {MEDIA_CSV}, {MEDIA_ARROW}")
     reject_nul(uuid=uuid, metric=metric)
-    n = state.page_limit(limit)
+    q = request.query_params
+    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
     start, end = window(start_time, end_time)
     state.check_span(start, end, state.settings.max_window_s)
     binding = {"uuid": uuid, "start": _iso(start_time), "end": _iso(end_time), "metric": sorted(set(metric or []))}
@@ -92,14 +94,15 @@ def telemetry(
         us, mid = state.cursors.decode(order, cursor, (int, int), binding)
         after = (from_us(us), mid)
     if media != "json":
-        return _export(state, media, uuid, start, end, metric, order, after)
+        return _export(state, media, uuid, start, end, metric, order, after)  # exports ignore limit
+    n = state.page_limit(limit)
     params = {**binding, "order": order, "limit": n, "cursor": cursor}
 
     def produce() -> dict[str, Any]:  # a TelemetryPage, built as plain data: 5x faster to serialise
-        rows = state.reader.telemetry(state.gpu_key(uuid), start, end, n + 1, state.metric_ids(metric), order, after)
+        key, ids = state.gpu_key(uuid), state.metric_ids(metric)
+        rows, more = state.reader.telemetry_page(key, start, end, n, ids, order, after)
         nxt = None
-        if len(rows) > n:
-            rows = rows[:n]
+        if more:
             nxt = state.cursors.encode(order, [ts_us(rows[-1].ts), rows[-1].metric_id], binding)
         items = [{"ts": r.ts, "metric": r.metric, "value": r.value} for r in rows]
         return {"uuid": uuid, "start_time": start, "end_time": end, "items": items, "next_cursor": nxt}
@@ -143,6 +146,7 @@ def _export(
     responses=problems.responses(400, 404, 422, 503),
 )
 def aggregate(
+    request: Request,
     state: State,
     uuid: UuidParam,
     bucket: BucketParam,
@@ -154,6 +158,8 @@ def aggregate(
     """``fn`` of each metric per bucket over the window."""
     reject_nul(uuid=uuid, metric=metric)
     width = parse_bucket(bucket)
+    q = request.query_params
+    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
     start, end = window(start_time, end_time)
     try:
         lo, hi = floor_to(start, width), floor_to(end, width) + width
