@@ -240,11 +240,11 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from pipeline.gateway.serve import gateway_app
+    from pipeline.gateway.serve import gateway_app, http_options
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options=http_options("127.0.0.1", port))
     serve.run(gateway_app(Settings(), url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
         assert http.get("/ready").status_code == 200

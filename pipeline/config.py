@@ -166,6 +166,7 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     redis_url: SecretStr | None = None
+    max_url_bytes: int = Field(8192, ge=256)  # path and query of one request; longer is a 414
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; none by default
     cursor_secret: SecretStr | None = None  # HMAC key of page cursors; default: derived from api_tokens
     default_limit: int = Field(1000, ge=1)
@@ -175,7 +176,7 @@ class GatewaySettings(BaseModel):
     export_chunk_rows: int = Field(10_000, ge=1)
     export_concurrency: int = Field(4, ge=1)  # exports streaming at once per replica; more get 503
     export_write_timeout_s: float = Field(10.0, gt=0)  # a client that takes longer to accept a chunk is cut off
-    export_deadline_s: float = Field(600.0, gt=0)  # an export still running after this is cut off
+    export_deadline_s: float = Field(100.0, gt=0)  # cut off after this (below Serve's request_timeout_s, 120)
     max_buckets: int = Field(10_000, ge=1)  # aggregate buckets per request
     max_window_s: float = Field(31 * 86400, gt=0)  # time span of one telemetry request (pages and exports)
     max_aggregate_window_s: float = Field(366 * 86400, gt=0)  # span of one aggregate, whole buckets included

@@ -19,7 +19,7 @@ from pipeline.gateway.cache import Cache
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
 from pipeline.gateway.export import ExportSlots
-from pipeline.gateway.http import HeadAsGet
+from pipeline.gateway.http import BoundedRequests, HeadAsGet
 from pipeline.gateway.models import ProblemModel
 from pipeline.gateway.observe import Observe, QueueStats, request_metrics
 from pipeline.gateway.params import API
@@ -47,10 +47,11 @@ def build_app(
     )
     problems.install(app)
     registry, recorder = request_metrics(reader, cache, queue_stats)
-    # Added last runs first: CORS (when configured) answers preflights, then HEAD becomes GET, then the
-    # request metrics see what the routes saw.
+    # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
+    # HEAD becomes GET, then the request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
     app.add_middleware(HeadAsGet)
+    app.add_middleware(BoundedRequests, max_url_bytes=cfg.max_url_bytes)  # type: ignore[arg-type]
     if cfg.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -23,10 +23,15 @@ from pipeline.gateway.app import build_app
 from pipeline.gateway.cache import RedisCache
 from pipeline.storage.reader import Reader
 
-__all__ = ["Gateway", "build", "gateway_app"]
+__all__ = ["Gateway", "build", "gateway_app", "http_options"]
 
 log = logging.getLogger(__name__)
 DEPLOYMENT = "Gateway"
+
+
+def http_options(host: str, port: int) -> dict[str, Any]:
+    """Serve's HTTP options for ``serve.start``: the proxy's bounds on slow clients, as in serve_config.yaml."""
+    return {"host": host, "port": port, "request_timeout_s": 120, "keep_alive_timeout_s": 5}
 
 
 class _BrokerStats:

@@ -205,3 +205,31 @@ def test_cors_is_off_by_default_and_configurable(mig_db: str) -> None:
         assert r.headers["access-control-allow-origin"] == "https://grafana.example"
         other = httpx.options(f"{base}/api/v1/gpus", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+# --- 9: oversized requests -------------------------------------------------------------------------------------
+
+
+def raw_request(base: str, head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` (and ``body``) on a fresh socket; the start of the answer."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + body)
+        return s.recv(4096)
+
+
+def test_a_huge_url_and_a_body_on_a_get_are_refused(mig_db: str) -> None:
+    with serving(mig_db) as base:
+        r = httpx.get(f"{base}/api/v1/gpus", params={"hostname": "h" * 60_000})
+        assert r.status_code == 414 and r.headers["content-type"].startswith(PROBLEM)
+        # 50 MB announced, 1 MB sent: the answer comes without the rest being read.
+        answer = raw_request(
+            base,
+            b"GET /api/v1/gpus HTTP/1.1\r\nHost: x\r\nContent-Length: 52428800\r\n\r\n",
+            b"x" * 1_000_000,
+        )
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        chunked = raw_request(
+            base, b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n"
+        )
+        assert chunked.startswith(b"HTTP/1.1 413"), chunked[:200]

@@ -34,12 +34,12 @@ def served(pg_server: str, ray_local: None) -> Iterator[str]:
     """Base URL of the gateway deployed on the session's local Ray, over a database holding the test fleet."""
     from ray import serve
 
-    from pipeline.gateway.serve import DEPLOYMENT, gateway_app
+    from pipeline.gateway.serve import DEPLOYMENT, gateway_app, http_options
 
     with fleet_database(pg_server) as conninfo:
         port = free_port()
         settings = Settings(gateway=GatewaySettings(redis_url=REDIS_URL, default_limit=50, max_limit=100))
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options=http_options("127.0.0.1", port))
         try:
             serve.run(gateway_app(settings, conninfo, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
             status = serve.status().applications["gateway"]
