@@ -8,13 +8,16 @@ never clamped) and paged with an opaque keyset cursor.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.config import GatewaySettings
-from pipeline.gateway import problems
+from pipeline.gateway import auth, problems
+from pipeline.gateway.auth import BearerAuth
 from pipeline.gateway.cache import Cache
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
@@ -26,7 +29,9 @@ from pipeline.gateway.params import API
 from pipeline.gateway.routes import ROUTERS
 from pipeline.storage.reader import Reader
 
-__all__ = ["API", "build_app"]
+__all__ = ["API", "build_app", "cursor_key"]
+
+log = logging.getLogger(__name__)
 
 
 def build_app(
@@ -48,9 +53,13 @@ def build_app(
     problems.install(app)
     registry, recorder = request_metrics(reader, cache, queue_stats)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
-    # HEAD becomes GET, then the request metrics see what the routes saw.
+    # tokens are checked, HEAD becomes GET, then the request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
     app.add_middleware(HeadAsGet)
+    if auth.enabled(cfg):
+        app.add_middleware(BearerAuth, tokens=cfg.tokens())  # type: ignore[arg-type]
+    elif cfg.auth == "on":
+        log.warning("no API tokens configured: the gateway serves its API without authentication")
     app.add_middleware(BoundedRequests, max_url_bytes=cfg.max_url_bytes)  # type: ignore[arg-type]
     if cfg.cors_origins:
         app.add_middleware(
@@ -72,7 +81,7 @@ def build_app(
     for router in ROUTERS:
         app.include_router(router)
     app.openapi_schema = None
-    _add_problem_schema(app)
+    _complete_openapi(app, bearer=cfg.auth == "on")
     return app
 
 
@@ -88,24 +97,50 @@ def _description(cfg: GatewaySettings) -> str:
         "once per replica. One request spans at most "
         f"{cfg.max_window_s:.0f} s of telemetry; an aggregate at most {cfg.max_aggregate_window_s:.0f} s (whole "
         f"buckets included) and {cfg.max_buckets} buckets. `GET` routes answer `HEAD` too."
+        + (
+            " Authentication: `Authorization: Bearer <token>`; a `read` token for the API and its docs, a "
+            "`metrics` token for /metrics; /health and /ready are open. A missing or unknown token is a 401, "
+            "a token without the scope a 403 (problem+json)."
+            if cfg.auth == "on"
+            else " Authentication is off."
+        )
     )
 
 
 def cursor_key(settings: GatewaySettings) -> bytes:
-    """The HMAC key of page cursors: ``cursor_secret``, else one derived from settings every replica shares."""
+    """The HMAC key of page cursors: ``cursor_secret``, else one derived from the API tokens (shared by replicas)."""
     if settings.cursor_secret is not None:
         return settings.cursor_secret.get_secret_value().encode()
-    return b"gpu-telemetry-cursor"
+    tokens = settings.api_tokens.get_secret_value() if settings.api_tokens is not None else ""
+    return hashlib.sha256(b"gpu-telemetry-cursor:" + tokens.encode()).digest()
 
 
-def _add_problem_schema(app: FastAPI) -> None:
+def _complete_openapi(app: FastAPI, bearer: bool) -> None:
+    """Add the Problem schema and, with authentication on, the bearer scheme on every protected operation."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = original()
-        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = ProblemModel.model_json_schema()
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Problem"] = ProblemModel.model_json_schema()
+        if bearer:
+            components["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token of `gateway.api_tokens`: scope `read` for the API, `metrics` for "
+                    "/metrics. /health and /ready need none.",
+                }
+            }
+            for path, item in schema["paths"].items():
+                for op in item.values():
+                    if path in auth.OPEN_PATHS:
+                        op["security"] = []
+                        continue
+                    op["security"] = [{"bearer": []}]
+                    op["responses"].update({str(k): v for k, v in problems.responses(401, 403).items()})
         app.openapi_schema = schema
         return schema
 

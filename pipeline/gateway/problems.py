@@ -43,6 +43,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "start_time 2025-07-18T21:00:00+00:00 is after end_time 2025-07-18T20:00:00+00:00",
         param="start_time",
     ),
+    401: _problem_schema(401, "Unauthorized", "this path needs a `read` bearer token"),
+    403: _problem_schema(403, "Forbidden", "the token does not grant the `metrics` scope"),
     404: _problem_schema(404, "Not Found", "GPU GPU-00000000-0000-0000-0000-000000000000 not found"),
     406: _problem_schema(
         406, "Not Acceptable", "Accept offers none of application/json, text/csv, application/vnd.apache.arrow.stream"
