@@ -86,7 +86,11 @@ class GatewayState:
         ttl_s: float,
         produce: Callable[[], BaseModel | dict[str, Any]],
     ) -> Response:
-        """Serve from the cache when allowed, else produce, store and serve (JSON)."""
+        """Serve from the cache when allowed, else produce, store and serve (JSON).
+
+        ``produce`` returns plain data (dicts, lists, datetimes): serialised in one ``pydantic_core``
+        call, without a model object per row (the response models only document the shape).
+        """
         cache = self.cache
         use = cache is not None and key is not None and ttl_s > 0
         k = cache_key(route, key or {}) if use else ""
@@ -109,8 +113,8 @@ def install_state(app: FastAPI, state: GatewayState) -> None:
     app.state.gateway = state
 
 
-def gateway_state(request: Request) -> GatewayState:
-    """The ``GatewayState`` of the app serving ``request``."""
+async def gateway_state(request: Request) -> GatewayState:
+    """The ``GatewayState`` of the app serving ``request`` (async: no thread hop for a dictionary read)."""
     state: GatewayState = request.app.state.gateway
     return state
 
@@ -121,7 +125,7 @@ _Shape = tuple[frozenset[str], frozenset[str], frozenset[str]]
 _SHAPES: dict[int, _Shape] = {}
 
 
-def strict_query(request: Request) -> None:
+async def strict_query(request: Request) -> None:
     """400 for a query parameter the route does not declare, or a single-valued one given twice.
 
     A router-level dependency: a misspelt parameter (``start=`` for ``start_time=``) or a repeated

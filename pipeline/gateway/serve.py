@@ -179,6 +179,9 @@ def gateway_app(
         ray_actor_options={"num_cpus": num_cpus},
         health_check_period_s=10,
         health_check_timeout_s=30,
+        # A log line per request in every replica costs more than the request itself at the floor;
+        # /metrics counts and times every request instead.
+        logging_config={"enable_access_log": False},
     )
     gateway = settings.gateway.model_dump(mode="json", exclude=set(_SECRETS))
     secrets_file = write_secrets(conninfo, settings.gateway) if conninfo is not None else None

@@ -185,9 +185,6 @@ class Reader:
             max_size=max_size,
             open=False,
             timeout=timeout_s,
-            # A connection that died while idle (a database restart) is replaced on checkout, not
-            # handed to a request that would fail with it.
-            check=ConnectionPool.check_connection,
             kwargs={
                 "autocommit": True,
                 "options": f"-c statement_timeout={statement_timeout_ms} -c TimeZone=UTC",
@@ -216,11 +213,24 @@ class Reader:
         }
 
     def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], binary: bool = False) -> list[Any]:
-        try:
-            with self._pool.connection() as conn:
-                return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
-        except Exception as exc:
-            raise _translate(exc) from None
+        # A pooled connection that died while idle (a database restart) fails at once; the pool drops it
+        # and the query runs again on the next one. Cheaper than checking every connection on checkout
+        # (a round trip per request), and no request fails on a dead connection.
+        attempts = self._pool.max_size + 1  # every pooled connection may have died with the server
+        for attempt in range(1, attempts + 1):
+            used: list[psycopg.Connection[Any]] = []
+            try:
+                with self._pool.connection() as conn:
+                    used.append(conn)
+                    return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
+            except psycopg.OperationalError as exc:
+                if attempt < attempts and used and used[0].broken:
+                    log.info("a pooled connection was dead (%s); retrying on a fresh one", str(exc).strip())
+                    continue
+                raise _translate(exc) from None
+            except Exception as exc:
+                raise _translate(exc) from None
+        raise AssertionError("unreachable")
 
     def _metric_names(self, ids: Iterable[int]) -> dict[int, str]:
         """Metric names by id, remembered (the catalogue only grows; an unknown id reloads it)."""

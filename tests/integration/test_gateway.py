@@ -609,7 +609,7 @@ def test_metric_is_the_one_repeatable_parameter(client: TestClient) -> None:
 # --- HTTP details ----------------------------------------------------------------------------------------------
 
 
-def test_pooled_connections_that_died_are_replaced_on_checkout(fleet: str) -> None:
+def test_pooled_connections_that_died_fail_no_request(fleet: str) -> None:
     reader = Reader(fleet, min_size=2, max_size=2)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings())) as client:

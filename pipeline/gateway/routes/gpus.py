@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Response
 
 from pipeline.errors import ResourceNotFound
 from pipeline.gateway import problems
 from pipeline.gateway.deps import State, strict_query
-from pipeline.gateway.models import Gpu, GpuDetail, GpuPage, Latest
+from pipeline.gateway.models import GpuDetail, GpuPage
 from pipeline.gateway.params import (
     API,
     CursorParam,
@@ -26,17 +28,18 @@ __all__ = ["router"]
 router = APIRouter(prefix=API, tags=["gpus"], dependencies=[Depends(strict_query)])
 
 
-def _gpu(row: GpuRow) -> Gpu:
-    return Gpu(
-        uuid=row.uuid,
-        hostname=row.hostname,
-        gpu_index=row.gpu_index,
-        device=row.device,
-        model=row.model,
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        metrics=list(row.metrics),
-    )
+def _gpu(row: GpuRow) -> dict[str, Any]:
+    """A ``Gpu`` as plain data (pages are serialised without a model object per row)."""
+    return {
+        "uuid": row.uuid,
+        "hostname": row.hostname,
+        "gpu_index": row.gpu_index,
+        "device": row.device,
+        "model": row.model,
+        "first_seen": row.first_seen,
+        "last_seen": row.last_seen,
+        "metrics": list(row.metrics),
+    }
 
 
 @router.get(
@@ -63,7 +66,7 @@ def list_gpus(
         after = (h, i, u)
     key = {**binding, "limit": n, "cursor": cursor}
 
-    def produce() -> GpuPage:
+    def produce() -> dict[str, Any]:  # a GpuPage
         ids = state.metric_ids([metric]) if metric is not None else None
         rows = state.reader.gpus(n + 1, after, hostname=hostname, model=model, metric_id=ids[0] if ids else None)
         nxt = None
@@ -72,7 +75,7 @@ def list_gpus(
             last = rows[-1]
             index = -1 if last.gpu_index is None else last.gpu_index
             nxt = state.cursors.encode("gpus", [last.hostname or "", index, last.uuid], binding)
-        return GpuPage(items=[_gpu(r) for r in rows], next_cursor=nxt)
+        return {"items": [_gpu(r) for r in rows], "next_cursor": nxt}
 
     return state.cached_json("gpus", key, state.settings.gpu_list_ttl_s, produce)
 
@@ -87,13 +90,13 @@ def get_gpu(state: State, uuid: UuidParam) -> Response:
     """One GPU and the newest sample of each of its metrics."""
     reject_nul(uuid=uuid)
 
-    def produce() -> GpuDetail:
+    def produce() -> dict[str, Any]:  # a GpuDetail
         row = state.reader.gpu(uuid)
         if row is None:
             raise ResourceNotFound(f"GPU {shown(uuid)} not found", kind="gpu", name=uuid)
         latest = [
-            Latest(metric=r.metric, unit=r.unit, ts=r.ts, value=r.value) for r in state.reader.latest(row.gpu_key)
+            {"metric": r.metric, "unit": r.unit, "ts": r.ts, "value": r.value} for r in state.reader.latest(row.gpu_key)
         ]
-        return GpuDetail(**_gpu(row).model_dump(), latest=latest)
+        return {**_gpu(row), "latest": latest}
 
     return state.cached_json("gpu", {"uuid": uuid}, state.settings.recent_ttl_s, produce)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Response
 
 from pipeline.gateway import problems
 from pipeline.gateway.deps import State, strict_query
-from pipeline.gateway.models import MetricCatalog, MetricInfo
+from pipeline.gateway.models import MetricCatalog
 from pipeline.gateway.params import API, CursorParam, LimitParam
 
 __all__ = ["router"]
@@ -25,10 +27,10 @@ def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) 
     n = state.page_limit(limit)
     after = state.cursors.decode("metrics", cursor, (str,))[0] if cursor is not None else None
 
-    def produce() -> MetricCatalog:
+    def produce() -> dict[str, Any]:  # a MetricCatalog, as plain data
         rows = state.reader.metrics(n + 1, after)
         nxt = state.cursors.encode("metrics", [rows[n - 1].name]) if len(rows) > n else None
-        items = [MetricInfo(name=r.name, unit=r.unit, help=r.help) for r in rows[:n]]
-        return MetricCatalog(items=items, next_cursor=nxt)
+        items = [{"name": r.name, "unit": r.unit, "help": r.help} for r in rows[:n]]
+        return {"items": items, "next_cursor": nxt}
 
     return state.cached_json("catalog", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)
