@@ -222,6 +222,27 @@ def load(base: str, path: str, seconds: float, clients: int = CLIENTS) -> tuple[
     return sum(counts) / (time.perf_counter() - started), sum(errors)
 
 
+def trivial_app() -> Any:
+    """A bare FastAPI GET on Serve, deployed like the gateway: the floor Serve itself sets on this machine."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @api.get("/")
+    async def root() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @serve.ingress(api)
+    class Trivial:
+        pass
+
+    options = {"num_cpus": 0.25}
+    return serve.deployment(
+        Trivial, name="Trivial", ray_actor_options=options, logging_config={"enable_access_log": False}
+    ).bind()  # type: ignore[attr-defined]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -285,11 +306,13 @@ def main() -> int:
     tokens = f"read:{TOKEN},metrics:{TOKEN}"
     settings = Settings(gateway=GatewaySettings(api_tokens=tokens, redis_url=args.redis_url))
     serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
+    serve.run(trivial_app(), name="trivial", route_prefix="/trivial")
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
         assert http.get("/ready").status_code == 200
         results["serve"] = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))  # type: ignore[assignment]
         floor = timed(lambda *_: http.get("/health").status_code, firsts)
+        bare = timed(lambda *_: http.get("/trivial/").status_code, firsts)
         http.get("/api/v1/gpus")
         cached = http.get("/api/v1/gpus").headers.get("x-cache")
     rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
@@ -302,6 +325,7 @@ def main() -> int:
     for name, (f, w) in results.items():
         print(f"{name:8} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
     print(f"serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
+    print(f"bare FastAPI GET on Serve (same run):   p50 {pct(bare, 50):.1f} ms, p99 {pct(bare, 99):.1f} ms")
     print(
         f"cached GPU list via Serve (X-Cache {cached}), {CLIENTS} clients, {args.load_seconds:.0f} s: "
         f"{rps:,.0f} req/s ({failed} failed)"
