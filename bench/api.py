@@ -249,6 +249,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Namespace) -> tuple[Any, ...]:
+    """Pages, the /health and bare-FastAPI floors, and cached GPU-list load, all through one Serve."""
+    import ray
+    from ray import serve
+
+    from pipeline.gateway.serve import gateway_app, http_options
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(http_options=http_options("127.0.0.1", port))
+    tokens = f"read:{TOKEN},metrics:{TOKEN}"
+    settings = Settings(gateway=GatewaySettings(api_tokens=tokens, redis_url=args.redis_url))
+    serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
+    serve.run(trivial_app(), name="trivial", route_prefix="/trivial")
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
+        assert http.get("/ready").status_code == 200
+        pages = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))  # type: ignore[assignment]
+        floor = timed(lambda *_: http.get("/health").status_code, firsts)
+        bare = timed(lambda *_: http.get("/trivial/").status_code, firsts)
+        http.get("/api/v1/gpus")
+        cached = http.get("/api/v1/gpus").headers.get("x-cache")
+    rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
+    serve.shutdown()
+    ray.shutdown()
+    return pages, floor, bare, cached, rps, failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="table size (default 10 M; try 100000000)")
@@ -295,29 +323,7 @@ def main() -> int:
     loop.run_until_complete(asgi.aclose())
     reader.close()
 
-    import ray
-    from ray import serve
-
-    from pipeline.gateway.serve import gateway_app, http_options
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    port = free_port()
-    serve.start(http_options=http_options("127.0.0.1", port))
-    tokens = f"read:{TOKEN},metrics:{TOKEN}"
-    settings = Settings(gateway=GatewaySettings(api_tokens=tokens, redis_url=args.redis_url))
-    serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
-    serve.run(trivial_app(), name="trivial", route_prefix="/trivial")
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
-        assert http.get("/ready").status_code == 200
-        results["serve"] = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))  # type: ignore[assignment]
-        floor = timed(lambda *_: http.get("/health").status_code, firsts)
-        bare = timed(lambda *_: http.get("/trivial/").status_code, firsts)
-        http.get("/api/v1/gpus")
-        cached = http.get("/api/v1/gpus").headers.get("x-cache")
-    rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
-    serve.shutdown()
-    ray.shutdown()
+    results["serve"], floor, bare, cached, rps, failed = on_serve(url, firsts, walks, args)
 
     print(f"\n== one GPU, one hour (36,000 samples), {gpus} GPUs / {gpus * METRICS * SECONDS:,} rows")
     print(f"   first page: limit {PAGE}, {args.iterations} requests; full walk: limit {WALK_PAGE}, {args.walks} walks")

@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
+from pipeline.storage import _reader_sql as q
 
 __all__ = [
     "AGGREGATE_ORIGIN",
@@ -120,49 +121,6 @@ class Features:
     rollups: tuple[tuple[str, timedelta], ...] = ()
 
 
-_GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
-_GPU_ORDER = "coalesce(g.hostname, ''), coalesce(g.gpu_index, -1), g.uuid"
-# Per GPU g: its newest sample time (one backward index probe), then the metrics it reported recently.
-_NEWEST = "SELECT max(x.ts) AS newest FROM telemetry x WHERE x.gpu_key = g.gpu_key"
-_RECENT = "t.gpu_key = g.gpu_key AND t.metric_id = {m} AND t.ts >= ({newest}) - %(window)s"
-_NAMES_FALLBACK = (
-    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM metrics m "
-    "WHERE EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="m.metric_id", newest="n.newest") + ")"
-)
-_NAMES_TABLE = (
-    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = g.gpu_key"
-)
-_HAS_METRIC_FALLBACK = "EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="%(metric)s", newest=_NEWEST) + ")"
-_HAS_METRIC_TABLE = "EXISTS (SELECT 1 FROM gpu_metrics gm WHERE gm.gpu_key = g.gpu_key AND gm.metric_id = %(metric)s)"
-_LATEST_FALLBACK = (
-    "WITH n AS (SELECT max(ts) AS newest FROM telemetry WHERE gpu_key = %(gpu)s) "
-    "SELECT m.name, m.unit, l.ts, l.value FROM metrics m, n CROSS JOIN LATERAL ("
-    "SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.metric_id = m.metric_id "
-    "AND t.ts >= n.newest - %(window)s ORDER BY t.ts DESC LIMIT 1) l ORDER BY m.name"
-)
-_LATEST_TABLE = (
-    "SELECT m.name, m.unit, gm.last_ts, gm.last_value FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = %(gpu)s ORDER BY m.name"
-)
-_AGG_RAW: dict[str, str] = {
-    "avg": "avg(t.value)",
-    "min": "min(t.value)",
-    "max": "max(t.value)",
-    "count": "count(*)::float8",
-    "last": "(array_agg(t.value ORDER BY t.ts DESC))[1]",
-    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY t.value)",
-}
-# Re-aggregating a rollup view (columns bucket, gpu_key, metric_id, avg, min, max, count, last); p95 cannot be.
-_AGG_ROLLUP: dict[str, str] = {
-    "avg": "sum(t.avg * t.count) / nullif(sum(t.count), 0)",
-    "min": "min(t.min)",
-    "max": "max(t.max)",
-    "count": "sum(t.count)::float8",
-    "last": "(array_agg(t.last ORDER BY t.bucket DESC))[1]",
-}
-
-
 class Reader:
     """Read-only queries over a connection pool."""
 
@@ -257,9 +215,9 @@ class Reader:
 
     def gpu(self, uuid: str) -> GpuRow | None:
         """One GPU by UUID, with the metrics it reports."""
-        names = _NAMES_TABLE if self.features().gpu_metrics else _NAMES_FALLBACK
+        names = q.NAMES_TABLE if self.features().gpu_metrics else q.NAMES_FALLBACK
         rows = self._fetch(
-            f"SELECT {_GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE WHERE g.uuid = "
+            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE WHERE g.uuid = "
             "%(uuid)s",
             {"uuid": uuid, "window": METRIC_WINDOW},
         )
@@ -290,7 +248,7 @@ class Reader:
         where = ["TRUE"]
         params: dict[str, Any] = {"limit": limit, "window": METRIC_WINDOW}
         if after is not None:
-            where.append(f"({_GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
+            where.append(f"({q.GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
             params.update(h=after[0], i=after[1], u=after[2])
         if hostname is not None:
             where.append("g.hostname = %(hostname)s")
@@ -299,22 +257,22 @@ class Reader:
             where.append("g.model = %(model)s")
             params["model"] = model
         if metric_id is not None:
-            where.append(_HAS_METRIC_TABLE if table else _HAS_METRIC_FALLBACK)
+            where.append(q.HAS_METRIC_TABLE if table else q.HAS_METRIC_FALLBACK)
             params["metric"] = metric_id
-        names = _NAMES_TABLE if table else _NAMES_FALLBACK
+        names = q.NAMES_TABLE if table else q.NAMES_FALLBACK
         # The page is cut first, so the per-GPU metric look-ups run for at most `limit` GPUs.
         rows = self._fetch(
-            f"WITH page AS (SELECT {_GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
-            f"ORDER BY {_GPU_ORDER} LIMIT %(limit)s) "
-            f"SELECT {_GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE "
-            f"ORDER BY {_GPU_ORDER}",
+            f"WITH page AS (SELECT {q.GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
+            f"ORDER BY {q.GPU_ORDER} LIMIT %(limit)s) "
+            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE "
+            f"ORDER BY {q.GPU_ORDER}",
             params,
         )
         return [_gpu_row(r) for r in rows]
 
     def latest(self, gpu_key: int) -> list[LatestRow]:
         """The newest sample of each metric of a GPU (metrics reported within the recent window)."""
-        query = _LATEST_TABLE if self.features().gpu_metrics else _LATEST_FALLBACK
+        query = q.LATEST_TABLE if self.features().gpu_metrics else q.LATEST_FALLBACK
         rows = self._fetch(query, {"gpu": gpu_key, "window": METRIC_WINDOW})
         return [LatestRow(*r) for r in rows]
 
@@ -464,10 +422,10 @@ class Reader:
         multiple of it and ``fn`` can be re-aggregated; the raw table otherwise.
         """
         features = self.features()
-        source, column, expr = "telemetry", "ts", _AGG_RAW[fn]
+        source, column, expr = "telemetry", "ts", q.AGG_RAW[fn]
         for view, width in features.rollups:
-            if fn in _AGG_ROLLUP and bucket % width == timedelta(0):
-                source, column, expr = view, "bucket", _AGG_ROLLUP[fn]
+            if fn in q.AGG_ROLLUP and bucket % width == timedelta(0):
+                source, column, expr = view, "bucket", q.AGG_ROLLUP[fn]
                 break
         binning = "time_bucket" if features.timescaledb else "date_bin"
         params: dict[str, Any] = {"gpu": gpu_key, "lo": lo, "hi": hi, "bucket": bucket, "origin": AGGREGATE_ORIGIN}
