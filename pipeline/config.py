@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -173,19 +173,47 @@ class ScalingSettings(BaseModel):
 class GatewaySettings(BaseModel):
     """The REST gateway."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # tokens never in an error
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     redis_url: SecretStr | None = None
+    # Bearer tokens: comma-separated `<scope>:<token>` pairs, scopes `read` (the API) and `metrics`.
+    api_tokens: SecretStr | None = None
+    auth: Literal["on", "off"] = "on"  # `off` serves the API without tokens (explicitly; never by default)
+    max_url_bytes: int = Field(8192, ge=256)  # path and query of one request; longer is a 414
+    cors_origins: list[str] = []  # origins allowed to call the API from a browser; none by default
+    cursor_secret: SecretStr | None = None  # HMAC key of page cursors; default: derived from api_tokens
     default_limit: int = Field(1000, ge=1)
     max_limit: int = Field(10_000, ge=1)
     gpu_list_ttl_s: float = Field(5.0, ge=0)
     export_max_rows: int = Field(1_000_000, ge=1)  # CSV / Arrow export: samples per request
     export_chunk_rows: int = Field(10_000, ge=1)
+    export_concurrency: int = Field(4, ge=1)  # exports streaming at once per replica; more get 503
+    export_write_timeout_s: float = Field(10.0, gt=0)  # a client that takes longer to accept a chunk is cut off
+    export_deadline_s: float = Field(100.0, gt=0)  # cut off after this (below Serve's request_timeout_s, 120)
     max_buckets: int = Field(10_000, ge=1)  # aggregate buckets per request
+    max_window_s: float = Field(31 * 86400, gt=0)  # time span of one telemetry request (pages and exports)
+    max_aggregate_window_s: float = Field(366 * 86400, gt=0)  # span of one aggregate, whole buckets included
     recent_window_s: float = Field(5.0, ge=0)  # a window ending this close to now is "recent" (cached briefly)
     recent_ttl_s: float = Field(1.0, ge=0)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_word(cls, value: Any) -> Any:
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value  # YAML's `off`
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_pairs(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        _decode_tokens(value.get_secret_value())
+        return value
+
+    def tokens(self) -> dict[str, tuple[bytes, ...]]:
+        """The API tokens by scope (``read``, ``metrics``); empty when none are configured."""
+        return _decode_tokens(self.api_tokens.get_secret_value()) if self.api_tokens is not None else {}
 
     @model_validator(mode="after")
     def _limits(self) -> GatewaySettings:
@@ -202,6 +230,21 @@ def collectors_problem(partitions: int, collectors: int) -> str | None:
             "[PIPELINE_QUEUE__PARTITIONS, --partitions]"
         )
     return None
+
+
+def _decode_tokens(raw: str) -> dict[str, tuple[bytes, ...]]:
+    """``read:abc,metrics:def`` as tokens by scope; ``ValueError`` naming the bad pair (never the token)."""
+    tokens: dict[str, list[bytes]] = {"read": [], "metrics": []}
+    for i, pair in enumerate(p.strip() for p in raw.split(",")):
+        if not pair:
+            continue
+        scope, sep, token = (part.strip() for part in pair.partition(":"))
+        if not sep or scope not in tokens:
+            raise ValueError(f"pair {i + 1} is not `<scope>:<token>` with scope read or metrics")
+        if len(token) < 16:
+            raise ValueError(f"pair {i + 1}: a token needs at least 16 characters")
+        tokens[scope].append(token.encode())
+    return {scope: tuple(values) for scope, values in tokens.items()}
 
 
 class RaySettings(BaseModel):
@@ -347,6 +390,7 @@ def _describe(exc: PydanticValidationError) -> str:
         var = ENV_PREFIX + "__".join(loc).upper() if loc else "settings"
         dotted = ".".join(loc)
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        secret = bool(loc) and loc[-1] in ("api_tokens", "cursor_secret", "redis_url")  # never echo a secret
+        shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
         parts.append(f"{dotted} [{var}]: {err['msg']}{shown}")
     return "invalid settings: " + "; ".join(parts)

@@ -72,11 +72,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             pipeline.deploy(fresh=True)
             _announce(settings, info)
             if serving:
-                local_gateway.deploy(settings, db.conninfo)
-                print(
-                    f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (docs at /docs)",
-                    file=sys.stderr,
-                )
+                _serve_locally(settings, db.conninfo)
             _follow(
                 pipeline,
                 stop,
@@ -90,6 +86,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         disconnect(before=local_gateway.remove if serving else None)
     _report(summary.as_dict(), time.monotonic() - started, db.describe(), args.json)
     return 0
+
+
+def _serve_locally(settings: Settings, conninfo: str) -> None:
+    """Deploy the gateway on the local cluster, with a token made for this run when none is configured."""
+    from pipeline.gateway.auth import local_token
+    from pipeline.runtime import local_gateway
+
+    made = local_token(settings)
+    if made is not None:
+        settings = made.settings
+    local_gateway.deploy(settings, conninfo)
+    print(f"api: http://{settings.gateway.host}:{settings.gateway.port}/api/v1/gpus (docs at /docs)", file=sys.stderr)
+    if made is not None:
+        print(made.hint(), file=sys.stderr)
 
 
 def _check_source(settings: Settings) -> None:

@@ -6,13 +6,9 @@ module level (``from __future__ import annotations`` would otherwise hide them).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 
@@ -20,22 +16,24 @@ from pipeline.errors import InvalidParameter
 from pipeline.storage.reader import AGGREGATE_ORIGIN
 
 __all__ = [
+    "API",
     "DEFAULT_WINDOW",
     "MEDIA_ARROW",
     "MEDIA_CSV",
     "MEDIA_JSON",
-    "decode_cursor",
-    "encode_cursor",
+    "exact_times",
     "floor_to",
     "from_us",
     "negotiate",
     "parse_bucket",
     "reject_nul",
+    "shown",
     "ts_us",
     "utc",
     "window",
 ]
 
+API = "/api/v1"  # the prefix of every resource route
 DEFAULT_WINDOW = timedelta(hours=1)
 MEDIA_JSON = "application/json"
 MEDIA_CSV = "text/csv"
@@ -47,7 +45,14 @@ BUCKET_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
 
 # --- declarations --------------------------------------------------------------------------------------
 
-UuidParam = Annotated[str, Path(description="The GPU's UUID.", examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"])]
+UuidParam = Annotated[
+    str,
+    Path(
+        description="The GPU's UUID as listed; a MIG instance's is `<GPU UUID>/mig-<id>`, sent as is or with its "
+        "slash as `%2F` (not double-encoded).",
+        examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"],
+    ),
+]
 _LIMIT = (
     "Page size: default 1000, at most 10000 (the gateway's default_limit / max_limit); a larger value is refused "
     "with 400, never clamped."
@@ -77,7 +82,8 @@ HasMetricParam = Annotated[
 StartParam = Annotated[
     datetime | None,
     Query(
-        description="Inclusive start (RFC 3339; no offset means UTC); default end_time minus one hour.",
+        description="Inclusive start (RFC 3339; no offset means UTC); default end_time minus one hour. A window "
+        "spans at most 31 days (366 for aggregates, whole buckets included); a longer one is refused with 400.",
         examples=["2025-07-18T19:42:34Z"],
     ),
 ]
@@ -104,32 +110,7 @@ FnParam = Annotated[
     Query(description="Aggregate of each bucket: avg, min, max, count, last (newest value) or p95.", examples=["avg"]),
 ]
 
-# --- cursors -------------------------------------------------------------------------------------------
-
-
-def encode_cursor(kind: str, values: Iterable[Any]) -> str:
-    """An opaque cursor: the last row's sort key."""
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(kind: str, cursor: str, types: tuple[type, ...]) -> list[Any]:
-    """Decode a cursor of ``kind`` whose values have ``types``; 400 naming the parameter if it is not ours."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
-            raise ValueError
-        values = data[1:]
-        for value, typ in zip(values, types, strict=True):
-            # bool is an int in Python; a cursor of ours never holds one.
-            if not isinstance(value, typ) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
-                raise ValueError
-            if isinstance(value, int) and not -(2**62) < value < 2**62:
-                raise ValueError
-        return values
-    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError):
-        raise InvalidParameter(f"cursor `{cursor[:64]}` is not a valid {kind} cursor", param="cursor") from None
+# --- times -------------------------------------------------------------------------------------------
 
 
 def ts_us(dt: datetime) -> int:
@@ -175,6 +156,33 @@ def window(
     return start, end
 
 
+_RFC3339_DATE = re.compile(r"\s*\d{4}-\d{2}-\d{2}")
+_FRACTION = re.compile(r"[T t]\d{2}:\d{2}:\d{2}[.,](\d+)")
+
+
+def exact_times(
+    raw_start: str | None, raw_end: str | None, start_time: datetime | None, end_time: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """The window's bounds as sent: numbers refused, a start finer than a microsecond rounded up.
+
+    Times are RFC 3339 only (a number could be seconds or milliseconds: the API does not guess).
+    Samples have microsecond precision and parsing truncates: ``10.0000001`` would become ``10.000000``
+    and let in a sample before the requested start, so a start with non-zero digits past the sixth
+    moves up one microsecond (an end is right truncated: the bound stays inclusive).
+    """
+    for name, raw in (("start_time", raw_start), ("end_time", raw_end)):
+        if raw is not None and not _RFC3339_DATE.match(raw):
+            raise InvalidParameter(
+                f"{name} `{raw[:40]}` is not an RFC 3339 time (like 2025-07-18T20:42:34Z); numbers are not accepted",
+                param=name,
+            )
+    if start_time is not None and raw_start is not None:
+        fraction = _FRACTION.search(raw_start)
+        if fraction and fraction.group(1)[6:].strip("0"):
+            start_time += timedelta(microseconds=1)
+    return start_time, end_time
+
+
 def parse_bucket(text: str) -> timedelta:
     """``10s``, ``1m``, ``1h``, ``7d`` as a timedelta."""
     if not re.fullmatch(BUCKET_PATTERN, text):
@@ -185,6 +193,11 @@ def parse_bucket(text: str) -> timedelta:
 def floor_to(dt: datetime, bucket: timedelta) -> datetime:
     """The start of the bucket holding ``dt`` (buckets are aligned to the aggregate origin)."""
     return AGGREGATE_ORIGIN + ((dt - AGGREGATE_ORIGIN) // bucket) * bucket
+
+
+def shown(value: str, at_most: int = 128) -> str:
+    """``value`` as a message may quote it: cut to ``at_most`` characters."""
+    return value if len(value) <= at_most else value[:at_most] + "..."
 
 
 def reject_nul(**values: str | list[str] | None) -> None:

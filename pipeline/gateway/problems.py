@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError, ResourceNotFound, StorageError
 
-__all__ = ["PROBLEM_RESPONSES", "Problem", "install"]
+__all__ = ["PROBLEM_RESPONSES", "Problem", "install", "responses"]
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -43,6 +43,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "start_time 2025-07-18T21:00:00+00:00 is after end_time 2025-07-18T20:00:00+00:00",
         param="start_time",
     ),
+    401: _problem_schema(401, "Unauthorized", "this path needs a `read` bearer token"),
+    403: _problem_schema(403, "Forbidden", "the token does not grant the `metrics` scope"),
     404: _problem_schema(404, "Not Found", "GPU GPU-00000000-0000-0000-0000-000000000000 not found"),
     406: _problem_schema(
         406, "Not Acceptable", "Accept offers none of application/json, text/csv, application/vnd.apache.arrow.stream"
@@ -52,6 +54,11 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     503: _problem_schema(503, "Service Unavailable", "database unreachable"),
 }
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of the problems ``codes``."""
+    return {c: PROBLEM_RESPONSES[c] for c in codes}
 
 
 def install(app: FastAPI) -> None:
@@ -69,7 +76,13 @@ def install(app: FastAPI) -> None:
             log.error("storage error: %s", exc)
             return Problem(503, "Service Unavailable", str(exc))
         log.error("unhandled pipeline error: %s", exc)
-        return Problem(500, "Internal Server Error", str(exc))
+        return Problem(500, "Internal Server Error", "the gateway failed to answer this request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Problem:
+        # A bug, not bad input: the client learns nothing of it but that it happened; the log has it all.
+        log.error("unhandled error", exc_info=exc)
+        return Problem(500, "Internal Server Error", "the gateway failed to answer this request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Problem:
@@ -84,5 +97,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Problem:
-        titles = {404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable"}
-        return Problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        titles = {404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 503: "Service Unavailable"}
+        problem = Problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        headers = dict(exc.headers or {})
+        allow = headers.get("Allow")
+        if allow is not None and "GET" in allow and "HEAD" not in allow:
+            headers["Allow"] = f"{allow}, HEAD"  # every GET route answers HEAD (pipeline.gateway.http)
+        problem.headers.update(headers)
+        return problem

@@ -2,14 +2,19 @@
 
 ``build(args)`` is the application builder a Serve config's ``import_path`` names
 (``pipeline.gateway.serve:build``); ``python -m pipeline serve`` and ``run`` use it too. Settings come
-from the environment (``DATABASE_URL``, ``PIPELINE_GATEWAY__*``) merged with the config's ``args``.
+from the environment (``DATABASE_URL``, ``PIPELINE_GATEWAY__*``) of each replica; secrets are never bind
+arguments (see ``replica_settings``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,14 +25,20 @@ from ray.serve import Application
 from pipeline.config import GatewaySettings, Settings
 from pipeline.errors import ConfigError
 from pipeline.gateway.app import build_app
+from pipeline.gateway.auth import require_tokens
 from pipeline.gateway.cache import RedisCache
 from pipeline.runtime.names import find_brokers
 from pipeline.storage.reader import Reader
 
-__all__ = ["Gateway", "build", "gateway_app"]
+__all__ = ["Gateway", "build", "gateway_app", "http_options", "replica_settings", "write_secrets"]
 
 log = logging.getLogger(__name__)
 DEPLOYMENT = "Gateway"
+
+
+def http_options(host: str, port: int) -> dict[str, Any]:
+    """Serve's HTTP options for ``serve.start``: the proxy's bounds on slow clients, as in serve_config.yaml."""
+    return {"host": host, "port": port, "request_timeout_s": 120, "keep_alive_timeout_s": 5}
 
 
 class _BrokerStats:
@@ -48,12 +59,62 @@ class _BrokerStats:
         return self._value
 
 
+_SECRETS = ("redis_url", "api_tokens", "cursor_secret")
+
+
+def write_secrets(conninfo: str, settings: GatewaySettings) -> str:
+    """Write the replica's secrets to a new file only this user can read; its path (for one-host Ray)."""
+    values = {"database_url": conninfo}
+    for name in _SECRETS:
+        secret = getattr(settings, name)
+        if secret is not None:
+            values[name] = secret.get_secret_value()
+    fd, path = tempfile.mkstemp(prefix="gpu-telemetry-gateway-", suffix=".json")  # mode 0600
+    with os.fdopen(fd, "w") as f:
+        json.dump(values, f)
+    return path
+
+
+def replica_settings(
+    gateway: dict[str, Any], secrets_file: str | None, config: str | None
+) -> tuple[str, GatewaySettings, Settings]:
+    """What one replica runs with: the database URL and gateway settings, secrets read where it runs.
+
+    Secrets (the database and Redis URLs, API tokens, the cursor key) never travel as Serve bind
+    arguments, which Ray keeps in its cluster state: each replica reads them from its environment
+    (``DATABASE_URL``, ``PIPELINE_GATEWAY__API_TOKENS``, ... from a Secret on Kubernetes) or from
+    ``secrets_file`` (a file written by a one-host ``run``, or a mounted Secret).
+    """
+    settings = Settings.load(config)
+    secrets: dict[str, str] = {}
+    if secrets_file is not None:
+        secrets = json.loads(Path(secrets_file).read_text())
+    conninfo = secrets.get("database_url") or (
+        settings.database.url.get_secret_value() if settings.database.url is not None else None
+    )
+    if not conninfo:
+        raise ConfigError("the gateway replica has no database: set DATABASE_URL in its environment")
+    merged = {**settings.gateway.model_dump(), **gateway}
+    merged.update({name: secrets[name] for name in _SECRETS if name in secrets})
+    return conninfo, GatewaySettings(**merged), settings
+
+
 @serve.ingress()
 class Gateway:
     """One replica: a pool of database connections, the optional Redis cache, and the FastAPI app over them."""
 
-    def __init__(self, conninfo: str, gateway: dict[str, Any], namespace: str, pool_max: int = 8) -> None:
-        self._settings = GatewaySettings(**gateway)
+    def __init__(
+        self,
+        gateway: dict[str, Any],
+        namespace: str,
+        pool_max: int = 8,
+        secrets_file: str | None = None,
+        config: str | None = None,
+        cluster: bool = False,
+    ) -> None:
+        conninfo, self._settings, settings = replica_settings(gateway, secrets_file, config)
+        if cluster:
+            require_tokens(settings.model_copy(update={"gateway": self._settings}), "replica")
         self._reader = Reader(conninfo, min_size=1, max_size=pool_max)
         self._reader.open(wait=False)
         self._namespace = namespace
@@ -82,15 +143,24 @@ class Gateway:
 
 def gateway_app(
     settings: Settings,
-    conninfo: str,
+    conninfo: str | None = None,
     *,
     min_replicas: int = 1,
     max_replicas: int = 2,
     target_ongoing_requests: float = 8,
     max_ongoing_requests: int = 64,
     num_cpus: float = 0.25,
+    config: str | None = None,
 ) -> Application:
-    """The Serve application for ``settings`` over the database at ``conninfo``."""
+    """The Serve application for ``settings``.
+
+    With ``conninfo`` (a run on one host) the secrets go to a private file the replicas read; without
+    it each replica reads them from its own environment (a cluster: Secrets in the pods' env). On a
+    cluster (``ray.address`` set, or no ``conninfo``) a gateway with authentication on needs tokens.
+    """
+    cluster = settings.ray.address is not None or conninfo is None
+    if cluster:
+        require_tokens(settings, "on a cluster")
     deployment = serve.deployment(
         Gateway,
         name=DEPLOYMENT,
@@ -103,13 +173,14 @@ def gateway_app(
         ray_actor_options={"num_cpus": num_cpus},
         health_check_period_s=10,
         health_check_timeout_s=30,
+        # A log line per request in every replica costs more than the request itself at the floor;
+        # /metrics counts and times every request instead.
+        logging_config={"enable_access_log": False},
     )
-    gateway = settings.gateway.model_dump(mode="json")
-    gateway.pop("redis_url", None)
-    if settings.gateway.redis_url is not None:
-        gateway["redis_url"] = settings.gateway.redis_url.get_secret_value()
+    gateway = settings.gateway.model_dump(mode="json", exclude=set(_SECRETS))
+    secrets_file = write_secrets(conninfo, settings.gateway) if conninfo is not None else None
     app: Application = deployment.bind(  # type: ignore[attr-defined]
-        conninfo, gateway, settings.ray.namespace, settings.database.pool_max
+        gateway, settings.ray.namespace, settings.database.pool_max, secrets_file, config, cluster
     )
     return app
 
@@ -117,16 +188,22 @@ def gateway_app(
 def build(args: dict[str, Any]) -> Application:
     """Application builder for Serve configs: ``import_path: pipeline.gateway.serve:build``.
 
-    ``args`` may hold ``config`` (a YAML settings file), ``database_url``, and deployment sizes
-    (``min_replicas``, ``max_replicas``, ``target_ongoing_requests``, ``max_ongoing_requests``).
+    ``args`` may hold ``config`` (a YAML settings file) and deployment sizes (``min_replicas``,
+    ``max_replicas``, ``target_ongoing_requests``, ``max_ongoing_requests``). The database URL and
+    every other secret come from the replicas' environment (``DATABASE_URL``, ``PIPELINE_GATEWAY__*``),
+    never from ``args``: a Serve config is cluster state.
     """
+    if "database_url" in args:
+        raise ConfigError(
+            "args.database_url is no longer read: set DATABASE_URL in the Ray pods' environment (a Secret)",
+            setting="database_url",
+        )
     settings = Settings.load(args.get("config"))
-    url = args.get("database_url") or (settings.database.url.get_secret_value() if settings.database.url else None)
-    if not url:
-        raise ConfigError("the gateway needs a database: set DATABASE_URL or args.database_url")
+    if settings.database.url is None:
+        raise ConfigError("the gateway needs a database: set DATABASE_URL in the Ray pods' environment")
     sizes = {
         k: args[k]
         for k in ("min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests")
         if k in args
     }
-    return gateway_app(settings, url, **sizes)
+    return gateway_app(settings, None, config=args.get("config"), **sizes)

@@ -13,7 +13,7 @@ import logging
 from ray import serve
 
 from pipeline.config import Settings
-from pipeline.gateway.serve import gateway_app
+from pipeline.gateway.serve import gateway_app, http_options
 
 __all__ = ["APP_NAME", "deploy", "remove"]
 
@@ -23,7 +23,7 @@ APP_NAME = "gateway"
 
 def deploy(settings: Settings, conninfo: str) -> None:
     """Start Serve's proxy on the gateway's host and port and run the gateway application (1..2 replicas)."""
-    serve.start(http_options={"host": settings.gateway.host, "port": settings.gateway.port})
+    serve.start(http_options=http_options(settings.gateway.host, settings.gateway.port))
     serve.run(gateway_app(settings, conninfo, min_replicas=1, max_replicas=2), name=APP_NAME, route_prefix="/")
 
 

@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
+from pipeline.storage import _reader_sql as q
 
 __all__ = [
     "AGGREGATE_ORIGIN",
@@ -120,49 +121,6 @@ class Features:
     rollups: tuple[tuple[str, timedelta], ...] = ()
 
 
-_GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
-_GPU_ORDER = "coalesce(g.hostname, ''), coalesce(g.gpu_index, -1), g.uuid"
-# Per GPU g: its newest sample time (one backward index probe), then the metrics it reported recently.
-_NEWEST = "SELECT max(x.ts) AS newest FROM telemetry x WHERE x.gpu_key = g.gpu_key"
-_RECENT = "t.gpu_key = g.gpu_key AND t.metric_id = {m} AND t.ts >= ({newest}) - %(window)s"
-_NAMES_FALLBACK = (
-    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM metrics m "
-    "WHERE EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="m.metric_id", newest="n.newest") + ")"
-)
-_NAMES_TABLE = (
-    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = g.gpu_key"
-)
-_HAS_METRIC_FALLBACK = "EXISTS (SELECT 1 FROM telemetry t WHERE " + _RECENT.format(m="%(metric)s", newest=_NEWEST) + ")"
-_HAS_METRIC_TABLE = "EXISTS (SELECT 1 FROM gpu_metrics gm WHERE gm.gpu_key = g.gpu_key AND gm.metric_id = %(metric)s)"
-_LATEST_FALLBACK = (
-    "WITH n AS (SELECT max(ts) AS newest FROM telemetry WHERE gpu_key = %(gpu)s) "
-    "SELECT m.name, m.unit, l.ts, l.value FROM metrics m, n CROSS JOIN LATERAL ("
-    "SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.metric_id = m.metric_id "
-    "AND t.ts >= n.newest - %(window)s ORDER BY t.ts DESC LIMIT 1) l ORDER BY m.name"
-)
-_LATEST_TABLE = (
-    "SELECT m.name, m.unit, gm.last_ts, gm.last_value FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = %(gpu)s ORDER BY m.name"
-)
-_AGG_RAW: dict[str, str] = {
-    "avg": "avg(t.value)",
-    "min": "min(t.value)",
-    "max": "max(t.value)",
-    "count": "count(*)::float8",
-    "last": "(array_agg(t.value ORDER BY t.ts DESC))[1]",
-    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY t.value)",
-}
-# Re-aggregating a rollup view (columns bucket, gpu_key, metric_id, avg, min, max, count, last); p95 cannot be.
-_AGG_ROLLUP: dict[str, str] = {
-    "avg": "sum(t.avg * t.count) / nullif(sum(t.count), 0)",
-    "min": "min(t.min)",
-    "max": "max(t.max)",
-    "count": "sum(t.count)::float8",
-    "last": "(array_agg(t.last ORDER BY t.bucket DESC))[1]",
-}
-
-
 class Reader:
     """Read-only queries over a connection pool."""
 
@@ -213,11 +171,24 @@ class Reader:
         }
 
     def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], binary: bool = False) -> list[Any]:
-        try:
-            with self._pool.connection() as conn:
-                return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
-        except Exception as exc:
-            raise _translate(exc) from None
+        # A pooled connection that died while idle (a database restart) fails at once; the pool drops it
+        # and the query runs again on the next one. Cheaper than checking every connection on checkout
+        # (a round trip per request), and no request fails on a dead connection.
+        attempts = self._pool.max_size + 1  # every pooled connection may have died with the server
+        for attempt in range(1, attempts + 1):
+            used: list[psycopg.Connection[Any]] = []
+            try:
+                with self._pool.connection() as conn:
+                    used.append(conn)
+                    return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
+            except psycopg.OperationalError as exc:
+                if attempt < attempts and used and used[0].broken:
+                    log.info("a pooled connection was dead (%s); retrying on a fresh one", str(exc).strip())
+                    continue
+                raise _translate(exc) from None
+            except Exception as exc:
+                raise _translate(exc) from None
+        raise AssertionError("unreachable")
 
     def _metric_names(self, ids: Iterable[int]) -> dict[int, str]:
         """Metric names by id, remembered (the catalogue only grows; an unknown id reloads it)."""
@@ -244,9 +215,9 @@ class Reader:
 
     def gpu(self, uuid: str) -> GpuRow | None:
         """One GPU by UUID, with the metrics it reports."""
-        names = _NAMES_TABLE if self.features().gpu_metrics else _NAMES_FALLBACK
+        names = q.NAMES_TABLE if self.features().gpu_metrics else q.NAMES_FALLBACK
         rows = self._fetch(
-            f"SELECT {_GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE WHERE g.uuid = "
+            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE WHERE g.uuid = "
             "%(uuid)s",
             {"uuid": uuid, "window": METRIC_WINDOW},
         )
@@ -277,7 +248,7 @@ class Reader:
         where = ["TRUE"]
         params: dict[str, Any] = {"limit": limit, "window": METRIC_WINDOW}
         if after is not None:
-            where.append(f"({_GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
+            where.append(f"({q.GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
             params.update(h=after[0], i=after[1], u=after[2])
         if hostname is not None:
             where.append("g.hostname = %(hostname)s")
@@ -286,22 +257,22 @@ class Reader:
             where.append("g.model = %(model)s")
             params["model"] = model
         if metric_id is not None:
-            where.append(_HAS_METRIC_TABLE if table else _HAS_METRIC_FALLBACK)
+            where.append(q.HAS_METRIC_TABLE if table else q.HAS_METRIC_FALLBACK)
             params["metric"] = metric_id
-        names = _NAMES_TABLE if table else _NAMES_FALLBACK
+        names = q.NAMES_TABLE if table else q.NAMES_FALLBACK
         # The page is cut first, so the per-GPU metric look-ups run for at most `limit` GPUs.
         rows = self._fetch(
-            f"WITH page AS (SELECT {_GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
-            f"ORDER BY {_GPU_ORDER} LIMIT %(limit)s) "
-            f"SELECT {_GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({_NEWEST}) n ON TRUE "
-            f"ORDER BY {_GPU_ORDER}",
+            f"WITH page AS (SELECT {q.GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
+            f"ORDER BY {q.GPU_ORDER} LIMIT %(limit)s) "
+            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE "
+            f"ORDER BY {q.GPU_ORDER}",
             params,
         )
         return [_gpu_row(r) for r in rows]
 
     def latest(self, gpu_key: int) -> list[LatestRow]:
         """The newest sample of each metric of a GPU (metrics reported within the recent window)."""
-        query = _LATEST_TABLE if self.features().gpu_metrics else _LATEST_FALLBACK
+        query = q.LATEST_TABLE if self.features().gpu_metrics else q.LATEST_FALLBACK
         rows = self._fetch(query, {"gpu": gpu_key, "window": METRIC_WINDOW})
         return [LatestRow(*r) for r in rows]
 
@@ -373,6 +344,39 @@ class Reader:
         )
         return int(rows[0][0])
 
+    def telemetry_page(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        metric_ids: Sequence[int] | None = None,
+        order: Order = "asc",
+        after: tuple[datetime, int] | None = None,
+    ) -> tuple[list[SampleRow], bool]:
+        """A page of ``telemetry`` and whether more follow; the page never splits one (ts, metric).
+
+        Samples may share (ts, metric) (nothing forbids it), and a keyset cursor cannot point between
+        them: when the page would end inside such a group, the whole group is in this page (which may
+        then hold a few more than ``limit`` samples).
+        """
+        rows = self.telemetry(gpu_key, start, end, limit + 1, metric_ids, order, after)
+        if len(rows) <= limit:
+            return rows, False
+        last = (rows[limit - 1].ts, rows[limit - 1].metric_id)
+        if (rows[limit].ts, rows[limit].metric_id) != last:
+            return rows[:limit], True
+        page = [r for r in rows[:limit] if (r.ts, r.metric_id) != last]
+        group = self._fetch(
+            "SELECT t.ts, t.metric_id, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.ts = %(ts)s "
+            "AND t.metric_id = %(metric)s",
+            {"gpu": gpu_key, "ts": last[0], "metric": last[1]},
+            binary=True,
+        )
+        names = self._metric_names({last[1]})
+        page += [SampleRow(ts, mid, names[mid], value) for ts, mid, value in group]
+        return page, bool(self.telemetry(gpu_key, start, end, 1, metric_ids, order, last))
+
     def stream_telemetry(
         self,
         gpu_key: int,
@@ -384,27 +388,24 @@ class Reader:
         after: tuple[datetime, int] | None = None,
         chunk_rows: int = 10_000,
     ) -> Iterator[list[tuple[datetime, str, float]]]:
-        """The ``telemetry`` query through a server-side cursor: chunks of (ts, metric, value), at most ``max_rows``.
+        """The ``telemetry`` query in keyset chunks of (ts, metric, value); fails past ``max_rows`` samples.
 
-        A pooled connection is held until the iterator is exhausted or closed.
+        Each chunk is its own short query: between chunks no connection, transaction or lock is held,
+        so a client that reads slowly (or not at all) costs the database nothing. Samples that arrive
+        while the export runs may join it; if they push it past ``max_rows`` the iterator raises
+        ``InvalidParameter`` rather than end early, so a cut-off export never looks complete.
         """
-        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
-        query = (
-            f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
-            f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s"
-        )
-        try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(name="telemetry_export", binary=True) as cur,
-            ):
-                cur.execute(query, {**params, "limit": max_rows})
-                while rows := cur.fetchmany(chunk_rows):
-                    names = self._metric_names({r[1] for r in rows})
-                    yield [(ts, names[mid], value) for ts, mid, value in rows]
-        except Exception as exc:
-            raise _translate(exc) from None
+        sent = 0
+        more = True
+        while more:
+            rows, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
+            if not rows:
+                return
+            sent += len(rows)
+            if sent > max_rows:
+                raise InvalidParameter(f"the export grew past {max_rows} samples while it ran", param="end_time")
+            after = (rows[-1].ts, rows[-1].metric_id)
+            yield [(r.ts, r.metric, r.value) for r in rows]
 
     def aggregate(
         self,
@@ -421,10 +422,10 @@ class Reader:
         multiple of it and ``fn`` can be re-aggregated; the raw table otherwise.
         """
         features = self.features()
-        source, column, expr = "telemetry", "ts", _AGG_RAW[fn]
+        source, column, expr = "telemetry", "ts", q.AGG_RAW[fn]
         for view, width in features.rollups:
-            if fn in _AGG_ROLLUP and bucket % width == timedelta(0):
-                source, column, expr = view, "bucket", _AGG_ROLLUP[fn]
+            if fn in q.AGG_ROLLUP and bucket % width == timedelta(0):
+                source, column, expr = view, "bucket", q.AGG_ROLLUP[fn]
                 break
         binning = "time_bucket" if features.timescaledb else "date_bin"
         params: dict[str, Any] = {"gpu": gpu_key, "lo": lo, "hi": hi, "bucket": bucket, "origin": AGGREGATE_ORIGIN}
@@ -468,16 +469,22 @@ def _samples_where(
 
 
 def _translate(exc: Exception) -> Exception:
-    """Map psycopg and pool failures onto the pipeline's errors."""
+    """Map psycopg and pool failures onto the pipeline's errors.
+
+    The database's own text goes to the log only: it can name hosts, roles, tables and values, and the
+    messages here end up in HTTP responses.
+    """
     if isinstance(exc, PoolTimeout):
         return DatabaseUnavailable("database unreachable: connection pool exhausted or down")
     if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled):
-        return DatabaseUnavailable(f"database unreachable: {str(exc).strip()}")
+        log.warning("database unreachable: %s", str(exc).strip())
+        return DatabaseUnavailable("database unreachable")
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return StorageError("query exceeded the statement timeout: narrow the time window")
     if isinstance(exc, psycopg.DataError):
-        return InvalidParameter(f"a parameter value is out of range for the database: {str(exc).strip()}")
+        log.info("query refused a parameter: %s", str(exc).strip())
+        return InvalidParameter("a parameter value is out of range for the database")
     if isinstance(exc, psycopg.Error):
-        log.error("query failed: %s", exc)
-        return StorageError(f"query failed: {str(exc).strip()}")
+        log.error("query failed: %s", str(exc).strip())
+        return StorageError("query failed")
     return exc

@@ -213,17 +213,20 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
         again = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=180)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "collectors: 3 running, target 3, pinned at 3" in again.stdout
+        token = next(ln.split(": ", 1)[1].strip() for ln in list(lines) if ln.startswith("api token"))
+        auth = {"Authorization": f"Bearer {token}"}  # run made a token for this run and printed how to use it
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/gpus", timeout=30).status_code == 401
         deadline = time.monotonic() + 120
         while True:  # the gateway of the same run answers
             try:
-                listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/gpus", timeout=5)
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/gpus", timeout=5, headers=auth)
                 if listed.status_code == 200 and len(listed.json()["items"]) == 16:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.5)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, headers=auth).text
         lag = [ln for ln in metrics.splitlines() if ln.startswith("message_queue_consumer_lag{")]
         assert len(lag) == 4, metrics[-2000:]  # one series per partition, read from the brokers in that namespace
     finally:

@@ -252,6 +252,12 @@ def main() -> int:
     mat = Materialised(objs, root, args.database_url)
     cluster_obj = by_kind(objs, "RayCluster")
     token = secret_value(objs, cluster_obj["spec"]["authOptions"]["secretName"], "auth_token")
+    # The Ray containers' env from Secrets (the gateway's API tokens, ...), as the pods get it.
+    container = cluster_obj["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for e in container.get("env", []):
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref and e["name"] not in ("DATABASE_URL", "REDIS_URL"):
+            os.environ[e["name"]] = secret_value(objs, ref["name"], ref["key"])
     os.environ.update(
         {
             "RAY_AUTH_MODE": "token",

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.config import GatewaySettings
-from pipeline.gateway.app import Limits, build_app
+from pipeline.gateway.app import build_app
 from pipeline.gateway.params import negotiate
 from pipeline.storage.migrate import migrate
 from pipeline.storage.reader import Reader
@@ -85,10 +85,10 @@ def fleet(fresh_db: str) -> str:
 
 
 @contextlib.contextmanager
-def make_client(conninfo: str, limits: Limits | None = None) -> Iterator[TestClient]:
+def make_client(conninfo: str, **settings: Any) -> Iterator[TestClient]:
     reader = Reader(conninfo)
     reader.open(wait=True)
-    app = build_app(reader, GatewaySettings(default_limit=50, max_limit=100), limits=limits)
+    app = build_app(reader, GatewaySettings(default_limit=50, max_limit=100, **settings))
     with TestClient(app) as c:
         yield c
     reader.close()
@@ -345,7 +345,7 @@ def test_aggregate_reads_a_rollup_view_when_the_bucket_is_a_multiple(fleet: str)
 
 def test_csv_and_arrow_exports_stream_the_same_query(fleet: str) -> None:
     window = {"start_time": iso(0), "end_time": iso(9), "order": "desc"}
-    with make_client(fleet, Limits(export_chunk_rows=3)) as client:
+    with make_client(fleet, export_chunk_rows=3) as client:
         expected = client.get("/api/v1/gpus/GPU-a/telemetry", params=window).json()["items"]
         assert len(expected) == 20
         r = client.get("/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
@@ -372,7 +372,7 @@ def test_csv_and_arrow_exports_stream_the_same_query(fleet: str) -> None:
 
 def test_exports_are_bounded(fleet: str) -> None:
     window = {"start_time": iso(0), "end_time": iso(9)}
-    with make_client(fleet, Limits(export_max_rows=10)) as client:
+    with make_client(fleet, export_max_rows=10) as client:
         r = client.get("/api/v1/gpus/GPU-a/telemetry", params=window, headers={"Accept": "text/csv"})
         assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM)
         assert r.json()["param"] == "end_time" and "more than 10 samples" in r.json()["detail"]
@@ -471,4 +471,188 @@ def test_ready_fails_when_the_database_is_unreachable() -> None:
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         r = c.get("/api/v1/gpus")
         assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+        assert "127.0.0.1" not in r.text and "refused" not in r.text  # database text stays in the log
     reader.close()
+
+
+def test_database_error_text_never_reaches_a_client(fleet: str) -> None:
+    with make_client(fleet) as client:
+        with psycopg.connect(fleet, autocommit=True) as c:
+            c.execute("ALTER TABLE metrics RENAME TO metrics_gone")
+        try:
+            r = client.get("/api/v1/metrics/catalog")
+        finally:
+            with psycopg.connect(fleet, autocommit=True) as c:
+                c.execute("ALTER TABLE metrics_gone RENAME TO metrics")
+    assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+    assert "metrics" not in r.json()["detail"] and "relation" not in r.text
+
+
+# --- bounds on the work of one request -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "headers", "param"),
+    [
+        (
+            "/api/v1/gpus/GPU-a/telemetry",
+            {"start_time": "0001-01-02T00:00:00Z", "end_time": "9999-12-31T00:00:00Z", "metric": POWER},
+            {},
+            "start_time",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry",
+            {"start_time": "2025-01-01T00:00:00Z", "end_time": "2026-02-01T00:00:00Z"},
+            {"Accept": "text/csv"},
+            "start_time",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry/aggregate",
+            {"bucket": "999999d", "fn": "last", "start_time": iso(0), "end_time": iso(0)},
+            {},
+            "bucket",
+        ),
+        (
+            "/api/v1/gpus/GPU-a/telemetry/aggregate",
+            {"bucket": "1d", "start_time": "2020-01-01T00:00:00Z", "end_time": "2026-01-01T00:00:00Z"},
+            {},
+            "start_time",
+        ),
+    ],
+)
+def test_one_request_reads_a_bounded_time_span(
+    client: TestClient, path: str, params: dict[str, str], headers: dict[str, str], param: str
+) -> None:
+    r = client.get(path, params=params, headers=headers)
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == param and "at most" in r.json()["detail"]
+
+
+# --- no 5xx for bad input, and every 5xx a problem ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/api/v1/hosts", "WyJob3N0cyIsIlx1ZDgwMCJd"),  # ["hosts", "\ud800"]: a lone surrogate
+        ("/api/v1/gpus", "WyJncHVzIiwgIlx1ZDgwMCIsIDAsICJ4Il0"),
+        ("/api/v1/metrics/catalog", "WyJtZXRyaWNzIiwgIlx1ZDgwMCJd"),
+    ],
+)
+def test_a_cursor_holding_a_lone_surrogate_is_a_400(client: TestClient, path: str, cursor: str) -> None:
+    r = client.get(path, params={"cursor": cursor})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == "cursor"
+
+
+# --- cursors are bound to their query -----------------------------------------------------------------------
+
+
+def test_a_cursor_only_pages_the_query_that_made_it(client: TestClient) -> None:
+    params: dict[str, Any] = {"start_time": iso(0), "end_time": iso(59), "limit": 5, "metric": UTIL}
+    cursor = client.get("/api/v1/gpus/GPU-a/telemetry", params=params).json()["next_cursor"]
+    assert client.get("/api/v1/gpus/GPU-a/telemetry", params={**params, "cursor": cursor}).status_code == 200
+    foreign = [
+        ("/api/v1/gpus/GPU-b/telemetry", params),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "start_time": iso(1)}),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "end_time": iso(58)}),
+        ("/api/v1/gpus/GPU-a/telemetry", {**params, "metric": [UTIL, TEMP]}),
+    ]
+    for path, other in foreign:
+        r = client.get(path, params={**other, "cursor": cursor})
+        assert r.status_code == 400 and r.json()["param"] == "cursor", (path, other, r.text)
+    gpus = client.get("/api/v1/gpus", params={"hostname": "h2", "limit": 1}).json()["next_cursor"]
+    assert client.get("/api/v1/gpus", params={"hostname": "h2", "limit": 1, "cursor": gpus}).status_code == 200
+    r = client.get("/api/v1/gpus", params={"hostname": "h1", "limit": 1, "cursor": gpus})
+    assert r.status_code == 400 and r.json()["param"] == "cursor"
+
+
+def test_a_forged_cursor_is_refused(client: TestClient) -> None:
+    import base64
+    import json
+
+    cursor = client.get("/api/v1/hosts", params={"limit": 1}).json()["next_cursor"]
+    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    data[1] = "h0"  # move the position, keep the rest
+    forged = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    r = client.get("/api/v1/hosts", params={"limit": 1, "cursor": forged})
+    assert r.status_code == 400 and r.json()["param"] == "cursor"
+
+
+# --- unknown and repeated parameters ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "param", "detail"),
+    [
+        ("/api/v1/gpus/GPU-a/telemetry", f"start={iso(0)}&end={iso(9)}", "start", "unknown parameters start, end"),
+        ("/api/v1/gpus", "host=h1", "host", "unknown parameter host"),
+        ("/api/v1/hosts", "limit=1&page=2", "page", "unknown parameter page"),
+        ("/api/v1/gpus", "hostname=h1&hostname=h2", "hostname", "hostname is given 2 times"),
+        ("/api/v1/gpus/GPU-a/telemetry/aggregate", "bucket=1m&bucket=1h", "bucket", "bucket is given 2 times"),
+        ("/api/v1/gpus/GPU-a/telemetry", "order=asc&order=desc", "order", "order is given 2 times"),
+    ],
+)
+def test_unknown_and_repeated_parameters_are_refused(
+    client: TestClient, path: str, query: str, param: str, detail: str
+) -> None:
+    r = client.get(f"{path}?{query}")
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["param"] == param and detail in r.json()["detail"]
+
+
+def test_metric_is_the_one_repeatable_parameter(client: TestClient) -> None:
+    r = client.get(f"/api/v1/gpus/GPU-a/telemetry?start_time={iso(0)}&end_time={iso(0)}&metric={UTIL}&metric={TEMP}")
+    assert r.status_code == 200 and {i["metric"] for i in r.json()["items"]} == {UTIL, TEMP}
+
+
+# --- HTTP details ----------------------------------------------------------------------------------------------
+
+
+def test_pooled_connections_that_died_fail_no_request(fleet: str) -> None:
+    reader = Reader(fleet, min_size=2, max_size=2)
+    reader.open(wait=True)
+    with TestClient(build_app(reader, GatewaySettings())) as client:
+        assert client.get("/api/v1/hosts").status_code == 200
+        with psycopg.connect(fleet, autocommit=True) as c:  # what a database restart does to the pool
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        statuses = [client.get("/api/v1/hosts", params={"limit": n}).status_code for n in (1, 2, 3, 4)]
+    reader.close()
+    assert statuses == [200, 200, 200, 200]
+
+
+def test_a_sub_microsecond_start_never_returns_an_earlier_sample(client: TestClient) -> None:
+    params = {"start_time": "2026-01-01T00:00:10.0000001Z", "end_time": iso(11), "metric": UTIL}
+    items = client.get("/api/v1/gpus/GPU-a/telemetry", params=params).json()["items"]
+    assert [i["ts"] for i in items] == [iso(11)]
+    end = {"start_time": iso(10), "end_time": "2026-01-01T00:00:10.9999999Z", "metric": UTIL}
+    assert [i["ts"] for i in client.get("/api/v1/gpus/GPU-a/telemetry", params=end).json()["items"]] == [iso(10)]
+
+
+@pytest.mark.parametrize("value", ["1767225600", "1767225600000", "1767225600.5"])
+def test_numeric_times_are_refused(client: TestClient, value: str) -> None:
+    r = client.get("/api/v1/gpus/GPU-a/telemetry", params={"start_time": value})
+    assert r.status_code == 400 and r.json()["param"] == "start_time" and "RFC 3339" in r.json()["detail"]
+
+
+def test_pages_keep_samples_that_share_ts_and_metric(fleet: str, client: TestClient) -> None:
+    # Nothing forbids two samples of one series at one instant (a replayed batch); paging must return both.
+    for _ in range(3):
+        insert_samples(fleet, "GPU-c", POWER, range(5, 6), offset=1000.0)
+    window = {"start_time": iso(0), "end_time": iso(9)}
+    for limit in range(1, 8):
+        items = walk(client, "/api/v1/gpus/GPU-c/telemetry", {**window, "limit": limit})
+        assert len(items) == 13 and [i["value"] for i in items].count(1005.0) == 3, limit
+
+
+def test_exports_ignore_limit_and_other_small_details(client: TestClient) -> None:
+    window = {"start_time": iso(0), "end_time": iso(9)}
+    csv = client.get("/api/v1/gpus/GPU-a/telemetry", params={**window, "limit": 20000}, headers={"Accept": "text/csv"})
+    assert csv.status_code == 200 and len(csv.text.splitlines()) == 21
+    long = client.get("/api/v1/gpus/GPU-" + "x" * 5000)
+    assert long.status_code == 404 and len(long.json()["detail"]) < 300
+    r = client.get("/api/v1/gpus", params={"limit": "1_000"})
+    assert r.status_code in (400, 422) and r.headers["content-type"].startswith(PROBLEM)

@@ -41,7 +41,8 @@ def prefix() -> Iterator[str]:
 def app_client(conninfo: str, cache: RedisCache | None, ttl_s: float = 0.5) -> tuple[TestClient, Reader]:
     reader = Reader(conninfo)
     reader.open(wait=True)
-    settings = GatewaySettings(default_limit=50, max_limit=100, gpu_list_ttl_s=ttl_s)
+    # The fleet's samples are from T0 and "recent" windows end now: a span longer than the default bound.
+    settings = GatewaySettings(default_limit=50, max_limit=100, gpu_list_ttl_s=ttl_s, max_window_s=10 * 366 * 86400)
     return TestClient(build_app(reader, settings, cache=cache)), reader
 
 

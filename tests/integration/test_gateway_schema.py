@@ -21,6 +21,9 @@ from pipeline.storage.reader import Reader
 from tests.integration.test_gateway import fleet_database
 
 ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "schemathesis-token-0123456789"
+TOKENS = f"read:{TOKEN},metrics:{TOKEN}"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 COMMITTED = ROOT / "docs" / "openapi.json"
 
 
@@ -54,14 +57,14 @@ def api_app(pg_server: str) -> Iterator[FastAPI]:
     with fleet_database(pg_server) as conninfo:
         reader = Reader(conninfo)
         reader.open(wait=True)
-        yield build_app(reader, GatewaySettings(default_limit=50, max_limit=100))
+        yield build_app(reader, GatewaySettings(default_limit=50, max_limit=100, api_tokens=TOKENS))
         reader.close()
 
 
 @pytest.fixture(scope="module")
 def api_schema(api_app: FastAPI) -> Any:
     """The spec as the running app serves it, with its ASGI transport."""
-    return schemathesis.openapi.from_asgi("/openapi.json", api_app)
+    return schemathesis.openapi.from_asgi("/openapi.json", api_app, headers=AUTH)
 
 
 OPERATIONS = [(path, method) for path, item in generate()["paths"].items() for method in item]
@@ -83,8 +86,9 @@ def test_api_conforms_to_its_schema(api_schema: Any, path: str, method: str) -> 
     def check(case: Any, real: str | None) -> None:
         if real is not None and "uuid" in (case.path_parameters or {}):
             case.path_parameters["uuid"] = real  # also reach the GPUs that exist, not only 404s
-        response = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
+        response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error, response_schema_conformance])
         statuses.append(response.status_code)
 
     check()
     assert statuses and max(statuses) < 500
+    assert 401 not in statuses and 403 not in statuses  # authentication on, and every call authorised

@@ -21,6 +21,8 @@ from pipeline.storage.reader import Reader
 from tests.integration.test_gateway import POWER, UTIL, fleet_database, iso
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TOKEN = "serve-test-token-0123456789"
+TOKENS = f"read:{TOKEN},metrics:{TOKEN}"
 
 
 def free_port() -> int:
@@ -34,12 +36,13 @@ def served(pg_server: str, ray_local: None) -> Iterator[str]:
     """Base URL of the gateway deployed on the session's local Ray, over a database holding the test fleet."""
     from ray import serve
 
-    from pipeline.gateway.serve import DEPLOYMENT, gateway_app
+    from pipeline.gateway.serve import DEPLOYMENT, gateway_app, http_options
 
     with fleet_database(pg_server) as conninfo:
         port = free_port()
-        settings = Settings(gateway=GatewaySettings(redis_url=REDIS_URL, default_limit=50, max_limit=100))
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        gateway = GatewaySettings(redis_url=REDIS_URL, default_limit=50, max_limit=100, api_tokens=TOKENS)
+        settings = Settings(gateway=gateway)
+        serve.start(http_options=http_options("127.0.0.1", port))
         try:
             serve.run(gateway_app(settings, conninfo, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
             status = serve.status().applications["gateway"]
@@ -62,8 +65,13 @@ def served(pg_server: str, ray_local: None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def http(served: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served, timeout=30) as client:
+    with httpx.Client(base_url=served, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
+
+
+def test_the_replica_requires_its_token(served: str) -> None:
+    assert httpx.get(f"{served}/api/v1/gpus", timeout=30).status_code == 401
+    assert httpx.get(f"{served}/ready", timeout=30).status_code == 200
 
 
 def test_lists_and_one_gpu(http: httpx.Client) -> None:

@@ -1,0 +1,90 @@
+"""HTTP details the routes need not know: ``HEAD`` answered as ``GET`` without a body, bounded requests.
+
+``BoundedRequests`` refuses, before any route runs, a URL longer than ``max_url_bytes`` (414) and any
+request body (413: every route is a ``GET``), so a client cannot make a replica read megabytes it will
+never use. Slow or half-sent request heads never reach the app: the Serve config's
+``request_timeout_s`` and ``keep_alive_timeout_s`` and the ingress in front bound those.
+
+``HeadAsGet`` runs a ``HEAD`` request as its ``GET`` and sends the headers only; a streamed body
+(an export) is stopped after its first chunk instead of being read to the end for nobody.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BoundedRequests", "HeadAsGet"]
+
+_PROBLEM = "application/problem+json"
+
+
+class _HeadDone(Exception):
+    """Raised into a streaming app once a HEAD response's headers are out."""
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` is ``GET`` with the body dropped (headers, Content-Length included, kept)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self._app(scope, receive, send)
+            return
+        done = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal done
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            if not done:
+                done = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                raise _HeadDone
+
+        try:
+            await self._app({**scope, "method": "GET"}, receive, headers_only)
+        except _HeadDone:
+            return
+        except BaseExceptionGroup as group:  # a streaming response's task group wraps it
+            _, rest = group.split(_HeadDone)
+            if rest is not None:
+                raise rest from None
+
+
+class BoundedRequests:
+    """ASGI middleware: 414 for a URL over ``max_url_bytes``, 413 for a request that carries a body."""
+
+    def __init__(self, app: ASGIApp, max_url_bytes: int) -> None:
+        self._app = app
+        self._max_url = max_url_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        url = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        if url > self._max_url:
+            await _refuse(send, 414, "URI Too Long", f"the URL holds {url} bytes; at most {self._max_url}")
+            return
+        for name, value in scope["headers"]:
+            if (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding":
+                await _refuse(send, 413, "Content Too Large", "the API takes no request body")
+                return
+        await self._app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, title: str, detail: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    headers = [
+        (b"content-type", _PROBLEM.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),  # the unread body must not be taken for the next request
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,102 @@
+"""``/gpus`` and ``/gpus/{uuid}``: the fleet, and one GPU with its newest values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+
+from pipeline.errors import ResourceNotFound
+from pipeline.gateway import problems
+from pipeline.gateway.deps import State, strict_query
+from pipeline.gateway.models import GpuDetail, GpuPage
+from pipeline.gateway.params import (
+    API,
+    CursorParam,
+    HasMetricParam,
+    HostnameParam,
+    LimitParam,
+    ModelParam,
+    UuidParam,
+    reject_nul,
+    shown,
+)
+from pipeline.storage.reader import GpuRow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix=API, tags=["gpus"], dependencies=[Depends(strict_query)])
+
+
+def _gpu(row: GpuRow) -> dict[str, Any]:
+    """A ``Gpu`` as plain data (pages are serialised without a model object per row)."""
+    return {
+        "uuid": row.uuid,
+        "hostname": row.hostname,
+        "gpu_index": row.gpu_index,
+        "device": row.device,
+        "model": row.model,
+        "first_seen": row.first_seen,
+        "last_seen": row.last_seen,
+        "metrics": list(row.metrics),
+    }
+
+
+@router.get(
+    "/gpus",
+    response_model=GpuPage,
+    summary="List GPUs, with the metrics each reports.",
+    responses=problems.responses(400, 422, 503),
+)
+def list_gpus(
+    state: State,
+    hostname: HostnameParam = None,
+    model: ModelParam = None,
+    metric: HasMetricParam = None,
+    limit: LimitParam = None,
+    cursor: CursorParam = None,
+) -> Response:
+    """A page of GPUs ordered by (hostname, gpu_index, uuid), optionally filtered."""
+    reject_nul(hostname=hostname, model=model, metric=metric)
+    n = state.page_limit(limit)
+    binding = {"hostname": hostname, "model": model, "metric": metric}
+    after = None
+    if cursor is not None:
+        h, i, u = state.cursors.decode("gpus", cursor, (str, int, str), binding)
+        after = (h, i, u)
+    key = {**binding, "limit": n, "cursor": cursor}
+
+    def produce() -> dict[str, Any]:  # a GpuPage
+        ids = state.metric_ids([metric]) if metric is not None else None
+        rows = state.reader.gpus(n + 1, after, hostname=hostname, model=model, metric_id=ids[0] if ids else None)
+        nxt = None
+        if len(rows) > n:
+            rows = rows[:n]
+            last = rows[-1]
+            index = -1 if last.gpu_index is None else last.gpu_index
+            nxt = state.cursors.encode("gpus", [last.hostname or "", index, last.uuid], binding)
+        return {"items": [_gpu(r) for r in rows], "next_cursor": nxt}
+
+    return state.cached_json("gpus", key, state.settings.gpu_list_ttl_s, produce)
+
+
+@router.get(
+    "/gpus/{uuid:path}",
+    response_model=GpuDetail,
+    summary="One GPU, with the newest value of each metric it reports.",
+    responses=problems.responses(400, 404, 422, 503),
+)
+def get_gpu(state: State, uuid: UuidParam) -> Response:
+    """One GPU and the newest sample of each of its metrics."""
+    reject_nul(uuid=uuid)
+
+    def produce() -> dict[str, Any]:  # a GpuDetail
+        row = state.reader.gpu(uuid)
+        if row is None:
+            raise ResourceNotFound(f"GPU {shown(uuid)} not found", kind="gpu", name=uuid)
+        latest = [
+            {"metric": r.metric, "unit": r.unit, "ts": r.ts, "value": r.value} for r in state.reader.latest(row.gpu_key)
+        ]
+        return {**_gpu(row), "latest": latest}
+
+    return state.cached_json("gpu", {"uuid": uuid}, state.settings.recent_ttl_s, produce)

@@ -1,0 +1,49 @@
+"""The SQL text of the gateway's queries (``Reader``): column lists, per-GPU probes, aggregate expressions.
+
+Kept apart from ``reader.py`` so the reader reads as what it asks, not how; every fragment is a
+constant (identifiers never come from a request).
+"""
+
+from __future__ import annotations
+
+GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
+GPU_ORDER = "coalesce(g.hostname, ''), coalesce(g.gpu_index, -1), g.uuid"
+# Per GPU g: its newest sample time (one backward index probe), then the metrics it reported recently.
+NEWEST = "SELECT max(x.ts) AS newest FROM telemetry x WHERE x.gpu_key = g.gpu_key"
+RECENT = "t.gpu_key = g.gpu_key AND t.metric_id = {m} AND t.ts >= ({newest}) - %(window)s"
+NAMES_FALLBACK = (
+    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM metrics m "
+    "WHERE EXISTS (SELECT 1 FROM telemetry t WHERE " + RECENT.format(m="m.metric_id", newest="n.newest") + ")"
+)
+NAMES_TABLE = (
+    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
+    "WHERE gm.gpu_key = g.gpu_key"
+)
+HAS_METRIC_FALLBACK = "EXISTS (SELECT 1 FROM telemetry t WHERE " + RECENT.format(m="%(metric)s", newest=NEWEST) + ")"
+HAS_METRIC_TABLE = "EXISTS (SELECT 1 FROM gpu_metrics gm WHERE gm.gpu_key = g.gpu_key AND gm.metric_id = %(metric)s)"
+LATEST_FALLBACK = (
+    "WITH n AS (SELECT max(ts) AS newest FROM telemetry WHERE gpu_key = %(gpu)s) "
+    "SELECT m.name, m.unit, l.ts, l.value FROM metrics m, n CROSS JOIN LATERAL ("
+    "SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.metric_id = m.metric_id "
+    "AND t.ts >= n.newest - %(window)s ORDER BY t.ts DESC LIMIT 1) l ORDER BY m.name"
+)
+LATEST_TABLE = (
+    "SELECT m.name, m.unit, gm.last_ts, gm.last_value FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
+    "WHERE gm.gpu_key = %(gpu)s ORDER BY m.name"
+)
+AGG_RAW: dict[str, str] = {
+    "avg": "avg(t.value)",
+    "min": "min(t.value)",
+    "max": "max(t.value)",
+    "count": "count(*)::float8",
+    "last": "(array_agg(t.value ORDER BY t.ts DESC))[1]",
+    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY t.value)",
+}
+# Re-aggregating a rollup view (columns bucket, gpu_key, metric_id, avg, min, max, count, last); p95 cannot be.
+AGG_ROLLUP: dict[str, str] = {
+    "avg": "sum(t.avg * t.count) / nullif(sum(t.count), 0)",
+    "min": "min(t.min)",
+    "max": "max(t.max)",
+    "count": "sum(t.count)::float8",
+    "last": "(array_agg(t.last ORDER BY t.bucket DESC))[1]",
+}
