@@ -58,7 +58,9 @@ def test_no_private_name_is_imported_across_packages() -> None:
         for module, line, names in imported(ast.parse(path.read_text())):
             if not module.startswith(PACKAGES):
                 continue
-            target = module.split(".")[:-1] if (ROOT / module.replace(".", "/")).with_suffix(".py").exists() else []
+            parts = module.split(".")
+            # the package the imported name lives in: the module's own package, or the package itself
+            target = parts if (ROOT / "/".join(parts)).is_dir() else parts[:-1]
             for name in names:
                 if name.startswith("_") and target != package:
                     wrong.append(f"{rel(path)}:{line} imports {module}.{name}")
