@@ -149,7 +149,12 @@ class Jobs:
 
     def submit(self, entrypoint: str) -> str:
         sid = f"gpu-telemetry-run-{uuid.uuid4().hex[:6]}"
-        r = self.http.post("/api/jobs/", json={"entrypoint": entrypoint, "submission_id": sid})
+        for attempt in range(6):  # the job agent may not answer yet on a loaded machine: the submitter retries too
+            r = self.http.post("/api/jobs/", json={"entrypoint": entrypoint, "submission_id": sid})
+            if r.status_code < 500:
+                break
+            print(f"job submission answered {r.status_code}: {r.text[:500]}", file=sys.stderr)
+            time.sleep(2 * (attempt + 1))
         r.raise_for_status()
         return sid
 

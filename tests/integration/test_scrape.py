@@ -42,7 +42,9 @@ def test_two_streamers_scrape_a_fleet_into_postgres_while_a_dead_target_is_repor
     q = LocalQueue(partitions=4, budget_bytes=1 << 28)
     sources = [PrometheusSource(targets, interval_s=0.5, timeout_s=0.5, retries=1, backoff_s=0.01) for _ in range(2)]
     for i, source in enumerate(sources):
-        streamer = Streamer("scrape", source, q, partitions=4, shard=Shard(i, 2), interval_s=0, passes=PASSES)
+        streamer = Streamer(
+            f"scrape/shard-{i}-of-2", source, q, partitions=4, shard=Shard(i, 2), interval_s=0, passes=PASSES
+        )
         assert streamer.run().passes == PASSES
     collector = Collector("c", "g", q, TelemetryWriter(fresh_db), poll_timeout_s=0.0)
     collector.start()
