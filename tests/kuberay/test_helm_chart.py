@@ -3,8 +3,10 @@ objects as `kubectl kustomize` for every environment, passing the same validator
 the KubeRay client as an overlay is.
 
 The chart embeds each overlay's rendering (files/<env>.yaml, `make chart`) and sets its values on
-it, so the overlays stay the one source of truth. The one intended difference: Helm's labels
-(HELM_LABELS) added to every object's metadata.labels; nothing else, no spec, differs.
+it, so the overlays stay the one source of truth. The intended differences, all in metadata:
+Helm's labels (HELM_LABELS) on every object, and ``helm.sh/resource-policy: keep`` on the
+namespaces and PVCs (KEPT_KINDS) so that `helm uninstall` deletes neither the Secrets made by
+hand nor the data. No spec differs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ HELM_LABELS = {
     "app.kubernetes.io/managed-by",
     "app.kubernetes.io/version",
 }
+KEPT_KINDS = ("Namespace", "PersistentVolumeClaim")
 SPEC_KINDS = ("RayCluster", "RayJob", "StatefulSet", "NetworkPolicy", "PodMonitor", "PrometheusRule")
 
 # Every check the kustomize output passes, run again on the chart's rendering.
@@ -158,6 +161,10 @@ def test_helm_and_kustomize_render_the_same_objects_and_specs(
         assert labels["app.kubernetes.io/instance"] == RELEASE
         for name in HELM_LABELS:
             labels.pop(name)
+        if key[0] in KEPT_KINDS:
+            assert got["metadata"]["annotations"].pop("helm.sh/resource-policy") == "keep", key
+            if not got["metadata"]["annotations"] and "annotations" not in expected["metadata"]:
+                del got["metadata"]["annotations"]
         if key[0] in SPEC_KINDS:
             assert got["spec"] == expected["spec"], f"{env}: {key} spec differs"
         assert got == expected, f"{env}: {key} differs beyond Helm's labels"
