@@ -88,19 +88,42 @@ def helm_server() -> Iterator[LoopbackApiServer]:
 
 
 @pytest.fixture(scope="session")
-def helm_rendered() -> dict[str, list[dict[str, Any]]]:
-    """Each environment's objects as `helm install -f values-<env>.yaml` rendered them."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def helm_releases() -> dict[str, dict[str, Any]]:
+    """Each environment's release from `helm install -f values-<env>.yaml`, applied by Helm."""
+    out: dict[str, dict[str, Any]] = {}
     for env in ENVS:
         server = LoopbackApiServer().start()
         try:
             release = install(env_values(env), server)
             assert "error" not in release, f"helm install -f values-{env}.yaml: {release.get('error')}"
-            out[env] = load_yaml_docs(release["manifest"])
-            assert len(server.objects) == len(out[env]), f"{env}: Helm applied {len(server.objects)} objects"
+            applied = len(load_yaml_docs(release["manifest"]))
+            assert len(server.objects) == applied, f"{env}: Helm applied {len(server.objects)} of {applied} objects"
+            out[env] = release
         finally:
             server.stop()
     return out
+
+
+@pytest.fixture(scope="session")
+def helm_rendered(helm_releases: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each environment's objects as Helm rendered them (the release's manifest)."""
+    return {env: load_yaml_docs(release["manifest"]) for env, release in helm_releases.items()}
+
+
+def test_notes_say_how_to_reach_the_api_and_the_dashboard_and_get_the_token(
+    helm_releases: dict[str, dict[str, Any]],
+) -> None:
+    notes = {env: release["info"]["notes"] for env, release in helm_releases.items()}
+    for env, text in notes.items():
+        assert f"the {env} objects are applied" in text
+        assert "get secret ray-auth-token -o jsonpath='{.data.auth_token}' | base64 -d" in text
+        assert "RAY_AUTH_MODE=token" in text
+        assert "port-forward svc/gpu-telemetry-gateway 8000:8000" in text
+        assert "port-forward svc/gpu-telemetry-head-svc 8265:8265" in text
+        assert "svc/monitoring-grafana 3000:80" in text
+    assert "https://api.gpu-telemetry.example.com/api/v1/gpus" in notes["prod"]
+    assert "https://api.staging.gpu-telemetry.example.com/api/v1/gpus" in notes["staging"]
+    assert "https://" not in notes["dev"]
 
 
 # --- lint -----------------------------------------------------------------------------------------
@@ -207,6 +230,8 @@ def test_values_set_what_they_name(helm_server: LoopbackApiServer) -> None:
     assert not [o for o in objs if o["apiVersion"].startswith("monitoring.coreos.com/")]
     assert not of_kind(objs, "Ingress")
     assert one(objs, "PersistentVolumeClaim", "timescaledb-backups")["spec"]["storageClassName"] == "standard"
+    notes = release["info"]["notes"]
+    assert "https://" not in notes and "monitoring-grafana" not in notes
 
 
 # --- the same validators as the kustomize output --------------------------------------------------
