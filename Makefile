@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test cover lint openapi openapi-check bench clean help
+.PHONY: run test cover lint openapi openapi-check chart bench clean help
 
 help:
 	@echo "make run      stream a generated fleet into an embedded PostgreSQL and serve the API (ARGS='...')"
@@ -13,6 +13,7 @@ help:
 	@echo "make cover    tests with a coverage report"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make openapi  regenerate docs/openapi.json from the code"
+	@echo "make chart    re-embed the overlays' renderings in the Helm chart (kubectl kustomize)"
 	@echo "make bench    print ingest and queue figures"
 
 $(STAMP): pyproject.toml
@@ -40,6 +41,13 @@ openapi: $(STAMP)
 
 openapi-check: $(STAMP)
 	$(PY) -m pipeline.gateway.openapi --check docs/openapi.json
+
+# The Helm chart deploys each overlay's rendering (kuberay/chart/gpu-telemetry/files/<env>.yaml);
+# re-run after any change under kuberay/base, components or overlays (a test says when it is stale).
+chart:
+	for env in dev staging prod; do \
+	  kubectl kustomize kuberay/overlays/$$env > kuberay/chart/gpu-telemetry/files/$$env.yaml || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py --quick

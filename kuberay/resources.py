@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "RAY_GROUP",
     "RAY_VERSION",
+    "RESOURCE_TYPES",
     "ObjectRef",
     "ResourceType",
     "apply_order",
@@ -77,6 +78,7 @@ _TYPES: tuple[ResourceType, ...] = (
     ResourceType(RAY_GROUP, RAY_VERSION, "RayJob", "rayjobs", True, 72),
 )
 _BY_KEY = {(t.api_version, t.kind): t for t in _TYPES}
+RESOURCE_TYPES = _TYPES  # every kind the client applies (a test API server serves their discovery)
 
 
 def resource_type(api_version: str, kind: str) -> ResourceType:

@@ -4,7 +4,8 @@ It serves the REST paths the client uses, keeps objects in memory, and honours t
 the client sends: server-side apply (``application/apply-patch+yaml``, creating or merging, with a
 required fieldManager), RFC 6902 JSON patch (``test`` failures answer 422 as the real server does)
 and RFC 7386 merge patch. Errors are ``Status`` objects; tests inject 404/409/422/500 on demand
-and observe every request.
+and observe every request. Discovery (``/version``, ``/api``, ``/apis``, each group version's
+resources) comes from :mod:`tests.kuberay.discovery`, for Helm.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from tests.kuberay.discovery import discovery_document
 
 Key = tuple[str, str, str, str, str]  # group, version, namespace ("" if cluster-scoped), plural, name
 
@@ -373,6 +376,10 @@ def _handler_for(server: LoopbackApiServer) -> type[BaseHTTPRequestHandler]:
                     failure.code, f"injected failure {failure.code} for {method} {split.path}", reason=failure.reason
                 )
                 return
+            document = discovery_document(split.path) if method == "GET" else None
+            if document is not None:
+                self._send(200, document)
+                return
             route = _route(split.path)
             if route is None:
                 self._error(404, f"the server could not find the requested resource ({split.path})")
@@ -476,20 +483,7 @@ def _handler_for(server: LoopbackApiServer) -> type[BaseHTTPRequestHandler]:
             except Exception as exc:  # reported to the client, which raises it
                 self._error(500, f"loopback server error: {exc!r}")
 
-        def do_GET(self) -> None:
-            self._safely()
-
-        def do_POST(self) -> None:
-            self._safely()
-
-        def do_PATCH(self) -> None:
-            self._safely()
-
-        def do_DELETE(self) -> None:
-            self._safely()
-
-        def do_PUT(self) -> None:
-            self._safely()
+        do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _safely  # noqa: N815 (http.server names them)
 
     return Handler
 
