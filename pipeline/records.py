@@ -8,6 +8,7 @@ sample for attribution but are not written to ``telemetry``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "DCGM_FIELDS",
     "REJECT_SCHEMA",
     "SAMPLE_SCHEMA",
+    "TIME_GRID_ORIGIN",
     "TS_TYPE",
     "WIRE_SCHEMA",
     "Envelope",
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 TS_TYPE: Final = pa.timestamp("us", tz="UTC")
+# The one origin of every time grid: aggregate buckets and time partitions are aligned to it
+# (TimescaleDB's time_bucket default: Monday 2000-01-03, midnight UTC).
+TIME_GRID_ORIGIN: Final = datetime(2000, 1, 3, tzinfo=UTC)
 
 SAMPLE_SCHEMA: Final = pa.schema(
     [

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
+from pipeline.records import TIME_GRID_ORIGIN
 from pipeline.storage import _reader_sql as q
 
 __all__ = [
@@ -43,7 +44,7 @@ AggFn = Literal["avg", "min", "max", "count", "last", "p95"]
 METRIC_WINDOW = timedelta(minutes=15)
 # Bucket boundaries are multiples of the bucket since this instant (TimescaleDB's time_bucket default),
 # so date_bin and time_bucket agree and minute/hour rollups line up with any multiple of them.
-AGGREGATE_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+AGGREGATE_ORIGIN = TIME_GRID_ORIGIN  # buckets of aggregates start on the one time grid
 _ROLLUPS = (("telemetry_1h", timedelta(hours=1)), ("telemetry_1m", timedelta(minutes=1)))
 _KEY_CACHE_MAX = 100_000
 

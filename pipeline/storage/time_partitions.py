@@ -29,14 +29,14 @@ from psycopg import errors, sql
 
 from pipeline.config import StorageSettings
 from pipeline.errors import ConfigError, DatabaseUnavailable, StorageError
+from pipeline.records import TIME_GRID_ORIGIN
 from pipeline.storage.database import connect
 
 __all__ = ["ORIGIN", "PartitionInfo", "PartitionManager", "PartitionReport"]
 
 log = logging.getLogger(__name__)
 
-# Grid origin: TimescaleDB's time_bucket default and the reader's AGGREGATE_ORIGIN (a Monday, midnight UTC).
-ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+ORIGIN = TIME_GRID_ORIGIN  # partitions start on the same grid as aggregate buckets
 # Distinct from the migration lock (pipeline.storage.migrate.LOCK_KEY).
 LOCK_KEY = 0x6770_7574_7061  # "gputpa"
 TABLE = "telemetry"
