@@ -213,7 +213,12 @@ def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, 
         again = cli("status", env={**env, "RAY_ADDRESS": address}, timeout=180)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "collectors: 3 running, target 3, pinned at 3" in again.stdout
-        token = next(ln.split(": ", 1)[1].strip() for ln in list(lines) if ln.startswith("api token"))
+        deadline = time.monotonic() + 180
+        token = None
+        while token is None:  # printed once the gateway is up (Serve may take a while under load)
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            token = next((ln.split(": ", 1)[1].strip() for ln in list(lines) if ln.startswith("api token")), None)
+            time.sleep(0.5)
         auth = {"Authorization": f"Bearer {token}"}  # run made a token for this run and printed how to use it
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/gpus", timeout=30).status_code == 401
         deadline = time.monotonic() + 120
