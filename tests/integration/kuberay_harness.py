@@ -149,12 +149,15 @@ class Jobs:
 
     def submit(self, entrypoint: str) -> str:
         sid = f"gpu-telemetry-run-{uuid.uuid4().hex[:6]}"
-        for attempt in range(6):  # the job agent may not answer yet on a loaded machine: the submitter retries too
+        # The head's job agent registers some time after the dashboard answers ("No available agent to
+        # submit job, please try again later"), later still on a loaded machine: retry, as the submitter does.
+        deadline = time.monotonic() + 300
+        while True:
             r = self.http.post("/api/jobs/", json={"entrypoint": entrypoint, "submission_id": sid})
-            if r.status_code < 500:
+            if r.status_code < 500 or time.monotonic() > deadline:
                 break
-            print(f"job submission answered {r.status_code}: {r.text[:500]}", file=sys.stderr)
-            time.sleep(2 * (attempt + 1))
+            print(f"job submission answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
+            time.sleep(3)
         r.raise_for_status()
         return sid
 
