@@ -29,10 +29,12 @@ import pyarrow as pa
 import ray
 
 from pipeline.errors import FencedError
-from pipeline.queue.broker import Persistence
+from pipeline.queue.broker import (
+    Broker,  # the broker logic itself: no database behind this bench
+    Persistence,
+)
 from pipeline.queue.routing import broker_of
 from pipeline.records import Envelope, to_wire
-from pipeline.runtime.actors import Broker
 from pipeline.runtime.transport import RayQueue
 from pipeline.sources import Shard
 from pipeline.sources.synthetic import SyntheticFleet
