@@ -2,7 +2,7 @@
 
 On a cluster the gateway is its own Serve application, deployed declaratively from the Serve config;
 the pipeline never starts or shuts down Serve there. Locally, ``run`` deploys the same application
-under the same name and removes only that application when it ends (never ``serve.shutdown()``,
+under the same name and removes only that application when it ends (it never shuts Serve down,
 which would remove every application on a shared cluster).
 """
 
