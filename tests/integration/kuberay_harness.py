@@ -306,6 +306,10 @@ def main() -> int:
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
+            # The head's agent serves the Jobs API. Its default port (52365) is the one this machine's
+            # other Ray cluster (the test session's) already holds: an agent that cannot bind never
+            # registers, and every submission answers "No available agent to submit job".
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     report: dict[str, Any] = {}

@@ -44,10 +44,6 @@ def test_the_dev_overlay_runs_on_a_multi_node_cluster_and_survives_three_faults(
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     assert lines, f"no report (exit {proc.returncode}):\n{out[-3000:]}\n{err[-8000:]}"
     report = json.loads(lines[-1])
-    if "No available agent to submit job" in err and "error" in report:
-        # Seen in clean-clone CI runs only (never in a developer's checkout): the head's job agent never
-        # registered within five minutes. The cluster's own fault, before any pipeline code ran.
-        pytest.skip("the harness cluster's job agent never registered (Ray: 'No available agent to submit job')")
     assert proc.returncode == 0 and "error" not in report, f"{report}\n{err[-8000:]}"
     assert report["entrypoint"].split()[:4] == ["python", "-m", "pipeline", "deploy"]
     assert report["a"]["driver_killed"] and "nothing changed" in report["a"]["resubmitted"]
