@@ -2,7 +2,13 @@
 
 A *sample* is one value of one DCGM field of one GPU at one instant. Column names match
 ``sql/001_schema.sql`` where a column is stored; the rest (labels, source_ts, ...) travel with the
-sample for attribution but are not written to ``telemetry``.
+sample but are not written to ``telemetry``.
+
+Attribution travels as two canonical strings per sample, not as labels: ``workload`` (who holds the
+GPU: namespace, pod, container, HPC job) and ``gpu_info`` (static facts of the GPU: driver version,
+exporter instance, MIG parent, instance id and profile), each the fields joined by ``FIELD_SEP``.
+Dictionary-encoded on the wire they cost one small integer per row; the collector turns changes of
+``workload`` into allocation intervals and ``gpu_info`` into columns of the GPU's row.
 """
 
 from __future__ import annotations
@@ -16,17 +22,21 @@ import pyarrow as pa
 
 __all__ = [
     "DCGM_FIELDS",
+    "FIELD_SEP",
+    "GPU_INFO_FIELDS",
     "REJECT_SCHEMA",
     "SAMPLE_SCHEMA",
     "TIME_GRID_ORIGIN",
     "TS_TYPE",
     "WIRE_SCHEMA",
+    "WORKLOAD_FIELDS",
     "Envelope",
     "compact_dictionaries",
     "empty_samples",
     "empty_wire",
     "make_rejects",
     "pack_envelopes",
+    "split_fields",
     "to_wire",
 ]
 
@@ -34,6 +44,11 @@ TS_TYPE: Final = pa.timestamp("us", tz="UTC")
 # The one origin of every time grid: aggregate buckets and time partitions are aligned to it
 # (TimescaleDB's time_bucket default: Monday 2000-01-03, midnight UTC).
 TIME_GRID_ORIGIN: Final = datetime(2000, 1, 3, tzinfo=UTC)
+
+# The canonical attribution strings: fields joined by the ASCII unit separator (removed from values).
+FIELD_SEP: Final = "\x1f"
+WORKLOAD_FIELDS: Final = ("namespace", "pod", "container", "job")
+GPU_INFO_FIELDS: Final = ("driver_version", "instance", "parent_uuid", "mig_instance", "mig_profile")
 
 SAMPLE_SCHEMA: Final = pa.schema(
     [
@@ -47,6 +62,8 @@ SAMPLE_SCHEMA: Final = pa.schema(
         pa.field("metric", pa.string(), nullable=False),
         pa.field("value", pa.float64(), nullable=False),
         pa.field("labels", pa.map_(pa.string(), pa.string())),
+        pa.field("workload", pa.string()),  # WORKLOAD_FIELDS joined by FIELD_SEP; null: nobody holds the GPU
+        pa.field("gpu_info", pa.string()),  # GPU_INFO_FIELDS joined by FIELD_SEP; null: none known
     ]
 )
 
@@ -64,15 +81,25 @@ WIRE_SCHEMA: Final = pa.schema(
         pa.field("model", _DICT),
         pa.field("metric", _DICT, nullable=False),
         pa.field("value", pa.float64(), nullable=False),
+        pa.field("workload", _DICT),
+        pa.field("gpu_info", _DICT),
     ]
 )
-_WIRE_STRINGS: Final = ("uuid", "hostname", "device", "model", "metric")
+_WIRE_STRINGS: Final = ("uuid", "hostname", "device", "model", "metric", "workload", "gpu_info")
 
 
 def to_wire(samples: pa.RecordBatch) -> pa.RecordBatch:
-    """Project a sample batch onto ``WIRE_SCHEMA`` (dictionary-encoding the strings)."""
+    """Project a sample batch onto ``WIRE_SCHEMA`` (dictionary-encoding the strings).
+
+    A batch without the attribution columns (written by an older version, e.g. a queue segment on
+    disk) gets them as nulls.
+    """
     arrays = []
+    names = set(samples.schema.names)
     for field in WIRE_SCHEMA:
+        if field.name not in names:
+            arrays.append(pa.nulls(samples.num_rows, field.type))
+            continue
         column = samples.column(field.name)
         if field.name in _WIRE_STRINGS and not pa.types.is_dictionary(column.type):
             column = column.dictionary_encode()
@@ -91,11 +118,15 @@ def compact_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
     for column in batch.columns:
         compacted = column
         if pa.types.is_dictionary(column.type) and len(column.dictionary) > 1:
-            indices = column.indices.to_numpy(zero_copy_only=False)
-            used, remapped = np.unique(indices, return_inverse=True)
+            indices = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            valid = indices >= 0  # a null row (nobody holds the GPU) stays null
+            used, remapped = np.unique(indices[valid], return_inverse=True)
             if len(used) < len(column.dictionary):
+                out = np.zeros(len(indices), dtype=np.int32)
+                out[valid] = remapped
+                mask = None if valid.all() else ~valid
                 compacted = pa.DictionaryArray.from_arrays(
-                    pa.array(remapped.astype(np.int32), pa.int32()), column.dictionary.take(pa.array(used))
+                    pa.array(out, pa.int32(), mask=mask), column.dictionary.take(pa.array(used, pa.int64()))
                 )
         arrays.append(compacted)
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
@@ -152,6 +183,15 @@ class Envelope:
         """Bytes of Arrow buffers held by the message."""
         extra = 0 if self.rejects is None else int(self.rejects.nbytes)
         return int(self.samples.nbytes) + extra
+
+
+def split_fields(text: str | None, count: int) -> tuple[str | None, ...]:
+    """The fields of a canonical attribution string (empty fields as None); all None for None."""
+    if text is None:
+        return (None,) * count
+    parts = text.split(FIELD_SEP)
+    parts += [""] * (count - len(parts))
+    return tuple(p or None for p in parts[:count])
 
 
 def empty_samples() -> pa.RecordBatch:

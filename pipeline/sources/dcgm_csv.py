@@ -52,6 +52,9 @@ _CANONICAL: Final = {
     "uuid": "uuid",
     "modelName": "model",
     "Hostname": "hostname",
+    "container": "container",
+    "pod": "pod",
+    "namespace": "namespace",
     "value": "value",
     "labels_raw": "labels_raw",
 }

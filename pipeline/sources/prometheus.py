@@ -9,8 +9,9 @@ targets carry on. Bad *data* becomes rejects, with the same checks and reasons a
 
 Labels map onto the sample schema as dcgm-exporter writes them: ``Hostname`` (older) or
 ``hostname``, ``UUID`` or ``uuid``, ``gpu``, ``device``, ``modelName``; every label (``pci_bus_id``,
-``GPU_I_PROFILE``, ``GPU_I_ID``, ``pod``, ``namespace``, ``container``, ...) is kept in ``labels``.
-A MIG instance is a GPU of its own: its identity is ``<parent UUID>/mig-<GPU_I_ID>``.
+``GPU_I_PROFILE``, ``GPU_I_ID``, ``pod``, ``namespace``, ``container``, ...) is kept in ``labels``,
+and the workload and static facts are read from them (``pipeline.sources.attribution``). A MIG
+instance is a GPU of its own: its identity is ``<parent UUID>/mig-<GPU_I_ID>``.
 """
 
 from __future__ import annotations
@@ -155,10 +156,7 @@ def parse_exposition(text: str, source: str, scraped_at: float, now_us: int | No
         if not name.startswith(TELEMETRY_PREFIX):
             continue
         labels = sample.labels
-        uuid = labels.get("UUID") or labels.get("uuid") or ""
-        mig = labels.get("GPU_I_ID")
-        if uuid and mig:
-            uuid = f"{uuid}/mig-{mig}"
+        uuid = labels.get("UUID") or labels.get("uuid") or ""  # a MIG device's name is made in validate()
         raw_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         if "instance" not in labels:
             raw_labels += ("," if raw_labels else "") + f'instance="{instance}"'

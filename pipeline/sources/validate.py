@@ -17,11 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.records import SAMPLE_SCHEMA, TS_TYPE, make_rejects
+from pipeline.sources.attribution import gpu_identity, workload_column
 
-__all__ = ["RAW_COLUMNS", "ValidatedBatch", "blank_code", "parse_labels", "validate"]
+__all__ = ["POD_COLUMNS", "RAW_COLUMNS", "ValidatedBatch", "blank_code", "parse_labels", "validate"]
 
 # Canonical names of the raw columns validate() reads.
 RAW_COLUMNS: Final = ("timestamp", "metric", "gpu_index", "device", "uuid", "model", "hostname", "value", "labels_raw")
+# Optional raw columns (the CSV export's): who holds the GPU, when the exporter filled them in.
+POD_COLUMNS: Final = ("namespace", "pod", "container")
 
 _NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _NAN = r"(?i)^[+-]?nan$"
@@ -75,6 +78,7 @@ def validate(
 ) -> ValidatedBatch:
     """Validate raw string columns named as in ``RAW_COLUMNS``; ``records`` numbers each row."""
     col = {name: raw.column(name) for name in RAW_COLUMNS}
+    col.update({name: raw.column(name) for name in POD_COLUMNS if name in raw.schema.names})
     if isinstance(raw, pa.Table):
         col = {k: v.combine_chunks() for k, v in col.items()}  # type: ignore[union-attr]
     value = col["value"]
@@ -242,18 +246,23 @@ def _samples(
         arr = pc.take(col[name], take)
         return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
+    labels = parse_labels(pc.take(col["labels_raw"], take))
+    uuid, gpu_info = gpu_identity(pc.take(col["uuid"], take), labels)
+    pods: dict[str, pa.Array] = {name: pc.take(col[name], take) for name in POD_COLUMNS if name in col}
     return pa.RecordBatch.from_arrays(
         [
             pa.array(np.zeros(count, dtype=np.int64)).cast(TS_TYPE),
             source_ts,
-            pc.take(col["uuid"], take),
+            uuid,
             text("hostname"),
             gpu_index,
             text("device"),
             text("model"),
             pc.take(col["metric"], take),
             pa.array(numbers[positions], type=pa.float64()),
-            parse_labels(pc.take(col["labels_raw"], take)),
+            labels,
+            workload_column(labels, pods),
+            gpu_info,
         ],
         schema=SAMPLE_SCHEMA,
     )
