@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "AttributionSettings",
     "CollectorSettings",
     "DatabaseSettings",
     "GatewaySettings",
@@ -106,6 +107,7 @@ class StreamerSettings(BaseModel):
     scrape_retries: int = Field(2, ge=0, le=10)
     hosts: int = Field(32, ge=1, le=100_000)  # synthetic fleet size when no CSV is given
     gpus_per_host: int = Field(8, ge=1, le=64)
+    synthetic_events: bool = True  # the synthetic fleet's MIG devices, XID codes and a GPU that goes silent
     interval_s: float = Field(1.0, ge=0)
     batch_rows: int = Field(100_000, ge=1)
     passes: int | None = Field(None, ge=1)
@@ -128,6 +130,26 @@ class CollectorSettings(BaseModel):
     count: int = Field(2, ge=0, le=1024)  # two overlap one's encoding with the other's COPY
     max_rows: int = Field(200_000, ge=1)  # rows per transaction, across partitions
     poll_timeout_s: float = Field(0.2, gt=0)
+
+
+class AttributionSettings(BaseModel):
+    """What collectors derive from samples in their transactions: allocations, latest values, usage, events.
+
+    ``latest_every_s``: how often a collector rewrites the latest-value rows of the GPUs it saw (0: every
+    transaction); the gateway's ``health_grace_s`` must cover it. Usage: a GPU_UTIL sample holds until the
+    GPU's next one, at most ``max_gap_s``; it is active above ``active_above_percent`` and holds memory
+    idle at or below it with FB_USED above ``memory_held_mib``. The supervisor folds the usage log into
+    the rollups every ``compact_every_s``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    latest_every_s: float = Field(5.0, ge=0)
+    active_above_percent: float = Field(5.0, ge=0, le=100)
+    memory_held_mib: float = Field(1024.0, ge=0)
+    max_gap_s: float = Field(120.0, gt=0)
+    compact_every_s: float = Field(30.0, gt=0)
 
 
 class StorageSettings(BaseModel):
@@ -197,6 +219,11 @@ class GatewaySettings(BaseModel):
     max_aggregate_window_s: float = Field(366 * 86400, gt=0)  # span of one aggregate, whole buckets included
     recent_window_s: float = Field(5.0, ge=0)  # a window ending this close to now is "recent" (cached briefly)
     recent_ttl_s: float = Field(1.0, ge=0)
+    # Health: a GPU is missing when its newest sample is older than missing_intervals x scrape_interval_s
+    # plus health_grace_s (the latest-value table's flush period and ingest latency).
+    scrape_interval_s: float = Field(1.0, gt=0)
+    missing_intervals: int = Field(3, ge=1)
+    health_grace_s: float = Field(10.0, ge=0)
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -276,6 +303,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)  # type: ignore[arg-type]
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    attribution: AttributionSettings = Field(default_factory=AttributionSettings)  # type: ignore[arg-type]
     ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -291,6 +319,11 @@ class Settings(BaseSettings):
         problem = collectors_problem(self.queue.partitions, self.policy_bounds("collector")[1])
         if problem:
             raise ValueError(problem)
+        if self.attribution.enabled and self.gateway.health_grace_s < self.attribution.latest_every_s:
+            raise ValueError(
+                f"gateway.health_grace_s ({self.gateway.health_grace_s:g}) must cover attribution.latest_every_s "
+                f"({self.attribution.latest_every_s:g}): otherwise healthy GPUs look missing between flushes"
+            )
         return self
 
     def policy_bounds(self, role: str) -> tuple[int, int]:

@@ -139,6 +139,10 @@ REJECT_SCHEMA: Final = pa.schema(
         pa.field("line", pa.int64()),  # record number in the source, header = 1
         pa.field("raw", pa.string()),
         pa.field("reason", pa.string(), nullable=False),
+        # Where the reject is data about a GPU (a DCGM blank code): the GPU, the metric and the code.
+        pa.field("uuid", pa.string()),
+        pa.field("metric", pa.string()),
+        pa.field("blank", pa.string()),
     ]
 )
 
@@ -205,10 +209,18 @@ def empty_wire() -> pa.RecordBatch:
 
 
 def make_rejects(
-    ts_us: int, source: str, lines: list[int | None], raws: list[str | None], reasons: list[str]
+    ts_us: int,
+    source: str,
+    lines: list[int | None],
+    raws: list[str | None],
+    reasons: list[str],
+    uuids: list[str | None] | None = None,
+    metrics: list[str | None] | None = None,
+    blanks: list[str | None] | None = None,
 ) -> pa.RecordBatch:
     """Build a reject batch from parallel lists (rejects are rare: plain lists are fine)."""
     n = len(reasons)
+    none: list[str | None] = [None] * n
     return pa.RecordBatch.from_arrays(
         [
             pa.array([ts_us] * n, type=pa.int64()).cast(TS_TYPE),
@@ -216,6 +228,9 @@ def make_rejects(
             pa.array(lines, type=pa.int64()),
             pa.array(raws, type=pa.string()),
             pa.array(reasons, type=pa.string()),
+            pa.array(uuids or none, type=pa.string()),
+            pa.array(metrics or none, type=pa.string()),
+            pa.array(blanks or none, type=pa.string()),
         ],
         schema=REJECT_SCHEMA,
     )
@@ -234,5 +249,15 @@ def pack_envelopes(envelopes: list[Envelope]) -> Envelope | None:
         batch = empty_wire()
     packed_rejects = None
     if rejects:
+        rejects = [_reject_schema(r) for r in rejects]
         packed_rejects = pa.Table.from_batches(rejects).combine_chunks().to_batches(max_chunksize=1 << 62)[0]
     return Envelope(batch, packed_rejects)
+
+
+def _reject_schema(rejects: pa.RecordBatch) -> pa.RecordBatch:
+    """``rejects`` with every REJECT_SCHEMA column (an older version's rejects lack the GPU columns)."""
+    if rejects.schema.names == REJECT_SCHEMA.names:
+        return rejects
+    names = set(rejects.schema.names)
+    columns = [rejects.column(f.name) if f.name in names else pa.nulls(rejects.num_rows, f.type) for f in REJECT_SCHEMA]
+    return pa.RecordBatch.from_arrays(columns, schema=REJECT_SCHEMA)

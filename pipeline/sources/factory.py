@@ -25,6 +25,7 @@ def build_source(
     interval_s: float = 1.0,
     scrape_timeout_s: float = 2.0,
     scrape_retries: int = 2,
+    synthetic_events: bool = False,
 ) -> Source:
     """The source a streamer reads: dcgm-exporter scrapes, NVML, a dcgm-exporter CSV, or a synthetic fleet.
 
@@ -46,7 +47,7 @@ def build_source(
         return DcgmCsvSource(csv, batch_rows=batch_rows)
     from pipeline.sources.synthetic import SyntheticFleet
 
-    return SyntheticFleet(hosts, gpus_per_host, batch_rows=batch_rows)
+    return SyntheticFleet(hosts, gpus_per_host, batch_rows=batch_rows, events=synthetic_events)
 
 
 def source_for(settings: StreamerSettings) -> Source:
@@ -62,4 +63,5 @@ def source_for(settings: StreamerSettings) -> Source:
         interval_s=settings.interval_s,
         scrape_timeout_s=settings.scrape_timeout_s,
         scrape_retries=settings.scrape_retries,
+        synthetic_events=settings.synthetic_events,
     )

@@ -99,13 +99,17 @@ def validate(
     bad_positions: list[int] = np.flatnonzero(~good).tolist()
     sentinel_positions = np.flatnonzero(good & suspicious).tolist()
     reasons: dict[int, str] = {}
+    blanks: dict[int, str] = {}  # rejects that are data about the GPU: its DCGM blank code
     for i in sentinel_positions:
         raw_value = value[i].as_py()
         code = blank_code(raw_value, float(numbers[i]))
         if code is not None:
             reasons[i] = f"value `{raw_value}` for {col['metric'][i].as_py()} is a DCGM {code} code (no value)"
+            blanks[i] = code
     for i in bad_positions:
         reasons[i] = _reason(col, i, bool(is_number[i]), bool(ts_ok[i]), bool(idx_ok[i]))
+        if not is_number[i] and value[i].as_py() == DCGM_BLANK_STRING:
+            blanks[i] = "string blank"
     for i, name in nul_in.items():  # PostgreSQL refuses NUL in text: never send one
         reasons[i] = f"field {name} contains a NUL byte"
     if reasons:
@@ -138,6 +142,9 @@ def validate(
             [int(records[i]) for i in order],
             [_raw_text(col, i) for i in order],
             [reasons[i] for i in order],
+            uuids=[col["uuid"][i].as_py() if i in blanks else None for i in order],
+            metrics=[col["metric"][i].as_py() if i in blanks else None for i in order],
+            blanks=[blanks.get(i) for i in order],
         )
     return ValidatedBatch(samples, rejects)
 

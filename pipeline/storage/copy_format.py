@@ -12,7 +12,20 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PG_EPOCH_US", "TELEMETRY_COLUMNS", "encode_telemetry"]
+__all__ = [
+    "HEADER",
+    "OID_FLOAT8",
+    "OID_INT2",
+    "OID_INT4",
+    "OID_TIMESTAMPTZ",
+    "PG_EPOCH_US",
+    "TELEMETRY_COLUMNS",
+    "TRAILER",
+    "array_value",
+    "encode_latest",
+    "encode_row",
+    "encode_telemetry",
+]
 
 # PostgreSQL timestamps count microseconds from 2000-01-01 00:00:00 UTC.
 PG_EPOCH_US: Final = 946_684_800_000_000
@@ -57,3 +70,84 @@ def encode_telemetry(
     rows["value"] = value
     body = rows.tobytes()
     return (HEADER if header else b"") + body + (TRAILER if trailer else b"")
+
+
+# --- arrays and rows with arrays (the attribution tables) ----------------------------------------------
+
+OID_INT2: Final = 21
+OID_INT4: Final = 23
+OID_FLOAT8: Final = 701
+OID_TIMESTAMPTZ: Final = 1184
+_ELEMENT: Final = {OID_INT2: (">i2", 2), OID_INT4: (">i4", 4), OID_FLOAT8: (">f8", 8), OID_TIMESTAMPTZ: (">i8", 8)}
+
+
+def array_value(values: npt.NDArray[np.generic], oid: int) -> bytes:
+    """One one-dimensional array without NULLs, as a binary COPY field value (no length prefix).
+
+    Timestamps are given as Unix microseconds and shifted to PostgreSQL's epoch here.
+    """
+    dtype, width = _ELEMENT[oid]
+    n = len(values)
+    if n == 0:
+        return np.array([0, 0, oid], dtype=">i4").tobytes()
+    body = np.empty(n, dtype=[("len", ">i4"), ("v", dtype)])
+    body["len"] = width
+    body["v"] = values - PG_EPOCH_US if oid == OID_TIMESTAMPTZ else values
+    return np.array([1, 0, oid, n, 1], dtype=">i4").tobytes() + body.tobytes()
+
+
+def encode_row(fields: list[bytes]) -> bytes:
+    """One binary COPY row of the given field values (none NULL)."""
+    parts = [len(fields).to_bytes(2, "big", signed=True)]
+    for f in fields:
+        parts += [len(f).to_bytes(4, "big", signed=True), f]
+    return b"".join(parts)
+
+
+def encode_latest(
+    gpu_key: npt.NDArray[np.int32],
+    newest_us: npt.NDArray[np.int64],
+    metric_ids: npt.NDArray[np.int16],
+    ts_us: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+) -> bytes:
+    """Rows (gpu_key, ts, metric_ids[], sample_ts[], vals[]) of GPUs with ``k`` metrics each, vectorised.
+
+    ``metric_ids``, ``ts_us`` and ``values`` are (rows, k) arrays; one row is one GPU.
+    """
+    n, k = metric_ids.shape
+    header = np.array([1, 0, 0, k, 1], dtype=">i4")
+
+    def array_of(dtype: str) -> list[tuple[str, object, tuple[int, ...]] | tuple[str, object]]:
+        return [("len", ">i4"), ("head", ">i4", (5,)), ("items", [("len", ">i4"), ("v", dtype)], (k,))]
+
+    row = np.dtype(
+        [
+            ("nfields", ">i2"),
+            ("key_len", ">i4"),
+            ("key", ">i4"),
+            ("ts_len", ">i4"),
+            ("ts", ">i8"),
+            ("ids", array_of(">i2")),
+            ("stamps", array_of(">i8")),
+            ("vals", array_of(">f8")),
+        ]
+    )
+    rows = np.empty(n, dtype=row)
+    rows["nfields"] = 5
+    rows["key_len"] = 4
+    rows["key"] = gpu_key
+    rows["ts_len"] = 8
+    rows["ts"] = newest_us - PG_EPOCH_US
+    for name, oid, width, data in (
+        ("ids", OID_INT2, 2, metric_ids),
+        ("stamps", OID_TIMESTAMPTZ, 8, ts_us - PG_EPOCH_US),
+        ("vals", OID_FLOAT8, 8, values),
+    ):
+        head = header.copy()
+        head[2] = oid
+        rows[name]["len"] = 20 + k * (4 + width)
+        rows[name]["head"] = head
+        rows[name]["items"]["len"] = width
+        rows[name]["items"]["v"] = data
+    return rows.tobytes()

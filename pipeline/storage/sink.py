@@ -36,6 +36,7 @@ class WriteResult:
     rows: int
     rejects: int
     offsets: dict[int, int]  # partition -> next offset now stored
+    events: int = 0  # GPU health events (XID errors) recorded with the rows
 
 
 class Sink(Protocol):

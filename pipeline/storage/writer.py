@@ -5,6 +5,11 @@ compare-and-set (the stored offset must equal the batch's first offset and the s
 must be the writer's). If any check fails, nothing is stored. A retry after an ambiguous failure
 (the connection died during COMMIT) is therefore safe: the second attempt finds the offset moved
 and refuses, instead of writing the rows twice.
+
+Attribution rides in the same transaction (``pipeline.storage.attribution``): allocation intervals,
+GPU facts, XID events, the usage log row and, every few seconds, the latest-value rows. Its state is
+computed before the transaction and adopted only after it commits, and reloaded on every claim, so
+the compare-and-set that keeps samples exactly-once keeps it exactly-once too.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.config import AttributionSettings
 from pipeline.errors import DatabaseUnavailable, FencedError, OffsetMismatch, StorageError
 from pipeline.records import Envelope, make_rejects, to_wire
+from pipeline.storage.attribution import Attribution, KeyedBatch, Staged
 from pipeline.storage.copy_format import encode_telemetry
 from pipeline.storage.database import SessionSettings, connect, session_options
 from pipeline.storage.sink import PartitionBatch, WriteResult
@@ -60,8 +67,9 @@ class TelemetryWriter:
         self,
         conninfo: str,
         timeout_s: float = 3.0,  # per address; with heartbeats, well inside the group session timeout
-        last_seen_every_s: float = 2.0,
+        last_seen_every_s: float | None = None,
         session: SessionSettings | None = None,
+        attribution: AttributionSettings | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._timeout = timeout_s
@@ -69,7 +77,11 @@ class TelemetryWriter:
         self._conn: psycopg.Connection[Any] | None = None
         self._gpu_keys: dict[str, int] = {}
         self._metric_ids: dict[str, int] = {}
-        self._last_seen_every = last_seen_every_s
+        settings = AttributionSettings() if attribution is None else attribution  # type: ignore[call-arg]
+        self._attribution = Attribution(settings) if settings.enabled else None
+        # gpus.last_seen is coarse where gpu_latest holds each GPU's newest sample (the reader takes the newer).
+        every = last_seen_every_s if last_seen_every_s is not None else (60.0 if self._attribution else 2.0)
+        self._last_seen_every = every
         self._last_seen_at = 0.0
         self._last_seen: dict[int, int] = {}
         self.refused_metrics: set[str] = set()  # names refused because the smallint key is exhausted
@@ -83,12 +95,19 @@ class TelemetryWriter:
         self._conn.commit()
         self._metric_ids = {n: i for n, i in self._conn.execute("SELECT name, metric_id FROM metrics")}
         self._conn.commit()
+        if self._attribution is not None:
+            self._attribution.load(self._conn, self._metric_ids)
 
     def close(self) -> None:
-        """Flush pending last-seen times and close the connection."""
+        """Flush pending last-seen times and latest values, and close the connection."""
         if self._conn is not None and not self._conn.closed:
             self._last_seen_at = 0.0
             self._touch_last_seen()
+            if self._attribution is not None:
+                try:
+                    self._attribution.latest.flush(self._conn)
+                except psycopg.Error as exc:  # committed samples are safe; only the newest values wait
+                    log.warning("latest values not flushed on close: %s", str(exc).strip())
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -151,7 +170,19 @@ class TelemetryWriter:
             raise StorageError(f"claim of {list(partitions)} timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
+        if self._attribution is not None:
+            self._reload_attribution(conn)
         return {int(p): int(o) for p, o, _ in rows}
+
+    def _reload_attribution(self, conn: psycopg.Connection[Any]) -> None:
+        """After a claim: partitions may have changed hands, so adopt what the database holds."""
+        assert self._attribution is not None
+        try:
+            self._attribution.load(conn, self._metric_ids)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise StorageError(f"attribution state could not be loaded: {str(exc).strip()}") from None
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
 
     def reset(self, group: str, generation: int, partition: int, offset: int) -> None:
         """Move a partition's stored offset (after the broker lost data it had not persisted)."""
@@ -204,10 +235,13 @@ class TelemetryWriter:
         try:
             table = pa.Table.from_batches([to_wire(samples[0])]) if samples else None
             payload = None
+            staged: Staged | None = None
             if table is not None:
-                payload, table, refused = self._encode(table)
+                payload, table, refused, keyed = self._encode(table)
                 if refused is not None:
                     rejects.append(refused)
+                if keyed is not None and self._attribution is not None:
+                    staged = self._attribution.stage(self._db(), keyed, self._metric_ids)
             conn = self._db()
             with conn.transaction():
                 moved = sum(r.num_rows for r in rejects) - sum(b.rejects for b in batches)  # refused rows
@@ -236,22 +270,28 @@ class TelemetryWriter:
                     ) as copy:
                         copy.write(payload)
                 if rejects:
-                    with conn.cursor().copy("COPY rejects (ts, source, line, raw, reason) FROM STDIN") as copy:
-                        for rb in rejects:
-                            for row in rb.to_pylist():
-                                copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+                    _copy_rejects(conn, rejects)
+                if staged is not None:
+                    assert self._attribution is not None
+                    self._attribution.write(conn, staged)
         except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
             raise StorageError(f"write timed out: {str(exc).strip()}") from None
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         except psycopg.Error as exc:
             raise StorageError(f"write failed: {str(exc).strip()}") from None
+        events = 0
+        if staged is not None:
+            assert self._attribution is not None
+            self._attribution.commit(staged)
+            events = len(staged.events[0])
         if table is not None:
             self._touch_last_seen()
         return WriteResult(
             rows=0 if table is None else table.num_rows,
             rejects=sum(r.num_rows for r in rejects),
             offsets={b.partition: b.next_offset for b in batches},
+            events=events,
         )
 
     def _refusal(self, conn: psycopg.Connection[Any], group: str, generation: int, b: PartitionBatch) -> Exception:
@@ -276,21 +316,33 @@ class TelemetryWriter:
 
     # --- encoding ---------------------------------------------------------------------------------------
 
-    def _encode(self, table: pa.Table) -> tuple[bytes, pa.Table, pa.RecordBatch | None]:
-        """COPY payload, the rows it holds, and rejects for rows whose metric name was refused."""
-        metric_ids = self._metric_keys(table.column("metric"))
+    def _encode(self, table: pa.Table) -> tuple[bytes, pa.Table, pa.RecordBatch | None, KeyedBatch | None]:
+        """COPY payload, the rows it holds, rejects for rows whose metric name was refused, the keyed rows."""
+        metric_ids, present = self._metric_keys(table.column("metric"))
         refused = None
         if (metric_ids < 0).any():
             keep = metric_ids >= 0
             refused = self._refusals(table.filter(pa.array(~keep)))
             table = table.filter(pa.array(keep))
             metric_ids = metric_ids[keep]
+            present = present[present >= 0]
         if not table.num_rows:
-            return b"", table, refused
-        gpu_keys = self._keys(table)
+            return b"", table, refused, None
+        gpu_keys, keys, first_rows = self._keys(table)
         ts = table.column("ts").cast(pa.int64()).to_numpy()
         values = table.column("value").to_numpy()
-        return encode_telemetry(ts, gpu_keys, metric_ids, values), table, refused
+        keyed = KeyedBatch(
+            gpu_keys,
+            metric_ids,
+            present,
+            ts,
+            values,
+            keys,
+            first_rows,
+            table.column("workload").combine_chunks(),
+            table.column("gpu_info").combine_chunks(),
+        )
+        return encode_telemetry(ts, gpu_keys, metric_ids, values), table, refused, keyed
 
     def _refusals(self, table: pa.Table) -> pa.RecordBatch:
         names = table.column("metric").to_pylist()
@@ -303,15 +355,18 @@ class TelemetryWriter:
             [f"metric `{n}` refused: {_FULL}" for n in names],
         )
 
-    def _keys(self, table: pa.Table) -> npt.NDArray[np.int32]:
+    def _keys(self, table: pa.Table) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """Each row's gpu_key, the batch's distinct keys and the row where each first appears."""
         encoded = pc.dictionary_encode(table.column("uuid")).combine_chunks()
         dictionary = encoded.dictionary.to_pylist()
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         # A sliced batch keeps its parent's whole dictionary: look up only the entries in use.
-        used = np.unique(indices).tolist()
+        used_array, first_rows = np.unique(indices, return_index=True)
+        used = used_array.tolist()
         missing = [i for i in used if dictionary[i] not in self._gpu_keys]
         if missing:
-            self._register_gpus(table, indices, missing, dictionary)
+            first = dict(zip(used, first_rows.tolist(), strict=True))
+            self._register_gpus(table, [first[i] for i in missing], len(dictionary))
         lookup = np.full(len(dictionary), -1, dtype=np.int32)
         for i in used:
             lookup[i] = self._gpu_keys[dictionary[i]]
@@ -321,14 +376,11 @@ class TelemetryWriter:
             if newest > seen.get(key, 0):
                 seen[key] = newest
         keys: npt.NDArray[np.int32] = lookup[indices]
-        return keys
+        return keys, lookup[used_array], first_rows.astype(np.int64)
 
-    def _register_gpus(
-        self, table: pa.Table, indices: npt.NDArray[Any], missing: list[int], dictionary: list[str]
-    ) -> None:
-        _, first_rows = np.unique(indices, return_index=True)
-        first = {int(indices[r]): int(r) for r in first_rows}
-        rows = pa.array([first[i] for i in missing], pa.int64())
+    def _register_gpus(self, table: pa.Table, first_rows: list[int], dictionary_size: int) -> None:
+        """Give GPUs not seen before their keys (``first_rows``: a row of each)."""
+        rows = pa.array(first_rows, pa.int64())
         attrs = table.select(["uuid", "hostname", "gpu_index", "device", "model", "ts"]).take(rows).to_pydict()
         conn = self._db()
         with conn.transaction():
@@ -344,9 +396,10 @@ class TelemetryWriter:
                 (attrs["uuid"], attrs["hostname"], attrs["gpu_index"], attrs["device"], attrs["model"], attrs["ts"]),
             ).fetchall()
         self._gpu_keys.update({u: int(k) for u, k in result})
-        log.debug("registered %d new GPU(s) of %d in batch", len(result), len(dictionary))
+        log.debug("registered %d new GPU(s) of %d in batch", len(result), dictionary_size)
 
-    def _metric_keys(self, metric: pa.ChunkedArray) -> npt.NDArray[np.int16]:
+    def _metric_keys(self, metric: pa.ChunkedArray) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+        """Each row's metric id (-1: refused) and the distinct ids of the batch."""
         encoded = pc.dictionary_encode(metric).combine_chunks()
         dictionary = encoded.dictionary.to_pylist()
         indices = encoded.indices.to_numpy(zero_copy_only=False)
@@ -358,7 +411,7 @@ class TelemetryWriter:
         for i in used:
             lookup[i] = self._metric_ids.get(dictionary[i], -1)
         ids: npt.NDArray[np.int16] = lookup[indices]
-        return ids
+        return ids, np.unique(lookup[used]) if used else np.zeros(0, dtype=np.int16)
 
     def _register_metrics(self, names: list[str]) -> None:
         """Give new metric names ids; names past ``MAX_METRIC_ID`` are refused (and remembered)."""
@@ -420,13 +473,17 @@ def _merged(conninfo: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _copy_rejects(conn: psycopg.Connection[Any], rejects: Sequence[pa.RecordBatch]) -> None:
+    """COPY reject rows (an older version's rejects lack the GPU columns: NULL there)."""
+    with conn.cursor().copy("COPY rejects (ts, source, line, raw, reason, uuid, metric, blank) FROM STDIN") as copy:
+        for rb in rejects:
+            for row in rb.to_pylist():
+                gpu = (row.get("uuid"), row.get("metric"), row.get("blank"))
+                copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"], *gpu))
+
+
 def record_rejects(conninfo: str, rejects: pa.RecordBatch, timeout_s: float = 5.0) -> int:
     """Store rejects found outside the queue (e.g. a file whose header is not dcgm-exporter's)."""
-    with (
-        connect(conninfo, timeout_s) as conn,
-        conn.transaction(),
-        conn.cursor().copy("COPY rejects (ts, source, line, raw, reason) FROM STDIN") as copy,
-    ):
-        for row in rejects.to_pylist():
-            copy.write_row((row["ts"], row["source"], row["line"], row["raw"], row["reason"]))
+    with connect(conninfo, timeout_s) as conn, conn.transaction():
+        _copy_rejects(conn, [rejects])
     return int(rejects.num_rows)

@@ -36,6 +36,8 @@ def samples(uuid: str, metric: str, seconds: list[int], host: str = "h1", start:
             pa.array([metric] * n),
             pa.array([float(s) for s in seconds]),
             pa.nulls(n, SAMPLE_SCHEMA.field("labels").type),
+            pa.nulls(n, pa.string()),
+            pa.nulls(n, pa.string()),
         ],
         schema=SAMPLE_SCHEMA,
     )
@@ -59,7 +61,7 @@ def test_migrations_apply_once_and_concurrently(empty_db: str) -> None:
         versions = [v for (v,) in c.execute("SELECT version FROM schema_migrations ORDER BY version")]
         metrics = c.execute("SELECT count(*) FROM metrics").fetchone()
     assert versions == [m.version for m in discover()]
-    assert metrics == (10,)
+    assert metrics == (11,)  # the ten DCGM fields of the seed, and DCGM_FI_DEV_XID_ERRORS (023)
 
 
 def test_bad_migration_directory(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Static checks of the TimescaleDB migrations (002, 003, 005, 006).
+"""Static checks of the TimescaleDB migrations (002, 003, 005, 006, 024).
 
 TimescaleDB cannot be installed on the development machines, so this SQL never runs here: on plain
 PostgreSQL the integration tests only prove that each file is a no-op. These checks read the text
@@ -66,7 +66,7 @@ NO_TRANSACTION = "-- migrate: no-transaction"
 
 def timescaledb_files() -> list[Path]:
     files = sorted(SQL.glob("*_timescaledb_*.sql"))
-    assert [f.name[:3] for f in files] == ["002", "003", "005", "006"]
+    assert [f.name[:3] for f in files] == ["002", "003", "005", "006", "024"]
     return files
 
 
@@ -222,7 +222,7 @@ def test_rollups_have_the_reader_columns_and_are_created_without_data() -> None:
 
 def interval_hours(text: str) -> float:
     value, unit = text.split()
-    return float(value) * {"minute": 1 / 60, "minutes": 1 / 60, "hour": 1, "hours": 1, "days": 24}[unit]
+    return float(value) * {"minute": 1 / 60, "minutes": 1 / 60, "hour": 1, "hours": 1, "day": 24, "days": 24}[unit]
 
 
 def test_refresh_windows_stay_inside_the_retention_of_their_source() -> None:
@@ -268,3 +268,25 @@ def test_chunk_interval_arithmetic_holds() -> None:
     rate, chunk_s, ram = 250_000, 15 * 60, 128 * 2**30
     assert rate * chunk_s * bytes_per_sample <= 0.25 * ram
     assert rate * 3600 * bytes_per_sample > 0.25 * ram  # why not 1 hour
+
+
+USAGE_COLUMNS = ["bucket", "gpu_key", "workload_id", "seconds", "active_s", "mem_idle_s", "util_s", "energy_j"]
+
+
+def test_the_usage_aggregate_sums_every_usage_1m_column_and_refreshes_inside_its_retention() -> None:
+    body = code(SQL / "024_timescaledb_usage.sql")
+    (definition,) = re.findall(r"CREATE MATERIALIZED VIEW IF NOT EXISTS usage_1h (.*?) WITH NO DATA", body)
+    assert "timescaledb.continuous" in definition and "timescaledb.materialized_only = false" in definition
+    assert select_list(definition) == USAGE_COLUMNS
+    assert "time_bucket(INTERVAL '1 hour', bucket)" in definition and "FROM usage_1m" in definition
+    assert all(f"sum({c}) AS {c}" in definition for c in USAGE_COLUMNS[3:])  # additive: an exact hierarchy
+    plain = (SQL / "023_attribution.sql").read_text()
+    table = re.search(r"CREATE TABLE usage_1m \((.*?)\n\);", plain, re.DOTALL)
+    assert table and [line.split()[0] for line in table.group(1).strip().splitlines()[:8]] == USAGE_COLUMNS
+    starts = dict(re.findall(r"add_continuous_aggregate_policy\('(\w+)', start_offset => INTERVAL '([^']+)'", body))
+    kept = dict(re.findall(r"add_retention_policy\('(\w+)', drop_after => INTERVAL '([^']+)'", body))
+    assert interval_hours(starts["usage_1h"]) < interval_hours(kept["usage_1m"])
+    assert "create_hypertable(%L, by_range(%L, %L::interval)" in body and "'usage_1m', 'bucket', '1 day'" in body
+    # the Grafana view over the table goes before the table, and comes back over the aggregate
+    assert body.index("DROP VIEW IF EXISTS grafana.usage_1h") < body.index("DROP TABLE usage_1h")
+    assert body.index("CREATE VIEW grafana.usage_1h") > body.index("CREATE MATERIALIZED VIEW")
