@@ -279,4 +279,3 @@ def test_workloads_are_registered_once_whoever_sees_them(fresh_db: str) -> None:
     assert sorted(names, key=str) == sorted(
         [("ml", "train-a", None), ("research", "notebook-b", None), (None, None, "slurm-7")], key=str
     )
-    assert {POD_A, POD_B, JOB_J}  # the scenario's three workloads
