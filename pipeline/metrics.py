@@ -99,6 +99,13 @@ STORAGE_REFUSED_METRICS = MetricDef(
     ("collector",),
     "ray",
 )
+XID_EVENTS = MetricDef(
+    "pipeline_xid_events_total",
+    "counter",
+    "XID errors recorded as GPU events (DCGM_FI_DEV_XID_ERRORS turning to a code).",
+    ("collector",),
+    "ray",
+)
 CONTROLLER_DESIRED = MetricDef(
     "pipeline_controller_desired_actors", "gauge", "Actors the controller wants.", ("role",), "ray"
 )
@@ -163,6 +170,20 @@ GATEWAY_POOL = MetricDef(
     "gateway",
 )
 
+GPUS_MISSING = MetricDef(
+    "pipeline_gpus_missing",
+    "gauge",
+    "GPUs with no sample for the health threshold (missing_intervals x scrape_interval_s + health_grace_s).",
+    (),
+    "gateway",
+)
+HOSTS_SILENT = MetricDef(
+    "pipeline_hosts_silent",
+    "gauge",
+    "Hosts none of whose GPUs reported within the health threshold (the exporter went silent).",
+    (),
+    "gateway",
+)
 GATEWAY_CACHE = MetricDef(
     "pipeline_gateway_cache_requests_total",
     "counter",
@@ -184,6 +205,7 @@ RAY: tuple[MetricDef, ...] = (
     QUEUE_FETCHED_ROWS,
     QUEUE_DISK_FULL,
     STORAGE_REFUSED_METRICS,
+    XID_EVENTS,
     CONTROLLER_DESIRED,
     CONTROLLER_ACTUAL,
     CONTROLLER_DECISIONS,
@@ -197,6 +219,8 @@ GATEWAY: tuple[MetricDef, ...] = (
     CONSUMER_LAG_BATCHES,
     GATEWAY_POOL,
     GATEWAY_CACHE,
+    GPUS_MISSING,
+    HOSTS_SILENT,
 )
 ALL: tuple[MetricDef, ...] = RAY + GATEWAY
 

@@ -181,12 +181,11 @@ CREATE TABLE usage_1m (
 -- TimescaleDB 024 replaces it with a continuous aggregate over usage_1m (same columns).
 CREATE TABLE usage_1h (LIKE usage_1m INCLUDING ALL);
 
--- Grafana reads views in its own schema (007): the new columns and tables its panels use. (024 swaps
+-- Grafana reads views in its own schema (007): the new tables its panels use. (024 swaps
 -- grafana.usage_1h for one over the continuous aggregate on TimescaleDB.)
-CREATE OR REPLACE VIEW grafana.gpus AS
-    SELECT gpu_key, uuid, hostname, gpu_index, device, model, first_seen, last_seen,
-           driver_version, instance, parent_uuid, mig_instance, mig_profile
-      FROM public.gpus;
+-- (grafana.gpus keeps 007's columns, so 007 stays re-runnable; the new facts are a view of their own.)
+CREATE OR REPLACE VIEW grafana.gpu_facts AS
+    SELECT gpu_key, uuid, driver_version, instance, parent_uuid, mig_instance, mig_profile FROM public.gpus;
 CREATE OR REPLACE VIEW grafana.gpu_latest AS SELECT * FROM public.gpu_latest;
 CREATE OR REPLACE VIEW grafana.gpu_metrics AS SELECT * FROM public.gpu_metrics;
 CREATE OR REPLACE VIEW grafana.workloads AS SELECT * FROM public.workloads;

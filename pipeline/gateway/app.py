@@ -45,13 +45,15 @@ def build_app(
     cfg = settings or GatewaySettings()  # type: ignore[call-arg]
     app = FastAPI(
         title="GPU Telemetry API",
-        version="1.1.0",
-        summary="DCGM telemetry of a GPU fleet: GPUs, hosts, metrics and samples over time.",
+        version="1.2.0",
+        summary="DCGM telemetry of a GPU fleet: GPUs, hosts, metrics, samples over time, who used the GPUs "
+        "and how (allocations, usage), and fleet health.",
         description=_description(cfg),
         responses={422: problems.PROBLEM_RESPONSES[422]},
     )
     problems.install(app)
-    registry, recorder = request_metrics(reader, cache, queue_stats)
+    missing_after = cfg.missing_intervals * cfg.scrape_interval_s + cfg.health_grace_s
+    registry, recorder = request_metrics(reader, cache, queue_stats, missing_after)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
     # tokens are checked, HEAD becomes GET, then the request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 __all__ = [
     "AggregatePage",
     "AggregatePoint",
+    "Allocation",
     "Gpu",
     "GpuDetail",
     "GpuPage",
@@ -29,10 +30,20 @@ _TS = "2025-07-18T20:42:34.000123Z"
 _NEXT = "Pass as `cursor` for the next page; null on the last page."
 
 
-class Gpu(BaseModel):
-    """One GPU."""
+class Allocation(BaseModel):
+    """Who holds a GPU now: its open allocation interval."""
 
-    uuid: str = Field(description="The GPU's identity.", examples=[_UUID])
+    namespace: str | None = Field(examples=["ml-train"])
+    pod: str | None = Field(examples=["train-llm-0"])
+    container: str | None = Field(examples=["main"])
+    job: str | None = Field(description="The HPC job (`hpc_job` label), where there is one.", examples=[None])
+    since: datetime = Field(description="The first sample that carried this workload.", examples=[_TS])
+
+
+class Gpu(BaseModel):
+    """One GPU (or MIG device)."""
+
+    uuid: str = Field(description="The GPU's identity; a MIG device's is `<GPU UUID>/mig-<id>`.", examples=[_UUID])
     hostname: str | None = Field(examples=["mtv5-dgx1-hgpu-031"])
     gpu_index: int | None = Field(description="Local index on its host (0-7).", examples=[0])
     device: str | None = Field(examples=["nvidia0"])
@@ -43,6 +54,12 @@ class Gpu(BaseModel):
         description="Metrics the GPU reports: those with a sample within 15 minutes of its newest sample.",
         examples=[["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_GPU_UTIL"]],
     )
+    driver_version: str | None = Field(default=None, examples=["535.129.03"])
+    instance: str | None = Field(default=None, description="The exporter that reports it.", examples=["node:9400"])
+    parent_uuid: str | None = Field(default=None, description="A MIG device's GPU; null for a GPU.", examples=[None])
+    mig_instance: int | None = Field(default=None, description="A MIG device's GPU instance id.", examples=[None])
+    mig_profile: str | None = Field(default=None, description="A MIG device's profile.", examples=[None])
+    allocation: Allocation | None = Field(default=None, description="Who holds it now; null: nobody.")
 
 
 class GpuPage(BaseModel):

@@ -48,11 +48,15 @@ class RequestMetrics:
 
 
 def request_metrics(
-    reader: Reader, cache: Cache | None, queue_stats: QueueStats | None
+    reader: Reader, cache: Cache | None, queue_stats: QueueStats | None, missing_after_s: float | None = None
 ) -> tuple[CollectorRegistry, RequestMetrics]:
-    """A registry holding the request metrics and the pool, cache and queue-lag collector."""
+    """A registry holding the request metrics and the pool, cache, queue-lag and fleet-health collector.
+
+    ``missing_after_s``: the health threshold; the fleet gauges (GPUs missing, hosts silent) are read from the
+    latest-value table on each scrape (one small query).
+    """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_GatewayCollector(queue_stats, reader, cache))
+    registry.register(_GatewayCollector(queue_stats, reader, cache, missing_after_s))
     return registry, RequestMetrics(registry)
 
 
@@ -90,10 +94,17 @@ class Observe:
 class _GatewayCollector:
     """Pool usage, and the queue's lag under the seed's metric name (read from the brokers on scrape)."""
 
-    def __init__(self, queue_stats: QueueStats | None, reader: Reader, cache: Cache | None = None) -> None:
+    def __init__(
+        self,
+        queue_stats: QueueStats | None,
+        reader: Reader,
+        cache: Cache | None = None,
+        missing_after_s: float | None = None,
+    ) -> None:
         self._stats = queue_stats
         self._reader = reader
         self._cache = cache
+        self._missing_after = missing_after_s
 
     def describe(self) -> list[Any]:
         return []
@@ -110,6 +121,7 @@ class _GatewayCollector:
             for label, attr in (("hit", "hits"), ("miss", "misses"), ("error", "errors")):
                 lookups.add_metric([label], getattr(self._cache, attr))
             yield lookups
+        yield from self._fleet()
         if self._stats is None:
             return
         lag = GaugeMetricFamily(metrics.CONSUMER_LAG.name, metrics.CONSUMER_LAG.help, labels=["group", "partition"])
@@ -128,3 +140,19 @@ class _GatewayCollector:
                     lag_b.add_metric([group, str(partition)], g["lag_batches"])
         yield lag
         yield lag_b
+
+    def _fleet(self) -> Iterable[Any]:
+        """GPUs missing and hosts silent (nothing when the database is away or lacks the table)."""
+        if self._missing_after is None:
+            return
+        try:
+            if not self._reader.features().gpu_metrics:
+                return
+            missing, silent = self._reader.missing_counts(self._missing_after)
+        except Exception:  # a scrape must not fail because the database is away
+            log.warning("fleet health unavailable for this scrape", exc_info=True)
+            return
+        for metric, value in ((metrics.GPUS_MISSING, missing), (metrics.HOSTS_SILENT, silent)):
+            gauge = GaugeMetricFamily(metric.name, metric.help)
+            gauge.add_metric([], value)
+            yield gauge

@@ -79,6 +79,38 @@ HasMetricParam = Annotated[
         examples=["DCGM_FI_DEV_GPU_TEMP"],
     ),
 ]
+NamespaceParam = Annotated[
+    str | None, Query(description="Only GPUs a workload of this namespace holds now.", examples=["ml-train"])
+]
+PodParam = Annotated[str | None, Query(description="Only GPUs this pod holds now.", examples=["train-llm-0"])]
+ParentParam = Annotated[
+    str | None,
+    Query(description="Only the MIG devices of this GPU.", examples=["GPU-5fd4f087-86f3-7a43-b711-4771313afc50"]),
+]
+MetricParam = Annotated[
+    str, Query(description="The metric (a name of the catalogue).", examples=["DCGM_FI_DEV_GPU_TEMP"])
+]
+SortParam = Annotated[
+    Literal["asc", "desc"],
+    Query(
+        description="Order by value: `desc` puts the highest first (the hottest), `asc` the lowest.", examples=["desc"]
+    ),
+]
+GroupByParam = Annotated[
+    Literal["namespace", "pod", "job", "hostname", "model"],
+    Query(description="What to group usage by (`job`: the HPC job label).", examples=["namespace"]),
+]
+IntervalsParam = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=10_000,
+        description="A GPU is missing after this many scrape intervals without a sample (default: the gateway's "
+        "missing_intervals, 3).",
+        examples=[3],
+    ),
+]
+HostnamePath = Annotated[str, Path(description="The host's name, as /hosts lists it.", examples=["mtv5-dgx1-hgpu-031"])]
 StartParam = Annotated[
     datetime | None,
     Query(

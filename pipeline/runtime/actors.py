@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline import metrics
 from pipeline.collector import Collector as CollectorLogic
-from pipeline.config import CollectorSettings, DatabaseSettings, QueueSettings, StreamerSettings
+from pipeline.config import AttributionSettings, CollectorSettings, DatabaseSettings, QueueSettings, StreamerSettings
 from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats
 from pipeline.queue.broker import Broker as BrokerLogic
@@ -243,10 +243,12 @@ class Collector:
         brokers: list[ActorHandle],
         namespace: str,
         database: DatabaseSettings,
+        attribution: AttributionSettings | None = None,
     ) -> None:
         self._instruments = Instruments(
             (
                 metrics.COLLECTOR_ROWS,
+                metrics.XID_EVENTS,
                 metrics.COLLECTOR_COMMIT_SECONDS,
                 metrics.COLLECTOR_LAST_COMMIT,
                 metrics.STORAGE_REFUSED_METRICS,
@@ -256,7 +258,7 @@ class Collector:
         # generation's claims, it rejoins and claims again.
         self._member = f"{member}#{int(time.time() * 1000)}"
         self._name = member
-        self._writer = writer_for(conninfo, database)
+        self._writer = writer_for(conninfo, database, attribution)
         self._logic = CollectorLogic(
             self._member,
             queue.group,
@@ -277,6 +279,8 @@ class Collector:
 
     def _committed(self, result: WriteResult, seconds: float) -> None:
         self._instruments.inc(metrics.COLLECTOR_ROWS, result.rows, collector=self._name)
+        if result.events:
+            self._instruments.inc(metrics.XID_EVENTS, result.events, collector=self._name)
         self._instruments.observe(metrics.COLLECTOR_COMMIT_SECONDS, seconds, collector=self._name)
         self._instruments.set(metrics.COLLECTOR_LAST_COMMIT, time.time(), collector=self._name)
 
@@ -382,6 +386,7 @@ def make_collector(
     database: DatabaseSettings,
     num_cpus: float = 0.5,
     placement: bool = False,
+    attribution: AttributionSettings | None = None,
 ) -> ActorHandle:
     """Start collector ``index`` (it joins the group and starts writing by itself)."""
     opts = actor_options(
@@ -392,4 +397,5 @@ def make_collector(
         max_concurrency=4,
         **role_resources("collector", index, placement),
     )
-    return spawn(Collector, opts, collector_name(index), settings, queue, conninfo, brokers, namespace, database)
+    name = collector_name(index)
+    return spawn(Collector, opts, name, settings, queue, conninfo, brokers, namespace, database, attribution)

@@ -138,6 +138,7 @@ class Fleet:
             self.brokers,
             s.database,
             placement=s.ray.placement,
+            attribution=s.attribution,
         )
 
     def counts(self) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """The supervisor: the controller actor that owns the fleet and applies ``pipeline.scaling`` decisions.
 
-It schedules storage maintenance (time partitions) as a Ray task instead of running DDL itself,
-so a slow or failing maintenance round never stalls scaling decisions.
+It schedules storage maintenance (time partitions, and folding the collectors' usage log into the
+usage rollups) as Ray tasks instead of running DDL or long statements itself, so a slow or failing
+maintenance round never stalls scaling decisions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, actor_options, 
 from pipeline.runtime.supervision import Supervision
 from pipeline.scaling import Autoscaler, ScalePolicy
 from pipeline.storage.deployments import DeploymentStore
-from pipeline.storage.setup import maintain
+from pipeline.storage.setup import compact_usage, maintain
 from pipeline.storage.time_partitions import PartitionReport
 from pipeline.storage.writer import TelemetryWriter
 
@@ -61,6 +62,8 @@ class Controller:
         self._fleet = Fleet(self._settings, conninfo, self._store, self._supervision)
         self._maintenance: ray.ObjectRef[PartitionReport] | None = None
         self._maintain = ray.remote(num_cpus=0, max_retries=0)(maintain)  # a storage job, run as a Ray task
+        self._compaction: ray.ObjectRef[Any] | None = None
+        self._compact = ray.remote(num_cpus=0, max_retries=0)(compact_usage)
         self._fleet.start(deployment.layout)
         self._scalers: dict[str, Autoscaler] = {}
         self._auto: dict[str, bool] = {}
@@ -110,13 +113,16 @@ class Controller:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_partitions = 0.0
+        next_partitions = next_usage = 0.0
         while not self._stop.wait(self._settings.scaling.period_s):
             try:
                 self._heal()
                 if time.monotonic() >= next_partitions:
                     next_partitions = time.monotonic() + self._settings.storage.ensure_every_s
                     self._ensure_partitions()
+                if self._settings.attribution.enabled and time.monotonic() >= next_usage:
+                    next_usage = time.monotonic() + self._settings.attribution.compact_every_s
+                    self._fold_usage()
                 if not self._frozen.is_set():
                     self.tick()
             except Exception:  # one bad round must not end supervision; it is logged with its traceback
@@ -145,6 +151,18 @@ class Controller:
             except ray.exceptions.RayError as exc:
                 log.warning("partition maintenance job was lost (retried next period): %s", exc)
         self._maintenance = self._maintain.remote(self._conninfo, self._settings.storage)
+
+    def _fold_usage(self) -> None:
+        """Schedule a compaction of the usage log (a storage job) unless the previous one still runs."""
+        if self._compaction is not None:
+            ready, _ = ray.wait([self._compaction], timeout=0)
+            if not ready:
+                return
+            try:
+                ray.get(self._compaction)
+            except (PipelineError, ray.exceptions.RayError) as exc:
+                log.warning("usage compaction failed (retried next period): %s", exc)
+        self._compaction = self._compact.remote(self._conninfo)
 
     def _signals(self) -> dict[str, float]:
         group = self._settings.queue.group
@@ -286,6 +304,11 @@ class Controller:
         self._stop.set()
         self._fleet.stop_collectors()
         self._fleet.kill_all()
+        if self._settings.attribution.enabled:
+            try:  # everything the collectors committed is in the usage rollups when the pipeline stops
+                compact_usage(self._conninfo)
+            except PipelineError as exc:
+                log.warning("final usage compaction failed (the next deployment folds the rest): %s", exc)
         self._store.delete(self._namespace)
 
     def stored_totals(self) -> dict[str, int]:

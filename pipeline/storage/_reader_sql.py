@@ -7,6 +7,20 @@ constant (identifiers never come from a request).
 from __future__ import annotations
 
 GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
+# With the attribution tables (sql/023): the GPU's facts, its current holder, its newest sample.
+FACT_COLUMNS = "g.driver_version, g.instance, g.parent_uuid, g.mig_instance, g.mig_profile"
+NO_FACTS = "NULL::text, NULL::text, NULL::text, NULL::smallint, NULL::text"
+HOLDER = (
+    "LEFT JOIN allocations a ON a.gpu_key = g.gpu_key AND a.ended IS NULL "
+    "LEFT JOIN workloads w ON w.workload_id = a.workload_id"
+)
+HOLDER_COLUMNS = "w.namespace, w.pod, w.container, w.job, a.started"
+NO_HOLDER = "NULL::text, NULL::text, NULL::text, NULL::text, NULL::timestamptz"
+NEWEST_SEEN = "greatest(g.last_seen, (SELECT l.ts FROM gpu_latest l WHERE l.gpu_key = g.gpu_key))"
+HELD_BY = (
+    "EXISTS (SELECT 1 FROM allocations ha JOIN workloads hw USING (workload_id) WHERE ha.gpu_key = g.gpu_key "
+    "AND ha.ended IS NULL AND ({conditions}))"
+)
 GPU_ORDER = "coalesce(g.hostname, ''), coalesce(g.gpu_index, -1), g.uuid"
 # Per GPU g: its newest sample time (one backward index probe), then the metrics it reported recently.
 NEWEST = "SELECT max(x.ts) AS newest FROM telemetry x WHERE x.gpu_key = g.gpu_key"
@@ -16,11 +30,15 @@ NAMES_FALLBACK = (
     "WHERE EXISTS (SELECT 1 FROM telemetry t WHERE " + RECENT.format(m="m.metric_id", newest="n.newest") + ")"
 )
 NAMES_TABLE = (
-    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = g.gpu_key"
+    "SELECT coalesce(array_agg(m.name ORDER BY m.name), '{}') FROM gpu_latest l "
+    "CROSS JOIN LATERAL unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) JOIN metrics m USING (metric_id) "
+    "WHERE l.gpu_key = g.gpu_key AND u.ts >= l.ts - %(window)s"
 )
 HAS_METRIC_FALLBACK = "EXISTS (SELECT 1 FROM telemetry t WHERE " + RECENT.format(m="%(metric)s", newest=NEWEST) + ")"
-HAS_METRIC_TABLE = "EXISTS (SELECT 1 FROM gpu_metrics gm WHERE gm.gpu_key = g.gpu_key AND gm.metric_id = %(metric)s)"
+HAS_METRIC_TABLE = (
+    "EXISTS (SELECT 1 FROM gpu_latest l CROSS JOIN LATERAL unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) "
+    "WHERE l.gpu_key = g.gpu_key AND u.metric_id = %(metric)s AND u.ts >= l.ts - %(window)s)"
+)
 LATEST_FALLBACK = (
     "WITH n AS (SELECT max(ts) AS newest FROM telemetry WHERE gpu_key = %(gpu)s) "
     "SELECT m.name, m.unit, l.ts, l.value FROM metrics m, n CROSS JOIN LATERAL ("
@@ -28,8 +46,9 @@ LATEST_FALLBACK = (
     "AND t.ts >= n.newest - %(window)s ORDER BY t.ts DESC LIMIT 1) l ORDER BY m.name"
 )
 LATEST_TABLE = (
-    "SELECT m.name, m.unit, gm.last_ts, gm.last_value FROM gpu_metrics gm JOIN metrics m USING (metric_id) "
-    "WHERE gm.gpu_key = %(gpu)s ORDER BY m.name"
+    "SELECT m.name, m.unit, u.ts, u.value FROM gpu_latest l "
+    "CROSS JOIN LATERAL unnest(l.metric_ids, l.sample_ts, l.vals) AS u(metric_id, ts, value) "
+    "JOIN metrics m USING (metric_id) WHERE l.gpu_key = %(gpu)s AND u.ts >= l.ts - %(window)s ORDER BY m.name"
 )
 AGG_RAW: dict[str, str] = {
     "avg": "avg(t.value)",

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -20,6 +19,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
 from pipeline.records import TIME_GRID_ORIGIN
 from pipeline.storage import _reader_sql as q
+from pipeline.storage.fleet import FleetQueries
+from pipeline.storage.rows import (
+    AggregateRow,
+    Features,
+    GpuRow,
+    Holder,
+    HostRow,
+    LatestRow,
+    MetricRow,
+    SampleRow,
+)
 
 __all__ = [
     "AGGREGATE_ORIGIN",
@@ -27,6 +37,7 @@ __all__ = [
     "AggregateRow",
     "Features",
     "GpuRow",
+    "Holder",
     "HostRow",
     "LatestRow",
     "MetricRow",
@@ -49,80 +60,7 @@ _ROLLUPS = (("telemetry_1h", timedelta(hours=1)), ("telemetry_1m", timedelta(min
 _KEY_CACHE_MAX = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class GpuRow:
-    """One GPU, as the gateway lists it."""
-
-    gpu_key: int
-    uuid: str
-    hostname: str | None
-    gpu_index: int | None
-    device: str | None
-    model: str | None
-    first_seen: datetime
-    last_seen: datetime
-    metrics: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LatestRow:
-    """The newest sample of one metric of one GPU."""
-
-    metric: str
-    unit: str | None
-    ts: datetime
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class HostRow:
-    """One host and its GPUs."""
-
-    hostname: str | None
-    gpus: int
-    models: tuple[str, ...]
-    first_seen: datetime
-    last_seen: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MetricRow:
-    """One entry of the metric catalogue."""
-
-    metric_id: int
-    name: str
-    unit: str | None
-    help: str | None
-
-
-class SampleRow(NamedTuple):
-    """One sample of one GPU (a tuple: pages hold up to 10,000 of them, and tuples build fastest)."""
-
-    ts: datetime
-    metric_id: int
-    metric: str
-    value: float
-
-
-class AggregateRow(NamedTuple):
-    """One bucket of one metric."""
-
-    ts: datetime
-    metric_id: int
-    metric: str
-    value: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What this database offers beyond the core schema (detected once per pool)."""
-
-    timescaledb: bool = False
-    gpu_metrics: bool = False
-    rollups: tuple[tuple[str, timedelta], ...] = ()
-
-
-class Reader:
+class Reader(FleetQueries):
     """Read-only queries over a connection pool."""
 
     def __init__(
@@ -215,14 +153,24 @@ class Reader:
         return self._features
 
     def gpu(self, uuid: str) -> GpuRow | None:
-        """One GPU by UUID, with the metrics it reports."""
-        names = q.NAMES_TABLE if self.features().gpu_metrics else q.NAMES_FALLBACK
+        """One GPU by UUID, with the metrics it reports, its facts and who holds it."""
         rows = self._fetch(
-            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM gpus g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE WHERE g.uuid = "
-            "%(uuid)s",
+            f"SELECT {self._gpu_select()} FROM gpus g {self._gpu_joins()} WHERE g.uuid = %(uuid)s",
             {"uuid": uuid, "window": METRIC_WINDOW},
         )
         return _gpu_row(rows[0]) if rows else None
+
+    def _gpu_select(self) -> str:
+        """The columns of a GPU row: facts, holder and the newest sample where the attribution tables exist."""
+        if self.features().gpu_metrics:
+            seen = q.NEWEST_SEEN
+            return (
+                f"{q.GPU_COLUMNS.replace('g.last_seen', seen)}, ({q.NAMES_TABLE}), {q.FACT_COLUMNS}, {q.HOLDER_COLUMNS}"
+            )
+        return f"{q.GPU_COLUMNS}, ({q.NAMES_FALLBACK}), {q.NO_FACTS}, {q.NO_HOLDER}"
+
+    def _gpu_joins(self) -> str:
+        return q.HOLDER if self.features().gpu_metrics else f"LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE"
 
     def gpu_key(self, uuid: str) -> int | None:
         """The key of a GPU by UUID (remembered: a GPU's key never changes)."""
@@ -243,30 +191,36 @@ class Reader:
         hostname: str | None = None,
         model: str | None = None,
         metric_id: int | None = None,
+        held_by: dict[str, str] | None = None,
+        parent_uuid: str | None = None,
     ) -> list[GpuRow]:
-        """GPUs ordered by (hostname, gpu index, uuid) after a cursor, at most ``limit``, with their metrics."""
+        """GPUs ordered by (hostname, gpu index, uuid) after a cursor, at most ``limit``, with their metrics.
+
+        ``held_by`` keeps GPUs whose current holder matches every given field (namespace, pod); ``parent_uuid``
+        the MIG devices of one GPU.
+        """
         table = self.features().gpu_metrics
         where = ["TRUE"]
         params: dict[str, Any] = {"limit": limit, "window": METRIC_WINDOW}
         if after is not None:
             where.append(f"({q.GPU_ORDER}) > (%(h)s, %(i)s, %(u)s)")
             params.update(h=after[0], i=after[1], u=after[2])
-        if hostname is not None:
-            where.append("g.hostname = %(hostname)s")
-            params["hostname"] = hostname
-        if model is not None:
-            where.append("g.model = %(model)s")
-            params["model"] = model
+        for column, value in (("hostname", hostname), ("model", model), ("parent_uuid", parent_uuid)):
+            if value is not None:
+                where.append(f"g.{column} = %({column})s")
+                params[column] = value
         if metric_id is not None:
             where.append(q.HAS_METRIC_TABLE if table else q.HAS_METRIC_FALLBACK)
             params["metric"] = metric_id
-        names = q.NAMES_TABLE if table else q.NAMES_FALLBACK
-        # The page is cut first, so the per-GPU metric look-ups run for at most `limit` GPUs.
+        if held_by:
+            if not table:
+                return []  # no attribution tables: nobody is known to hold anything
+            where.append(q.HELD_BY.format(conditions=" AND ".join(f"hw.{f} = %(held_{f})s" for f in sorted(held_by))))
+            params.update({f"held_{f}": v for f, v in held_by.items()})
+        # The page is cut first, so the per-GPU look-ups run for at most `limit` GPUs.
         rows = self._fetch(
-            f"WITH page AS (SELECT {q.GPU_COLUMNS} FROM gpus g WHERE {' AND '.join(where)} "
-            f"ORDER BY {q.GPU_ORDER} LIMIT %(limit)s) "
-            f"SELECT {q.GPU_COLUMNS}, ({names}) FROM page g LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE "
-            f"ORDER BY {q.GPU_ORDER}",
+            f"WITH page AS (SELECT * FROM gpus g WHERE {' AND '.join(where)} ORDER BY {q.GPU_ORDER} LIMIT %(limit)s) "
+            f"SELECT {self._gpu_select()} FROM page g {self._gpu_joins()} ORDER BY {q.GPU_ORDER}",
             params,
         )
         return [_gpu_row(r) for r in rows]
@@ -285,7 +239,8 @@ class Reader:
         rows = self._fetch(
             "SELECT g.hostname, count(*)::int, "
             "coalesce(array_agg(DISTINCT g.model) FILTER (WHERE g.model IS NOT NULL), '{}'), "
-            f"min(g.first_seen), max(g.last_seen) FROM gpus g WHERE {where} "
+            f"min(g.first_seen), max({q.NEWEST_SEEN if self.features().gpu_metrics else 'g.last_seen'}) "
+            f"FROM gpus g WHERE {where} "
             "GROUP BY g.hostname ORDER BY coalesce(g.hostname, '') LIMIT %(limit)s",
             params,
         )
@@ -410,7 +365,7 @@ class Reader:
 
     def aggregate(
         self,
-        gpu_key: int,
+        gpu_key: int | Sequence[int],
         lo: datetime,
         hi: datetime,
         bucket: timedelta,
@@ -418,6 +373,8 @@ class Reader:
         metric_ids: Sequence[int] | None = None,
     ) -> tuple[str, list[AggregateRow]]:
         """``fn`` of each metric per bucket over ``lo <= ts < hi`` (both aligned to ``bucket``), and its source.
+
+        ``gpu_key`` is one GPU, or several (a host's): then each bucket aggregates all their samples.
 
         The source is a rollup view (telemetry_1h, telemetry_1m) when one exists, ``bucket`` is a
         multiple of it and ``fn`` can be re-aggregated; the raw table otherwise.
@@ -430,7 +387,10 @@ class Reader:
                 break
         binning = "time_bucket" if features.timescaledb else "date_bin"
         params: dict[str, Any] = {"gpu": gpu_key, "lo": lo, "hi": hi, "bucket": bucket, "origin": AGGREGATE_ORIGIN}
-        where = f"t.gpu_key = %(gpu)s AND t.{column} >= %(lo)s AND t.{column} < %(hi)s"
+        gpus = "t.gpu_key = %(gpu)s"
+        if not isinstance(gpu_key, int):
+            gpus, params["gpu"] = "t.gpu_key = ANY(%(gpu)s)", list(gpu_key)
+        where = f"{gpus} AND t.{column} >= %(lo)s AND t.{column} < %(hi)s"
         if metric_ids is not None:
             where += " AND t.metric_id = ANY(%(metrics)s)"
             params["metrics"] = list(metric_ids)
@@ -445,8 +405,26 @@ class Reader:
 
 
 def _gpu_row(row: Sequence[Any]) -> GpuRow:
-    key, uuid, hostname, index, device, model, first, last, names = row
-    return GpuRow(key, uuid, hostname, index, device, model, first, last, tuple(names or ()))
+    key, uuid, hostname, index, device, model, first, last, names, *facts = row
+    driver, instance, parent, mig, profile, namespace, pod, container, job, since = facts
+    holder = None if since is None else Holder(namespace, pod, container, job, since)
+    return GpuRow(
+        gpu_key=key,
+        uuid=uuid,
+        hostname=hostname,
+        gpu_index=index,
+        device=device,
+        model=model,
+        first_seen=first,
+        last_seen=last,
+        metrics=tuple(names or ()),
+        driver_version=driver,
+        instance=instance,
+        parent_uuid=parent,
+        mig_instance=mig,
+        mig_profile=profile,
+        holder=holder,
+    )
 
 
 def _samples_where(

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipeline.config import DatabaseSettings, StorageSettings
-from pipeline.storage.database import Database, SessionSettings, check, resolve
+from pipeline.config import AttributionSettings, DatabaseSettings, StorageSettings
+from pipeline.storage.database import Database, SessionSettings, check, connect, resolve
 from pipeline.storage.migrate import Migration, migrate
 from pipeline.storage.time_partitions import PartitionManager, PartitionReport
+from pipeline.storage.usage import CompactReport, compact
 from pipeline.storage.writer import TelemetryWriter
 
-__all__ = ["Prepared", "maintain", "prepare", "writer_for"]
+__all__ = ["Prepared", "compact_usage", "maintain", "prepare", "writer_for"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,30 @@ def maintain(conninfo: str, storage: StorageSettings) -> PartitionReport:
     return report
 
 
-def writer_for(conninfo: str, database: DatabaseSettings) -> TelemetryWriter:
+def compact_usage(conninfo: str, rounds: int = 50, timeout_s: float = 10.0) -> CompactReport:
+    """Fold the collectors' usage log into the usage rollups (a storage job), until it is empty or ``rounds`` ran."""
+    total = CompactReport()
+    with connect(conninfo, timeout_s) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").fetchone()
+        conn.commit()
+        timescaledb = bool(row and row[0])
+        for _ in range(rounds):
+            report = compact(conn, timescaledb)
+            total = CompactReport(
+                total.log_rows + report.log_rows,
+                total.minutes + report.minutes,
+                total.gpus + report.gpus,
+                total.expired + report.expired,
+                report.skipped,
+            )
+            if report.skipped or report.log_rows == 0:
+                break
+    return total
+
+
+def writer_for(
+    conninfo: str, database: DatabaseSettings, attribution: AttributionSettings | None = None
+) -> TelemetryWriter:
     """The collectors' writer with the session limits the settings give (keepalives, lock and idle timeouts)."""
     session = SessionSettings(
         idle_in_transaction_s=database.idle_in_transaction_timeout_s,
@@ -61,4 +85,4 @@ def writer_for(conninfo: str, database: DatabaseSettings) -> TelemetryWriter:
         statement_timeout_s=database.statement_timeout_s,
         keepalives_idle_s=database.keepalives_idle_s,
     )
-    return TelemetryWriter(conninfo, timeout_s=database.connect_timeout_s, session=session)
+    return TelemetryWriter(conninfo, timeout_s=database.connect_timeout_s, session=session, attribution=attribution)

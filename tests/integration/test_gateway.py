@@ -46,6 +46,20 @@ def insert_samples(conninfo: str, uuid: str, metric: str, seconds: range, offset
             "AND m.name = %(metric)s",
             {"t0": T0, "offset": offset, "lo": seconds.start, "hi": seconds.stop - 1, "uuid": uuid, "metric": metric},
         )
+        c.execute(LATEST, (uuid,))
+
+
+# What the collectors keep in gpu_latest, recomputed here for data inserted by hand: each metric's newest sample.
+LATEST = """
+INSERT INTO gpu_latest (gpu_key, ts, metric_ids, sample_ts, vals)
+SELECT gpu_key, max(ts), array_agg(metric_id ORDER BY metric_id), array_agg(ts ORDER BY metric_id),
+       array_agg(value ORDER BY metric_id)
+  FROM (SELECT DISTINCT ON (t.metric_id) t.gpu_key, t.metric_id, t.ts, t.value FROM telemetry t
+          JOIN gpus g USING (gpu_key) WHERE g.uuid = %s ORDER BY t.metric_id, t.ts DESC) x
+ GROUP BY gpu_key
+ON CONFLICT (gpu_key) DO UPDATE SET ts = EXCLUDED.ts, metric_ids = EXCLUDED.metric_ids,
+    sample_ts = EXCLUDED.sample_ts, vals = EXCLUDED.vals
+"""
 
 
 def load_fleet(conninfo: str) -> None:
@@ -131,6 +145,12 @@ def test_list_gpus_with_every_filter(client: TestClient) -> None:
         "first_seen": "2026-01-01T00:00:00Z",
         "last_seen": "2026-01-01T00:00:59Z",
         "metrics": [TEMP, UTIL],
+        "driver_version": None,
+        "instance": None,
+        "parent_uuid": None,
+        "mig_instance": None,
+        "mig_profile": None,
+        "allocation": None,
     }
     assert body["items"][2]["metrics"] == [POWER]
     assert uuids(client.get("/api/v1/gpus", params={"hostname": "h2"}).json()) == ["GPU-b", "GPU-c"]
@@ -162,28 +182,21 @@ def test_one_gpu_with_its_latest_values(client: TestClient) -> None:
     assert c["latest"] == [{"metric": POWER, "unit": "W", "ts": "2026-01-01T00:00:59Z", "value": 159.0}]
 
 
-def test_gpu_metrics_table_is_used_when_present(fleet: str) -> None:
-    """The proposed gpu_metrics table (maintained by the writer) replaces the index walks."""
+def test_the_latest_value_table_answers_not_the_samples(fleet: str) -> None:
+    """GPU list and detail read gpu_latest (what the collectors keep), never the samples."""
     with psycopg.connect(fleet) as c:
+        # A series the table knows and telemetry does not: proves where the answers come from.
         c.execute(
-            "CREATE TABLE gpu_metrics (gpu_key integer NOT NULL, metric_id smallint NOT NULL, "
-            "last_ts timestamptz NOT NULL, last_value double precision NOT NULL, PRIMARY KEY (gpu_key, metric_id))"
-        )
-        c.execute(
-            "INSERT INTO gpu_metrics SELECT DISTINCT ON (gpu_key, metric_id) gpu_key, metric_id, ts, value "
-            "FROM telemetry ORDER BY gpu_key, metric_id, ts DESC"
-        )
-        # A series the table knows and the recent window would not find: proves where answers come from.
-        c.execute(
-            "INSERT INTO gpu_metrics SELECT g.gpu_key, m.metric_id, %s, 7.5 FROM gpus g, metrics m "
-            "WHERE g.uuid = 'GPU-a' AND m.name = %s",
-            (T0 - timedelta(days=1), POWER),
+            "UPDATE gpu_latest l SET metric_ids = l.metric_ids || m.metric_id, sample_ts = l.sample_ts || %s, "
+            "vals = l.vals || 7.5::float8 FROM gpus g, metrics m WHERE g.gpu_key = l.gpu_key AND g.uuid = 'GPU-a' "
+            "AND m.name = %s",
+            (T0 + timedelta(seconds=30), POWER),
         )
     with make_client(fleet) as client:
         a = client.get("/api/v1/gpus/GPU-a").json()
-        assert a["metrics"] == [TEMP, UTIL, POWER]
-        assert a["latest"][2] == {"metric": POWER, "unit": "W", "ts": "2025-12-31T00:00:00Z", "value": 7.5}
-        assert a["latest"][0] == {"metric": TEMP, "unit": "C", "ts": "2026-01-01T00:00:59Z", "value": 59.0}
+        assert a["metrics"] == [TEMP, UTIL, POWER] or a["metrics"] == sorted([TEMP, UTIL, POWER])
+        assert {"metric": POWER, "unit": "W", "ts": "2026-01-01T00:00:30Z", "value": 7.5} in a["latest"]
+        assert {"metric": TEMP, "unit": "C", "ts": "2026-01-01T00:00:59Z", "value": 59.0} in a["latest"]
         assert uuids(client.get("/api/v1/gpus", params={"metric": POWER}).json()) == ["GPU-a", "GPU-c"]
 
 
@@ -199,7 +212,7 @@ def test_hosts_with_gpu_counts(client: TestClient) -> None:
 
 def test_metric_catalogue(client: TestClient) -> None:
     items = walk(client, "/api/v1/metrics/catalog", {"limit": 3})
-    assert len(items) == 10 and [m["name"] for m in items] == sorted(m["name"] for m in items)
+    assert len(items) == 11 and [m["name"] for m in items] == sorted(m["name"] for m in items)
     assert {"name": TEMP, "unit": "C", "help": "GPU temperature"} in items
 
 

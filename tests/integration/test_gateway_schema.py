@@ -19,6 +19,7 @@ from pipeline.gateway.app import build_app
 from pipeline.gateway.openapi import generate, render
 from pipeline.storage.reader import Reader
 from tests.integration.test_gateway import fleet_database
+from tests.integration.test_gateway_fleet import stored
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "schemathesis-token-0123456789"
@@ -55,6 +56,7 @@ def test_every_operation_parameter_and_response_is_documented() -> None:
 @pytest.fixture(scope="module")
 def api_app(pg_server: str) -> Iterator[FastAPI]:
     with fleet_database(pg_server) as conninfo:
+        stored(conninfo, xids={12: 79.0})  # allocations, usage, events and MIG devices, as the writer stores them
         reader = Reader(conninfo)
         reader.open(wait=True)
         yield build_app(reader, GatewaySettings(default_limit=50, max_limit=100, api_tokens=TOKENS))
@@ -75,7 +77,11 @@ def test_api_conforms_to_its_schema(api_schema: Any, path: str, method: str) -> 
     """No 5xx, and every response matches the documented schema, for generated requests."""
     statuses: list[int] = []
 
-    @given(case=api_schema[path][method].as_strategy(), real=st.sampled_from(["GPU-a", "GPU-c", None]))
+    @given(
+        case=api_schema[path][method].as_strategy(),
+        real=st.sampled_from(["GPU-a", "GPU-c", "GPU-x", "GPU-parent/mig-2", None]),
+        host=st.sampled_from(["h1", "node-1", None]),
+    )
     @settings(
         max_examples=30,
         deadline=None,
@@ -83,9 +89,11 @@ def test_api_conforms_to_its_schema(api_schema: Any, path: str, method: str) -> 
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def check(case: Any, real: str | None) -> None:
+    def check(case: Any, real: str | None, host: str | None) -> None:
         if real is not None and "uuid" in (case.path_parameters or {}):
             case.path_parameters["uuid"] = real  # also reach the GPUs that exist, not only 404s
+        if host is not None and "hostname" in (case.path_parameters or {}):
+            case.path_parameters["hostname"] = host
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error, response_schema_conformance])
         statuses.append(response.status_code)
 

@@ -1,4 +1,5 @@
-"""The gateway's endpoints, one module per resource: GPUs, telemetry, hosts, the metric catalogue, operations.
+"""The gateway's endpoints, one module per resource: GPUs (and their allocation and event history),
+telemetry, hosts, the fleet views, usage, the metric catalogue, operations.
 
 Every API handler validates its parameters before touching the database, answers from the cache
 when one is configured and the request is cacheable, and bounds what it reads: ``limit`` for lists,
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from pipeline.gateway.routes import gpus, hosts, metrics_catalog, operations, telemetry
+from pipeline.gateway.routes import fleet, gpus, history, hosts, metrics_catalog, operations, telemetry, usage
 
 __all__ = ["ROUTERS"]
 
 # Each router carries its full path prefix, so a matched route's ``path`` is the whole template
-# (the request metrics label requests with it). Telemetry comes before gpus: ``/gpus/{uuid:path}`` takes
-# slashes (MIG instances) and would otherwise swallow ``/gpus/<uuid>/telemetry``.
+# (the request metrics label requests with it). Telemetry and history come before gpus:
+# ``/gpus/{uuid:path}`` takes slashes (MIG instances) and would otherwise swallow ``/gpus/<uuid>/telemetry``.
 ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
     telemetry.router,
+    history.router,
     gpus.router,
     hosts.router,
+    fleet.router,
+    usage.router,
     metrics_catalog.router,
 )

@@ -17,11 +17,14 @@ from pipeline.gateway.params import (
     HostnameParam,
     LimitParam,
     ModelParam,
+    NamespaceParam,
+    ParentParam,
+    PodParam,
     UuidParam,
     reject_nul,
     shown,
 )
-from pipeline.storage.reader import GpuRow
+from pipeline.storage.reader import GpuRow, Holder
 
 __all__ = ["router"]
 
@@ -39,13 +42,28 @@ def _gpu(row: GpuRow) -> dict[str, Any]:
         "first_seen": row.first_seen,
         "last_seen": row.last_seen,
         "metrics": list(row.metrics),
+        "driver_version": row.driver_version,
+        "instance": row.instance,
+        "parent_uuid": row.parent_uuid,
+        "mig_instance": row.mig_instance,
+        "mig_profile": row.mig_profile,
+        "allocation": holder(row.holder),
     }
+
+
+def holder(h: Holder | None) -> dict[str, Any] | None:
+    """An ``Allocation`` as plain data (null: nobody holds the GPU)."""
+    if h is None:
+        return None
+    return {"namespace": h.namespace, "pod": h.pod, "container": h.container, "job": h.job, "since": h.since}
 
 
 @router.get(
     "/gpus",
     response_model=GpuPage,
-    summary="List GPUs, with the metrics each reports.",
+    summary="List GPUs, with the metrics each reports, its facts and who holds it now.",
+    description="Read from the latest-value table (one row per GPU) and the open allocation intervals: no "
+    "scan of the samples. `namespace`/`pod` filter by the current holder; `parent_uuid` lists a GPU's MIG devices.",
     responses=problems.responses(400, 422, 503),
 )
 def list_gpus(
@@ -53,13 +71,18 @@ def list_gpus(
     hostname: HostnameParam = None,
     model: ModelParam = None,
     metric: HasMetricParam = None,
+    namespace: NamespaceParam = None,
+    pod: PodParam = None,
+    parent_uuid: ParentParam = None,
     limit: LimitParam = None,
     cursor: CursorParam = None,
 ) -> Response:
     """A page of GPUs ordered by (hostname, gpu_index, uuid), optionally filtered."""
-    reject_nul(hostname=hostname, model=model, metric=metric)
+    reject_nul(hostname=hostname, model=model, metric=metric, namespace=namespace, pod=pod, parent_uuid=parent_uuid)
     n = state.page_limit(limit)
-    binding = {"hostname": hostname, "model": model, "metric": metric}
+    binding = {"hostname": hostname, "model": model, "metric": metric, "namespace": namespace, "pod": pod}
+    binding["parent_uuid"] = parent_uuid
+    held = {k: v for k, v in (("namespace", namespace), ("pod", pod)) if v is not None}
     after = None
     if cursor is not None:
         h, i, u = state.cursors.decode("gpus", cursor, (str, int, str), binding)
@@ -68,7 +91,15 @@ def list_gpus(
 
     def produce() -> dict[str, Any]:  # a GpuPage
         ids = state.metric_ids([metric]) if metric is not None else None
-        rows = state.reader.gpus(n + 1, after, hostname=hostname, model=model, metric_id=ids[0] if ids else None)
+        rows = state.reader.gpus(
+            n + 1,
+            after,
+            hostname=hostname,
+            model=model,
+            metric_id=ids[0] if ids else None,
+            held_by=held,
+            parent_uuid=parent_uuid,
+        )
         nxt = None
         if len(rows) > n:
             rows = rows[:n]

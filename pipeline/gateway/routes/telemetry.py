@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -40,7 +40,7 @@ from pipeline.gateway.params import (
     window,
 )
 
-__all__ = ["router"]
+__all__ = ["aggregate_window", "router"]
 
 router = APIRouter(prefix=API, tags=["telemetry"], dependencies=[Depends(strict_query)])
 
@@ -136,6 +136,32 @@ def _export(
     return export_response(chunks, kind, name, state.exports, state.settings)
 
 
+def aggregate_window(
+    state: GatewayState, request: Request, bucket: str, start_time: datetime | None, end_time: datetime | None
+) -> tuple[datetime | None, datetime | None, datetime, datetime, timedelta]:
+    """An aggregate's window as sent, its whole buckets ``[lo, hi)`` and width; 400 past the bounds."""
+    width = parse_bucket(bucket)
+    q = request.query_params
+    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
+    start, end = window(start_time, end_time)
+    try:
+        lo, hi = floor_to(start, width), floor_to(end, width) + width
+    except OverflowError:
+        raise InvalidParameter(f"bucket {bucket} reaches outside the representable times", param="bucket") from None
+    if width.total_seconds() > state.settings.max_aggregate_window_s:
+        state.check_span(lo, lo + width, state.settings.max_aggregate_window_s, param="bucket")
+    state.check_span(lo, hi, state.settings.max_aggregate_window_s)
+    count = (hi - lo) // width
+    max_buckets = state.settings.max_buckets
+    if count > max_buckets:
+        raise InvalidParameter(
+            f"bucket {bucket} makes {count} buckets over {start.isoformat()}..{end.isoformat()}; at most "
+            f"{max_buckets} per request: widen the bucket or narrow the window",
+            param="bucket",
+        )
+    return start_time, end_time, lo, hi, width
+
+
 @router.get(
     "/gpus/{uuid:path}/telemetry/aggregate",
     response_model=AggregatePage,
@@ -157,25 +183,7 @@ def aggregate(
 ) -> Response:
     """``fn`` of each metric per bucket over the window."""
     reject_nul(uuid=uuid, metric=metric)
-    width = parse_bucket(bucket)
-    q = request.query_params
-    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
-    start, end = window(start_time, end_time)
-    try:
-        lo, hi = floor_to(start, width), floor_to(end, width) + width
-    except OverflowError:
-        raise InvalidParameter(f"bucket {bucket} reaches outside the representable times", param="bucket") from None
-    if width.total_seconds() > state.settings.max_aggregate_window_s:
-        state.check_span(lo, lo + width, state.settings.max_aggregate_window_s, param="bucket")
-    state.check_span(lo, hi, state.settings.max_aggregate_window_s)
-    count = (hi - lo) // width
-    max_buckets = state.settings.max_buckets
-    if count > max_buckets:
-        raise InvalidParameter(
-            f"bucket {bucket} makes {count} buckets over {start.isoformat()}..{end.isoformat()}; at most "
-            f"{max_buckets} per request: widen the bucket or narrow the window",
-            param="bucket",
-        )
+    start_time, end_time, lo, hi, width = aggregate_window(state, request, bucket, start_time, end_time)
     params = {
         "uuid": uuid,
         "bucket": bucket,

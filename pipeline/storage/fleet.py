@@ -1,0 +1,219 @@
+"""The fleet views of the reader: newest values across GPUs, allocations, events, usage and health.
+
+Every query reads the attribution tables (sql/023), never a scan of ``telemetry``: ``gpu_latest`` for
+what GPUs report now (one row per GPU), ``allocations``/``workloads`` for who holds them, ``gpu_events``
+for XID errors, the usage rollups for accounting, ``rejects`` (its blank-code rows, by time) for GPUs
+reporting DCGM blank codes. Lists are bounded by a limit and paged by keyset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from pipeline.records import TIME_GRID_ORIGIN
+from pipeline.storage.rows import (
+    AllocationRow,
+    BlankRow,
+    EventRow,
+    FleetLatestRow,
+    Health,
+    Holder,
+    MissingGpu,
+    SilentHost,
+    UsageRow,
+)
+
+__all__ = ["GROUPS", "FleetQueries", "GroupBy"]
+
+GroupBy = Literal["namespace", "pod", "job", "hostname", "model"]
+# What each usage grouping is over (w: workloads, g: gpus); a pod is named with its namespace.
+GROUPS: Final[dict[str, str]] = {
+    "namespace": "w.namespace",
+    "pod": "CASE WHEN w.pod IS NULL THEN NULL ELSE concat_ws('/', w.namespace, w.pod) END",
+    "job": "w.job",
+    "hostname": "g.hostname",
+    "model": "g.model",
+}
+_VALUE = (
+    "CROSS JOIN LATERAL (SELECT l.vals[p.i] AS value, l.sample_ts[p.i] AS ts "
+    "FROM (SELECT array_position(l.metric_ids, %(metric)s::smallint) AS i) p) v"
+)
+_HOLDER = (
+    "LEFT JOIN allocations a ON a.gpu_key = l.gpu_key AND a.ended IS NULL "
+    "LEFT JOIN workloads w ON w.workload_id = a.workload_id"
+)
+_USAGE_SUMS = (
+    "count(DISTINCT u.gpu_key)::int, sum(u.seconds), coalesce(sum(u.seconds) FILTER (WHERE u.workload_id <> 0), 0), "
+    "sum(u.active_s), sum(u.mem_idle_s), sum(u.util_s), sum(u.energy_j)"
+)
+_UNIT: Final = {"1h": timedelta(hours=1), "1m": timedelta(minutes=1)}
+
+
+def _floor(dt: datetime, width: timedelta) -> datetime:
+    return TIME_GRID_ORIGIN + ((dt - TIME_GRID_ORIGIN) // width) * width
+
+
+def usage_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole minutes that hold an instant of the inclusive window ``[start, end]``: ``[lo, hi)``."""
+    minute = _UNIT["1m"]
+    return _floor(start, minute), _floor(end, minute) + minute
+
+
+class FleetQueries:
+    """Mixed into ``Reader``: the queries above, over its pool (``_fetch``)."""
+
+    def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], binary: bool = False) -> list[Any]:
+        raise NotImplementedError  # Reader's
+
+    def fleet_latest(
+        self,
+        metric_id: int,
+        order: Literal["asc", "desc"],
+        limit: int,
+        after: tuple[float, str] | None = None,
+        hostname: str | None = None,
+        namespace: str | None = None,
+    ) -> list[FleetLatestRow]:
+        """Each GPU's newest value of one metric, ordered by (value, uuid), after a cursor, at most ``limit``."""
+        direction, op = ("ASC", ">") if order == "asc" else ("DESC", "<")
+        where = ["v.value IS NOT NULL"]
+        params: dict[str, Any] = {"metric": metric_id, "limit": limit}
+        if after is not None:
+            where.append(f"(v.value, g.uuid) {op} (%(after_value)s, %(after_uuid)s)")
+            params.update(after_value=after[0], after_uuid=after[1])
+        if hostname is not None:
+            where.append("g.hostname = %(hostname)s")
+            params["hostname"] = hostname
+        if namespace is not None:
+            where.append("w.namespace = %(namespace)s")
+            params["namespace"] = namespace
+        rows = self._fetch(
+            "SELECT g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.model, v.ts, v.value, "
+            "w.namespace, w.pod, w.container, w.job, a.started "
+            f"FROM gpu_latest l JOIN gpus g ON g.gpu_key = l.gpu_key {_VALUE} {_HOLDER} "
+            f"WHERE {' AND '.join(where)} ORDER BY v.value {direction}, g.uuid {direction} LIMIT %(limit)s",
+            params,
+        )
+        return [FleetLatestRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _holder(r[7:])) for r in rows]
+
+    def host_gpu_keys(self, hostname: str) -> list[int]:
+        """The keys of a host's GPUs (MIG devices included)."""
+        return [int(k) for (k,) in self._fetch("SELECT gpu_key FROM gpus WHERE hostname = %s", (hostname,))]
+
+    def allocations(
+        self, gpu_key: int, start: datetime, end: datetime, limit: int, after: tuple[datetime, int] | None = None
+    ) -> list[AllocationRow]:
+        """Intervals of one GPU that overlap ``[start, end]``, ordered by (start, id), after a cursor."""
+        where = "a.gpu_key = %(gpu)s AND a.started <= %(end)s AND (a.ended IS NULL OR a.ended > %(start)s)"
+        params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end, "limit": limit}
+        if after is not None:
+            where += " AND (a.started, a.allocation_id) > (%(after_ts)s, %(after_id)s)"
+            params.update(after_ts=after[0], after_id=after[1])
+        rows = self._fetch(
+            "SELECT a.allocation_id, w.namespace, w.pod, w.container, w.job, a.started, a.ended "
+            f"FROM allocations a JOIN workloads w USING (workload_id) WHERE {where} "
+            "ORDER BY a.started, a.allocation_id LIMIT %(limit)s",
+            params,
+        )
+        return [AllocationRow(*r) for r in rows]
+
+    def events(
+        self, gpu_key: int, start: datetime, end: datetime, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[EventRow]:
+        """Health events of one GPU with ``start <= ts <= end``, ordered by (ts, kind), after a cursor."""
+        where = "e.gpu_key = %(gpu)s AND e.ts >= %(start)s AND e.ts <= %(end)s"
+        params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end, "limit": limit}
+        if after is not None:
+            where += " AND (e.ts, e.kind) > (%(after_ts)s, %(after_kind)s)"
+            params.update(after_ts=after[0], after_kind=after[1])
+        rows = self._fetch(
+            "SELECT e.ts, e.kind, e.code, x.meaning FROM gpu_events e LEFT JOIN xid_codes x ON x.code = e.code "
+            f"AND e.kind = 'xid' WHERE {where} ORDER BY e.ts, e.kind LIMIT %(limit)s",
+            params,
+        )
+        return [EventRow(*r) for r in rows]
+
+    def usage(
+        self, group_by: GroupBy, lo: datetime, hi: datetime, limit: int, after: str | None = None
+    ) -> list[UsageRow]:
+        """Usage per group over the whole minutes ``[lo, hi)``, ordered by group (none first), after a cursor.
+
+        Whole hours inside the window come from ``usage_1h``, the minutes at either edge from ``usage_1m``.
+        """
+        hour = _UNIT["1h"]
+        h_lo = _floor(lo + hour - timedelta(microseconds=1), hour)
+        h_hi = _floor(hi, hour)
+        parts = ["SELECT * FROM usage_1m WHERE bucket >= %(lo)s AND bucket < %(hi)s"]
+        if h_lo < h_hi:
+            parts = [
+                "SELECT * FROM usage_1h WHERE bucket >= %(h_lo)s AND bucket < %(h_hi)s",
+                "SELECT * FROM usage_1m WHERE (bucket >= %(lo)s AND bucket < %(h_lo)s) "
+                "OR (bucket >= %(h_hi)s AND bucket < %(hi)s)",
+            ]
+        group = GROUPS[group_by]
+        having = "" if after is None else "HAVING coalesce(" + group + ", '') > %(after)s"
+        rows = self._fetch(
+            f"SELECT {group} AS grp, {_USAGE_SUMS} FROM ({' UNION ALL '.join(parts)}) u "
+            "JOIN gpus g USING (gpu_key) LEFT JOIN workloads w ON w.workload_id = u.workload_id "
+            f"GROUP BY 1 {having} ORDER BY coalesce({group}, '') LIMIT %(limit)s",
+            {"lo": lo, "hi": hi, "h_lo": h_lo, "h_hi": h_hi, "after": after, "limit": limit},
+        )
+        return [UsageRow(r[0], r[1], *(float(x or 0.0) for x in r[2:])) for r in rows]
+
+    def health(self, threshold_s: float, limit: int, since: datetime) -> Health:
+        """GPUs and hosts past the threshold, blank codes and XID events since ``since``: counts and lists."""
+        params: dict[str, Any] = {"threshold": timedelta(seconds=threshold_s), "limit": limit, "since": since}
+        ((as_of, gpus, missing_count, silent_count, blank_gpus, xids),) = self._fetch(_HEALTH_COUNTS, params)
+        missing = self._fetch(
+            "SELECT g.uuid, g.hostname, l.ts FROM gpu_latest l JOIN gpus g USING (gpu_key) "
+            "WHERE l.ts < now() - %(threshold)s ORDER BY l.ts DESC, g.uuid LIMIT %(limit)s",
+            params,
+        )
+        silent = self._fetch(
+            "SELECT g.hostname, count(*)::int, max(l.ts) FROM gpu_latest l JOIN gpus g USING (gpu_key) "
+            "WHERE g.hostname IS NOT NULL GROUP BY g.hostname HAVING max(l.ts) < now() - %(threshold)s "
+            "ORDER BY max(l.ts) DESC, g.hostname LIMIT %(limit)s",
+            params,
+        )
+        blanks = self._fetch(
+            "SELECT r.uuid, r.metric, r.blank, count(*)::int, max(r.ts) FROM rejects r "
+            "WHERE r.blank IS NOT NULL AND r.ts >= %(since)s GROUP BY 1, 2, 3 "
+            "ORDER BY count(*) DESC, r.uuid, r.metric LIMIT %(limit)s",
+            params,
+        )
+        return Health(
+            as_of,
+            threshold_s,
+            gpus,
+            missing_count,
+            tuple(MissingGpu(*r) for r in missing),
+            silent_count,
+            tuple(SilentHost(*r) for r in silent),
+            blank_gpus,
+            tuple(BlankRow(*r) for r in blanks),
+            xids,
+        )
+
+    def missing_counts(self, threshold_s: float) -> tuple[int, int]:
+        """(GPUs missing, hosts silent) for the threshold: what /metrics exports."""
+        params = {"threshold": timedelta(seconds=threshold_s), "since": datetime.now().astimezone(), "limit": 0}
+        ((_, _, missing, silent, _, _),) = self._fetch(_HEALTH_COUNTS, params)
+        return int(missing), int(silent)
+
+
+_HEALTH_COUNTS = """
+SELECT now(),
+       (SELECT count(*) FROM gpu_latest)::int,
+       (SELECT count(*) FROM gpu_latest WHERE ts < now() - %(threshold)s)::int,
+       (SELECT count(*) FROM (SELECT 1 FROM gpu_latest l JOIN gpus g USING (gpu_key) WHERE g.hostname IS NOT NULL
+                               GROUP BY g.hostname HAVING max(l.ts) < now() - %(threshold)s) h)::int,
+       (SELECT count(DISTINCT uuid) FROM rejects WHERE blank IS NOT NULL AND ts >= %(since)s)::int,
+       (SELECT count(*) FROM gpu_events WHERE kind = 'xid' AND ts >= %(since)s)::int
+"""
+
+
+def _holder(fields: Sequence[Any]) -> Holder | None:
+    namespace, pod, container, job, since = fields
+    return None if since is None else Holder(namespace, pod, container, job, since)
