@@ -12,7 +12,9 @@ c. ingest-to-queryable latency: a probe polls the newest visible timestamp of a 
    the gateway's ``Reader`` and records (time it became visible - its processing timestamp);
 d. storage bytes per sample (heap + indexes of every telemetry partition / rows).
 
-``--quick`` finishes in under 5 minutes here; ``--minutes N`` runs the steady state for N minutes
+``--attribution off`` runs the collectors without deriving allocations, latest values, usage and events
+(the cost of attribution is the ratio with it on against the ratio with it off). ``--quick`` finishes in
+under 5 minutes here; ``--minutes N`` runs the steady state for N minutes
 and prints lag and Ray worker memory every 30 s, to show that neither grows. The last line is::
 
     RESULT e2e_rows_per_s=<n> raw_copy_rows_per_s=<n> ratio=<e2e/raw> latency_p99_s=<n> bytes_per_sample=<n>
@@ -264,6 +266,7 @@ def run_pipeline(
     collectors: int,
     streamers: int,
     report_every: float | None = None,
+    attribution: bool = True,
 ) -> dict[str, Any]:
     """Run the pipeline for ``seconds`` after ``warmup``; returns its steady-state figures."""
     from pipeline.runtime.driver import Pipeline
@@ -272,7 +275,14 @@ def run_pipeline(
     group = f"bench-{int(time.time())}"
     settings = Settings.load(
         overrides={
-            "streamer": {"count": streamers, "hosts": max(1, gpus // 8), "interval_s": interval, "batch_rows": 100_000},
+            "streamer": {
+                "count": streamers,
+                "hosts": max(1, gpus // 8),
+                "interval_s": interval,
+                "batch_rows": 100_000,
+                "synthetic_events": False,  # the ten fields of the seed only (no XID field)
+            },
+            "attribution": {"enabled": attribution},
             "collector": {"count": collectors, "max_rows": 200_000},
             "queue": {"partitions": 16, "group": group},
             "ray": {"namespace": group},
@@ -338,6 +348,9 @@ def main() -> int:
     parser.add_argument("--collectors", type=int, default=2)
     parser.add_argument("--streamers", type=int, default=1)
     parser.add_argument("--encoders", action="store_true", help="also compare COPY encoders")
+    parser.add_argument(
+        "--attribution", choices=("on", "off"), default="on", help="collectors derive attribution (default on)"
+    )
     args = parser.parse_args()
 
     steady_s = 45.0 if args.quick else 120.0
@@ -347,7 +360,7 @@ def main() -> int:
     raw_rows = 2_000_000 if args.quick else 5_000_000
     print(
         f"# bench/ingest.py on {os.cpu_count()} CPUs; fleet {args.gpus:,} GPUs x 10 metrics; "
-        f"{args.collectors} collector(s), {args.streamers} streamer(s)",
+        f"{args.collectors} collector(s), {args.streamers} streamer(s), attribution {args.attribution}",
         flush=True,
     )
 
@@ -375,6 +388,7 @@ def main() -> int:
             args.collectors,
             args.streamers,
             report_every=30.0 if args.minutes else None,
+            attribution=args.attribution == "on",
         )
         offered = args.gpus * 10
         print(
@@ -389,7 +403,9 @@ def main() -> int:
             f"p99 {pct(lat, 99):.3f} s",
             flush=True,
         )
-        fast = run_pipeline(url, args.gpus, 0.0, fast_s, 8.0, args.collectors, args.streamers)
+        fast = run_pipeline(
+            url, args.gpus, 0.0, fast_s, 8.0, args.collectors, args.streamers, attribution=args.attribution == "on"
+        )
         print(f"(b) as fast as possible: stored {fast['rows_per_s']:,.0f} rows/s", flush=True)
     finally:
         ray.shutdown()
@@ -398,7 +414,7 @@ def main() -> int:
     e2e = fast["rows_per_s"]
     print(
         f"RESULT e2e_rows_per_s={e2e:.0f} raw_copy_rows_per_s={raw:.0f} ratio={e2e / raw:.3f} "
-        f"latency_p99_s={pct(lat, 99):.3f} bytes_per_sample={per_sample:.1f}"
+        f"latency_p99_s={pct(lat, 99):.3f} bytes_per_sample={per_sample:.1f} attribution={args.attribution}"
     )
     return 0
 

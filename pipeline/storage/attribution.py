@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import AttributionSettings
 from pipeline.records import FIELD_SEP, GPU_INFO_FIELDS, WORKLOAD_FIELDS, split_fields
@@ -58,6 +59,13 @@ _EVENTS = (
     + _EPOCH.format("v.t")
     + ", 'xid', v.c FROM unnest(%s::int[], %s::int8[], %s::int[]) AS v(g, t, c) ON CONFLICT DO NOTHING"
 )
+# DO UPDATE (a no-op write) rather than DO NOTHING so that RETURNING also gives the ids of names that exist.
+_REGISTER = (
+    "INSERT INTO workloads (namespace, pod, container, job) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+    "ON CONFLICT ON CONSTRAINT workloads_key DO UPDATE SET namespace = EXCLUDED.namespace "
+    "RETURNING workload_id, namespace, pod, container, job"
+)
 _FACTS = (
     "UPDATE gpus SET driver_version = v.d, instance = v.i, parent_uuid = v.p, mig_instance = v.m, mig_profile = v.f "
     "FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::text[]) AS v(k, d, i, p, m, f) "
@@ -87,7 +95,7 @@ class Staged:
     closes: tuple[list[int], list[int]] = ([], [])
     opens: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
     current: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None  # gpu -> workload after it
-    facts: list[tuple[int, str | None]] = field(default_factory=list)
+    facts: list[tuple[int, str | None]] = field(default_factory=list)  # (gpu_key, canonical gpu_info)
     events: tuple[list[int], list[int], list[int]] = ([], [], [])
     xid_last: tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]] | None = None
     latest: StagedLatest | None = None
@@ -104,8 +112,12 @@ class Attribution:
             UsageRules(settings.active_above_percent, settings.memory_held_mib, settings.max_gap_s)
         )
         self._workload_ids: dict[str, int] = {}
+        self._known_names = pa.array([], pa.string())  # the keys of _workload_ids, as a column ...
+        self._known_ids = np.zeros(0, dtype=np.int32)  # ... and their ids
         self._current = np.zeros(0, dtype=np.int32)  # per gpu_key: its workload now (0: nobody)
-        self._facts: dict[int, str | None] = {}  # per gpu_key: the canonical gpu_info its row holds
+        self._fact_ids: dict[str, int] = {}  # canonical gpu_info -> a small local id
+        self._fact_names: list[str] = []
+        self._fact_of = np.full(0, -1, dtype=np.int32)  # per gpu_key: the id of what its row holds (-1: nothing)
         self._xid = np.zeros(0, dtype=np.float64)  # per gpu_key: its last XID value
         self.events_written = 0
 
@@ -119,6 +131,8 @@ class Attribution:
         self.latest.flush(conn)
         with conn.transaction():
             self._workload_ids = {_canonical(r[1:]) or "": int(r[0]) for r in conn.execute("SELECT * FROM workloads")}
+            self._known_names = pa.array(list(self._workload_ids), pa.string())
+            self._known_ids = np.array(list(self._workload_ids.values()), dtype=np.int32)
             open_ = conn.execute("SELECT gpu_key, workload_id FROM allocations WHERE ended IS NULL").fetchall()
             facts = conn.execute(
                 "SELECT gpu_key, driver_version, instance, parent_uuid, mig_instance::text, mig_profile FROM gpus"
@@ -133,7 +147,11 @@ class Attribution:
         self._current = np.zeros(top + 1, dtype=np.int32)
         for g, w in open_:
             self._current[g] = w
-        self._facts = {int(r[0]): _canonical(r[1:]) for r in facts}
+        self._fact_of = np.full(top + 1, -1, dtype=np.int32)
+        for r in facts:
+            name = _canonical(r[1:])
+            if name is not None:
+                self._fact_of[r[0]] = self._fact_id(name)
         self._xid = np.zeros(top + 1, dtype=np.float64)
         for g, c in xid:
             self._xid[g] = c
@@ -152,6 +170,7 @@ class Attribution:
             extra = max(max_key + 1, int(len(self._current) * 1.5)) - len(self._current)
             self._current = np.concatenate([self._current, np.zeros(extra, dtype=np.int32)])
             self._xid = np.concatenate([self._xid, np.zeros(extra, dtype=np.float64)])
+            self._fact_of = np.concatenate([self._fact_of, np.full(extra, -1, dtype=np.int32)])
 
     # --- per batch -----------------------------------------------------------------------------------
 
@@ -170,38 +189,32 @@ class Attribution:
         return staged
 
     def _workloads(self, conn: psycopg.Connection[Any], column: pa.Array | None, n: int) -> npt.NDArray[np.int32]:
-        """Each row's workload id (0: nobody), registering names not seen before."""
+        """Each row's workload id (0: nobody), registering names not seen before.
+
+        Names are looked up as a whole column (``pc.index_in`` against the known names): no per-name Python
+        but for names new to this writer.
+        """
         if column is None or column.null_count == n:
             return np.zeros(n, dtype=np.int32)
         if not pa.types.is_dictionary(column.type):
             column = column.dictionary_encode()
-        names = column.dictionary.to_pylist()
-        indices = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-        used = np.unique(indices[indices >= 0]).tolist()
-        unknown = [names[i] for i in used if names[i] not in self._workload_ids]
-        if unknown:
-            self._register_workloads(conn, unknown)
-        lookup = np.zeros(len(names) + 1, dtype=np.int32)  # the extra last entry maps null (-1) to 0
-        for i in used:
-            lookup[i] = self._workload_ids[names[i]]
-        out: npt.NDArray[np.int32] = lookup[indices]
+        names = column.dictionary
+        known = pc.index_in(names, value_set=self._known_names)
+        if known.null_count:
+            fresh = names.filter(known.is_null()).to_pylist()
+            self._register_workloads(conn, fresh)
+            self._known_names = pa.array(list(self._workload_ids), pa.string())
+            self._known_ids = np.array(list(self._workload_ids.values()), dtype=np.int32)
+            known = pc.index_in(names, value_set=self._known_names)
+        lookup = np.append(self._known_ids[known.to_numpy(zero_copy_only=False)], 0).astype(np.int32)  # -1: null
+        out: npt.NDArray[np.int32] = lookup[column.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
         return out
 
     def _register_workloads(self, conn: psycopg.Connection[Any], names: list[str]) -> None:
+        """Ids of new workload names: inserted, or found (one statement through the unique index)."""
         fields = [split_fields(n, len(WORKLOAD_FIELDS)) for n in names]
         with conn.transaction():
-            conn.execute(
-                "INSERT INTO workloads (namespace, pod, container, job) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-                "ON CONFLICT ON CONSTRAINT workloads_key DO NOTHING",
-                [list(col) for col in zip(*fields, strict=True)],
-            )
-            rows = conn.execute(
-                "SELECT w.workload_id, w.namespace, w.pod, w.container, w.job FROM workloads w "
-                "JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(n, p, c, j) "
-                "ON (w.namespace, w.pod, w.container, w.job) IS NOT DISTINCT FROM (v.n, v.p, v.c, v.j)",
-                [list(col) for col in zip(*fields, strict=True)],
-            ).fetchall()
+            rows = conn.execute(_REGISTER, [list(col) for col in zip(*fields, strict=True)]).fetchall()
         self._workload_ids.update({_canonical(r[1:]) or "": int(r[0]) for r in rows})
 
     def _allocations(self, batch: KeyedBatch, workload: npt.NDArray[np.int32], staged: Staged) -> None:
@@ -228,16 +241,29 @@ class Attribution:
         staged.current = (cg[~has_next], cw[~has_next])
 
     def _changed_facts(self, batch: KeyedBatch) -> list[tuple[int, str | None]]:
+        """GPUs whose facts differ from their row's (compared as small ids: no per-GPU Python)."""
         column = batch.gpu_info
-        if column is None or not len(batch.keys):
+        if column is None or not len(batch.keys) or column.null_count == len(column):
             return []
-        info = column.take(pa.array(batch.first_rows)).to_pylist()
+        if not pa.types.is_dictionary(column.type):
+            column = column.dictionary_encode()
+        names = column.dictionary.to_pylist()
+        local = np.array([self._fact_id(n) for n in names] + [-1], dtype=np.int32)  # last entry: null
+        per_gpu = local[column.indices.fill_null(-1).to_numpy(zero_copy_only=False)[batch.first_rows]]
+        self._grow(int(batch.keys.max()))
         # A batch that says nothing about a GPU (a source without labels) leaves its row as it is.
-        return [
-            (int(k), v)
-            for k, v in zip(batch.keys.tolist(), info, strict=True)
-            if v is not None and self._facts.get(int(k)) != v
-        ]
+        changed = (per_gpu >= 0) & (per_gpu != self._fact_of[batch.keys])
+        keys, ids = batch.keys[changed].tolist(), per_gpu[changed].tolist()
+        return [(int(k), self._fact_names[i]) for k, i in zip(keys, ids, strict=True)]
+
+    def _fact_id(self, name: str | None) -> int:
+        if name is None:
+            return -1
+        found = self._fact_ids.get(name)
+        if found is None:
+            found = self._fact_ids[name] = len(self._fact_names)
+            self._fact_names.append(name)
+        return found
 
     def _xid_events(self, batch: KeyedBatch, xid_id: int | None, staged: Staged) -> None:
         if xid_id is None:
@@ -280,7 +306,7 @@ class Attribution:
             g, w = staged.current
             self._current[g] = w
         for key, info in staged.facts:
-            self._facts[key] = info
+            self._fact_of[key] = self._fact_id(info)
         if staged.xid_last is not None:
             gpus, codes = staged.xid_last
             self._xid[gpus] = codes
