@@ -14,6 +14,14 @@ cursors. The cache is off for those. Then, with the Redis cache on (``REDIS_URL`
 redis://127.0.0.1:6379/0), 8 client threads ask Serve for the (cached) GPU list for a few seconds:
 requests per second. Authentication is on (a bearer token), as in production.
 
+Then the fleet views (issue 16), on a second database ``bench_fleet`` holding ``--fleet-gpus`` GPUs
+(default 25,000; 8 per host, 20 namespaces, pods of 4 GPUs, two allocations per GPU over the last
+24 h, the latest-value table, ``usage_1h`` for 24 h and ``usage_1m`` for the last 2 h), through Ray
+Serve with authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (first page and pages
+further on), ``GET /api/v1/fleet/latest`` (top 10 and 1,000), ``GET /api/v1/usage?group_by=namespace``
+over the last whole hour, 24 whole hours and a window not on the hour (edges from ``usage_1m``):
+p50 and p99 of each. ``--fleet-only`` runs that part alone.
+
 Run by hand: ``python bench/api.py [--rows N] [--iterations N]``; ``--quick`` (1 M rows, 100
 requests, 5 walks, 3 s of load) for a check in a minute or two.
 """
@@ -277,6 +285,180 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
     return pages, floor, bare, cached, rps, failed
 
 
+# --- the fleet views (issue 16) -------------------------------------------------------------------
+
+FLEET_DB = "bench_fleet"
+FLEET_SQL = (
+    """INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen, last_seen, driver_version, instance)
+    SELECT format('GPU-fleet-%%s', lpad(i::text, 6, '0')), format('node-%%s', lpad((i / 8)::text, 5, '0')), i %% 8,
+           format('nvidia%%s', i %% 8), 'NVIDIA H100 80GB HBM3', now() - interval '2 days', now(), '535.129.03',
+           format('node-%%s:9400', lpad((i / 8)::text, 5, '0'))
+      FROM generate_series(0, %(n)s - 1) i""",
+    # two pods of 4 GPUs per 8-GPU host and half-day: pod p holds GPUs 4p..4p+3 in the first 12 h, pod p + n/4 after
+    """INSERT INTO workloads (namespace, pod, container)
+    SELECT format('ns-%%s', p %% 20), format('pod-%%s', p), 'main' FROM generate_series(0, %(n)s / 2 - 1) p""",
+    """INSERT INTO allocations (gpu_key, workload_id, started, ended)
+    SELECT g.gpu_key, w.workload_id, date_trunc('hour', now()) - interval '24 hours',
+           date_trunc('hour', now()) - interval '12 hours'
+      FROM gpus g JOIN workloads w ON w.pod = format('pod-%%s', (g.gpu_key - 1) / 4)""",
+    """INSERT INTO allocations (gpu_key, workload_id, started)
+    SELECT g.gpu_key, w.workload_id, date_trunc('hour', now()) - interval '12 hours'
+      FROM gpus g JOIN workloads w ON w.pod = format('pod-%%s', (g.gpu_key - 1) / 4 + %(n)s / 4)
+     WHERE g.gpu_key %% 10 <> 0""",  # every tenth GPU idle now
+    """INSERT INTO gpu_latest (gpu_key, ts, metric_ids, sample_ts, vals)
+    SELECT g.gpu_key, now(), (SELECT array_agg(m::smallint ORDER BY m) FROM generate_series(1, 10) m),
+           array_fill(now(), ARRAY[10]),
+           (SELECT array_agg(random() * 100 + g.gpu_key * 0 ORDER BY m) FROM generate_series(1, 10) m)
+      FROM gpus g""",
+    """INSERT INTO usage_1h
+    SELECT h, a.gpu_key, a.workload_id, 3600, 3600 * r, 3600 * (1 - r) * 0.5, 3600 * 100 * r, 3600 * 400 * r
+      FROM allocations a
+     CROSS JOIN LATERAL generate_series(a.started, coalesce(a.ended, date_trunc('hour', now())) - interval '1 hour',
+                                        interval '1 hour') h
+     CROSS JOIN LATERAL (SELECT random() AS r) x""",
+    """INSERT INTO usage_1m
+    SELECT m, a.gpu_key, a.workload_id, 60, 60 * r, 30 * (1 - r), 6000 * r, 24000 * r
+      FROM allocations a
+     CROSS JOIN LATERAL generate_series(date_trunc('hour', now()) - interval '2 hours', date_trunc('minute', now()),
+                                        interval '1 minute') m
+     CROSS JOIN LATERAL (SELECT random() AS r) x
+     WHERE a.ended IS NULL""",
+)
+
+
+def build_fleet(admin: str, gpus: int) -> str:
+    """Create bench_fleet: ``gpus`` GPUs with latest values, allocations and usage rollups (no samples)."""
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {FLEET_DB} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {FLEET_DB}")
+    url = with_db(admin, FLEET_DB)
+    migrate(url)
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as c:
+        for statement in FLEET_SQL:
+            c.execute(statement, {"n": gpus})
+        c.execute("VACUUM ANALYZE")
+        counts = c.execute(
+            "SELECT (SELECT count(*) FROM gpus), (SELECT count(*) FROM allocations), "
+            "(SELECT count(*) FROM usage_1h), (SELECT count(*) FROM usage_1m)"
+        ).fetchone()
+    print(
+        f"  built {FLEET_DB}: gpus, allocations, usage_1h, usage_1m = {counts} in {time.perf_counter() - started:.0f} s"
+    )
+    with psycopg.connect(url) as c:
+        for table in ("gpu_latest", "allocations", "workloads", "usage_1h", "usage_1m"):
+            row = c.execute(f"SELECT pg_total_relation_size('{table}'), count(*) FROM {table}").fetchone()
+            size, rows = (int(row[0]), int(row[1])) if row else (0, 0)
+            print(
+                f"  {table:12} {rows:>10,} rows {size / 2**20:9.1f} MiB  {size / max(rows, 1):6.1f} B/row"
+            )
+    return url
+
+
+def fleet_cases(now: datetime) -> dict[str, tuple[str, dict[str, Any]]]:
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    z = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "gpus limit=1000, first page": ("/api/v1/gpus", {"limit": 1000}),
+        "fleet/latest top 10": ("/api/v1/fleet/latest", {"metric": "DCGM_FI_DEV_GPU_TEMP", "limit": 10}),
+        "fleet/latest limit=1000": ("/api/v1/fleet/latest", {"metric": "DCGM_FI_DEV_GPU_UTIL", "limit": 1000}),
+        "usage namespace, last whole hour": (
+            "/api/v1/usage",
+            {
+                "group_by": "namespace",
+                "start_time": (hour - timedelta(hours=1)).strftime(z),
+                "end_time": (hour - timedelta(seconds=1)).strftime(z),
+            },
+        ),
+        "usage namespace, 24 whole hours": (
+            "/api/v1/usage",
+            {
+                "group_by": "namespace",
+                "start_time": (hour - timedelta(hours=24)).strftime(z),
+                "end_time": (hour - timedelta(seconds=1)).strftime(z),
+            },
+        ),
+        "usage namespace, last 60 min (edges 1m)": (
+            "/api/v1/usage",
+            {
+                "group_by": "namespace",
+                "start_time": (now - timedelta(minutes=60)).strftime(z),
+                "end_time": now.strftime(z),
+            },
+        ),
+        "usage hostname, last whole hour": (
+            "/api/v1/usage",
+            {
+                "group_by": "hostname",
+                "start_time": (hour - timedelta(hours=1)).strftime(z),
+                "end_time": (hour - timedelta(seconds=1)).strftime(z),
+                "limit": 1000,
+            },
+        ),
+    }
+
+
+def fleet_phase(args: argparse.Namespace) -> list[tuple[str, float, float, float, float]]:
+    """p50/p99 of the fleet views in-process and through Serve (no cache, authentication on)."""
+    import ray
+    from ray import serve
+
+    from pipeline.gateway.serve import gateway_app, http_options
+
+    url = build_fleet(args.database_url, args.fleet_gpus)
+    cases = fleet_cases(datetime.now(UTC))
+    n = args.fleet_iterations
+    tokens = f"read:{TOKEN},metrics:{TOKEN}"
+    reader = Reader(url, max_size=4)
+    reader.open(wait=True)
+    app = build_app(reader, GatewaySettings(api_tokens=tokens))
+    loop = asyncio.new_event_loop()
+    asgi = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers=AUTH)
+
+    def timed_get(get: Callable[..., Any], path: str, params: dict[str, Any]) -> list[float]:
+        for _ in range(5):
+            r = get(path, params=params)
+            assert r.status_code == 200, r.text
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            get(path, params=params)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    in_app = {
+        name: timed_get(lambda p, params: loop.run_until_complete(asgi.get(p, params=params)), path, params)
+        for name, (path, params) in cases.items()
+    }
+    loop.run_until_complete(asgi.aclose())
+    reader.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(http_options=http_options("127.0.0.1", port))
+    settings = Settings(gateway=GatewaySettings(api_tokens=tokens))
+    serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
+    rows = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH) as http:
+        for name, (path, params) in cases.items():
+            served = timed_get(http.get, path, params)
+            rows.append((name, pct(in_app[name], 50), pct(in_app[name], 99), pct(served, 50), pct(served, 99)))
+    serve.shutdown()
+    ray.shutdown()
+    if not args.keep:
+        with psycopg.connect(args.database_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {FLEET_DB} WITH (FORCE)")
+    return rows
+
+
+def print_fleet(rows: list[tuple[str, float, float, float, float]], gpus: int, n: int) -> None:
+    print(f"\n== fleet views at {gpus:,} GPUs, {n} requests each, no cache, authentication on")
+    print(f"{'request':42} {'app p50':>8} {'app p99':>8} {'serve p50':>10} {'serve p99':>10}   (ms)")
+    for name, a50, a99, s50, s99 in rows:
+        print(f"{name:42} {a50:8.1f} {a99:8.1f} {s50:10.1f} {s99:10.1f}")
+    worst = max(r[4] for r in rows)
+    print(f"RESULT fleet_views_serve_p99_max_ms={worst:.1f} (goal <= 50 ms at 25,000 GPUs)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="table size (default 10 M; try 100000000)")
@@ -290,7 +472,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 M rows, 100 requests, 5 walks, 3 s of load")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="seconds of cached GPU-list load")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--fleet-gpus", type=int, default=25_000, help="GPUs of the fleet-view database")
+    parser.add_argument("--fleet-iterations", type=int, default=200, help="requests per fleet view")
+    parser.add_argument("--fleet-only", action="store_true", help="only the fleet views")
+    parser.add_argument("--no-fleet", action="store_true", help="skip the fleet views")
     args = parser.parse_args()
+    if args.fleet_only:
+        print_fleet(fleet_phase(args), args.fleet_gpus, args.fleet_iterations)
+        return 0
     if args.quick:
         args.rows, args.iterations, args.walks, args.load_seconds = 1_000_000, 100, 5, 3.0
 
@@ -350,6 +539,8 @@ def main() -> int:
     if not args.keep:
         with psycopg.connect(args.database_url, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    if not args.no_fleet:
+        print_fleet(fleet_phase(args), args.fleet_gpus, args.fleet_iterations)
     return 0
 
 

@@ -179,7 +179,17 @@ CREATE TABLE usage_1m (
 
 -- Per hour: on plain PostgreSQL a table the compaction maintains with usage_1m, kept 365 days; on
 -- TimescaleDB 024 replaces it with a continuous aggregate over usage_1m (same columns).
-CREATE TABLE usage_1h (LIKE usage_1m INCLUDING ALL);
+CREATE TABLE usage_1h (
+    bucket      timestamptz NOT NULL,
+    gpu_key     integer     NOT NULL,
+    workload_id integer     NOT NULL,
+    seconds     float8      NOT NULL,
+    active_s    float8      NOT NULL,
+    mem_idle_s  float8      NOT NULL,
+    util_s      float8      NOT NULL,
+    energy_j    float8      NOT NULL,
+    PRIMARY KEY (bucket, gpu_key, workload_id)
+);
 
 -- Grafana reads views in its own schema (007): the new tables its panels use. (024 swaps
 -- grafana.usage_1h for one over the continuous aggregate on TimescaleDB.)
