@@ -107,7 +107,7 @@ class StreamerSettings(BaseModel):
     scrape_retries: int = Field(2, ge=0, le=10)
     hosts: int = Field(32, ge=1, le=100_000)  # synthetic fleet size when no CSV is given
     gpus_per_host: int = Field(8, ge=1, le=64)
-    synthetic_events: bool = True  # the synthetic fleet's MIG devices, XID codes and a GPU that goes silent
+    synthetic_events: bool = False  # the synthetic fleet also has MIG devices, XID codes and a GPU that goes silent
     interval_s: float = Field(1.0, ge=0)
     batch_rows: int = Field(100_000, ge=1)
     passes: int | None = Field(None, ge=1)

@@ -61,6 +61,12 @@ def _pipeline_flags(run: argparse.ArgumentParser) -> None:
         "--scrape-file", type=Path, help="file of dcgm-exporter endpoints, one per line (re-read when it changes)"
     )
     run.add_argument("--hosts", type=_positive_int, help="hosts of the generated fleet (default 32)")
+    run.add_argument(
+        "--events",
+        action="store_const",
+        const=True,
+        help="the generated fleet also has MIG devices, XID errors and a GPU that goes silent",
+    )
     run.add_argument("--streamers", type=int, help="streamer actors (default 1)")
     run.add_argument("--collectors", type=int, help="collector actors (default 2)")
     run.add_argument("--partitions", type=_positive_int, help="queue partitions (default 16)")
@@ -165,6 +171,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "scrape": args.scrape,
             "scrape_file": args.scrape_file,
             "hosts": args.hosts,
+            "synthetic_events": getattr(args, "events", None),
             "count": args.streamers,
             "interval_s": args.interval,
             "batch_rows": args.batch_rows,

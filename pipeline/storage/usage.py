@@ -61,6 +61,7 @@ class StagedUsage:
 
     payload: bytes | None
     last: tuple[npt.NDArray[Any], ...]  # gpu, ts, util, power, fb, workload
+    cells: tuple[npt.NDArray[Any], ...] = ()  # bucket us, gpu, workload, seconds, active, memory idle, util s, J
 
 
 class UsageAccounting:
@@ -128,7 +129,7 @@ class UsageAccounting:
             g[counted], t[counted], u[counted], power[counted], fb[counted], w[counted], hold_us[counted]
         )
         last_state = (g[last], t[last], u[last], power[last], fb[last], w[last])
-        return StagedUsage(_log_row(cells, last_state), last_state)
+        return StagedUsage(_log_row(cells, last_state), last_state, cells)
 
     def _cells(
         self,

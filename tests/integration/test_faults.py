@@ -7,7 +7,9 @@ exactly once per pass, and no two stored samples of a series share a timestamp.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from pipeline.runtime.driver import Pipeline
 from pipeline.sources.dcgm_csv import DcgmCsvSource
 from pipeline.sources.synthetic import write_csv
 from pipeline.storage.database import Database
+from pipeline.storage.setup import compact_usage
 from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer
 from tests.support import assert_healthy, unique_namespace
@@ -60,7 +63,67 @@ def stored_count(conninfo: str) -> int:
 def fleet_csv(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.csv"
     write_csv(path, hosts=4, scrapes=2)  # 640 rows, 32 GPUs
+    with_pods(path)
     return path
+
+
+def pod_of(index: int, scrape: int) -> tuple[str, str, str]:
+    """Who holds GPU ``index`` (its place in the file) in each scrape: a pod that comes and goes (index % 4 == 0),
+    two pods taking turns (1), or one pod throughout (2, 3). Every replayed pass repeats it."""
+    if scrape == 0 or index % 4 >= 2:
+        return "faults", f"pod-{index}", "main"
+    return ("", "", "") if index % 4 == 0 else ("faults", f"other-{index}", "main")
+
+
+def with_pods(path: Path) -> None:
+    """Rewrite the CSV's pod columns after ``pod_of`` (scrape = the row's timestamp, in file order)."""
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    stamps = sorted({r[0] for r in body})
+    index = {u: i for i, u in enumerate(dict.fromkeys(r[4] for r in body))}
+    for r in body:
+        r[7:10] = list(reversed(pod_of(index[r[4]], stamps.index(r[0]))))  # container, pod, namespace
+        r[11] = re.sub(r',hpc_job="[^"]*"', "", r[11])  # no HPC jobs: the pods above are all there is
+    with path.open("w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows([header, *body])
+
+
+def assert_attribution_exact(conninfo: str, csv_path: Path, passes: int) -> None:
+    """Allocation intervals and usage as a fault-free run gives them, whatever the fault did.
+
+    Per GPU: the intervals follow the pods of every replayed pass in order (none twice, none lost), never
+    overlap, and at most the last is open; the usage rollups hold exactly the time from the GPU's first to
+    its last GPU_UTIL sample (each sample's hold counted once), and the usage log is folded.
+    """
+    with csv_path.open() as f:
+        uuids = list(dict.fromkeys(r["uuid"] for r in csv.DictReader(f)))
+    with psycopg.connect(conninfo) as c:
+        rows = c.execute(
+            "SELECT g.uuid, w.pod, a.started, a.ended FROM allocations a JOIN gpus g USING (gpu_key) "
+            "JOIN workloads w USING (workload_id) ORDER BY g.uuid, a.started, a.allocation_id"
+        ).fetchall()
+        spans = dict(
+            c.execute(
+                "SELECT g.uuid, extract(epoch FROM max(t.ts) - min(t.ts)) FROM telemetry t JOIN gpus g USING (gpu_key) "
+                "JOIN metrics m USING (metric_id) WHERE m.name = 'DCGM_FI_DEV_GPU_UTIL' GROUP BY 1"
+            ).fetchall()
+        )
+        counted = dict(
+            c.execute("SELECT g.uuid, sum(u.seconds) FROM usage_1m u JOIN gpus g USING (gpu_key) GROUP BY 1").fetchall()
+        )
+        assert c.execute("SELECT count(*) FROM usage_log").fetchone() == (0,), "the usage log was not folded"
+    by_gpu: dict[str, list[tuple[str, object, object]]] = {}
+    for uuid, pod, started, ended in rows:
+        by_gpu.setdefault(uuid, []).append((pod, started, ended))
+    for i, uuid in enumerate(uuids):
+        held = [pod_of(i, s)[1] or None for _ in range(passes) for s in (0, 1)]
+        expected = [p for j, p in enumerate(held) if p is not None and (j == 0 or held[j - 1] != p)]
+        got = by_gpu.get(uuid, [])
+        assert [p for p, _, _ in got] == expected, f"{uuid}: intervals {[p for p, _, _ in got][:6]}..."
+        for (_, s1, e1), (_, s2, _) in itertools.pairwise(got):
+            assert e1 is not None and s1 < e1 <= s2, f"{uuid}: intervals overlap or one is open before the last"
+        assert float(counted[uuid]) == pytest.approx(float(spans[uuid]), abs=1e-3), f"{uuid}: usage seconds"
 
 
 def run_with_fault(
@@ -114,16 +177,19 @@ def kill(handle: object) -> None:
 def test_kill_9_of_a_collector_mid_batch(ray_local: None, fresh_db: str, fleet_csv: Path) -> None:
     run_with_fault(fresh_db, fleet_csv, lambda p: kill(p.collectors[0]))
     assert stored_multiset(fresh_db) == expected_multiset(fleet_csv, PASSES)
+    assert_attribution_exact(fresh_db, fleet_csv, PASSES)
 
 
 def test_kill_9_of_a_streamer(ray_local: None, fresh_db: str, fleet_csv: Path) -> None:
     run_with_fault(fresh_db, fleet_csv, lambda p: kill(p.streamers[0]))
     assert stored_multiset(fresh_db) == expected_multiset(fleet_csv, PASSES)
+    assert_attribution_exact(fresh_db, fleet_csv, PASSES)
 
 
 def test_kill_9_of_the_broker_with_a_queue_dir(ray_local: None, fresh_db: str, fleet_csv: Path, tmp_path: Path) -> None:
     run_with_fault(fresh_db, fleet_csv, lambda p: kill(p.brokers[0]), queue_dir=tmp_path / "queue")
     assert stored_multiset(fresh_db) == expected_multiset(fleet_csv, PASSES)
+    assert_attribution_exact(fresh_db, fleet_csv, PASSES)
 
 
 def test_database_connections_terminated_mid_stream(ray_local: None, fresh_db: str, fleet_csv: Path) -> None:
@@ -138,6 +204,7 @@ def test_database_connections_terminated_mid_stream(ray_local: None, fresh_db: s
 
     run_with_fault(fresh_db, fleet_csv, terminate)
     assert stored_multiset(fresh_db) == expected_multiset(fleet_csv, PASSES)
+    assert_attribution_exact(fresh_db, fleet_csv, PASSES)
 
 
 def test_a_collector_that_stalls_past_its_session_is_fenced(fresh_db: str, fleet_csv: Path) -> None:
@@ -164,3 +231,7 @@ def test_a_collector_that_stalls_past_its_session_is_fenced(fresh_db: str, fleet
         q.commit("g", "a", generation, {0: batches[0].next_offset})  # and by the broker
     assert a.poll_once() == 0  # A notices, rejoins, and writes nothing twice
     assert stored_multiset(fresh_db) == expected_multiset(fleet_csv, 2)
+    for w in (a, b):
+        w.close()
+    compact_usage(fresh_db)
+    assert_attribution_exact(fresh_db, fleet_csv, 2)
