@@ -81,3 +81,65 @@ def test_two_streamers_scrape_a_fleet_into_postgres_while_a_dead_target_is_repor
     owner = next(h for h in health if dead in h)
     assert owner[dead]["up"] is False and owner[dead]["consecutive_failures"] == PASSES
     assert all(h[url]["up"] for h in health for url in h if url != dead)
+
+
+def test_a_local_exporter_whose_pods_come_and_go_gives_intervals_events_and_a_silent_gpu(
+    fresh_db: str, exporter: FakeExporter
+) -> None:
+    """Rounds of one dcgm-exporter: pods change (old label spelling on one GPU), a GPU is idle between jobs,
+    another raises XID 48, one goes silent, and one is split into MIG instances."""
+    from pipeline.sources.synthetic import SyntheticFleet
+    from pipeline.storage.setup import compact_usage
+    from tests.unit.sources.test_prometheus import render_dcgm_scrape
+
+    fleet = SyntheticFleet(hosts=1, gpus_per_host=4, seed=5)
+    rounds = [
+        {0: ("train-a", "ml", "main"), 1: ("infer-0", "serving", "server")},
+        {0: ("train-a", "ml", "main"), 1: ("infer-0", "serving", "server")},
+        {1: ("infer-0", "serving", "server")},  # GPU 0 idle between jobs
+        {0: ("train-b", "ml", "main"), 1: ("infer-0", "serving", "server")},
+    ]
+    seen = {"round": 0}
+
+    def scrape() -> str:
+        r = seen["round"]
+        seen["round"] += 1
+        return render_dcgm_scrape(
+            fleet,
+            0,
+            pods=rounds[min(r, 3)],
+            old_pod_labels=r % 2 == 1,
+            mig_gpu=3,
+            xid={2: 48} if r >= 2 else {},
+            silent=frozenset({2}) if r >= 3 else frozenset(),
+        )
+
+    target = exporter.serve_text("/pods/metrics", scrape)
+    q = LocalQueue(partitions=2, budget_bytes=1 << 28)
+    source = PrometheusSource([target], interval_s=0, timeout_s=1.0, retries=0)
+    Streamer("scrape/pods", source, q, partitions=2, interval_s=0.3, passes=4).run()
+    collector = Collector("c", "g", q, TelemetryWriter(fresh_db), poll_timeout_s=0.0)
+    collector.start()
+    drain(collector)
+    collector.close()
+    compact_usage(fresh_db)
+
+    with psycopg.connect(fresh_db) as c:
+        intervals = c.execute(
+            "SELECT g.gpu_index, w.pod, a.ended IS NULL FROM allocations a JOIN gpus g USING (gpu_key) "
+            "JOIN workloads w USING (workload_id) ORDER BY g.gpu_index, a.started"
+        ).fetchall()
+        events = c.execute("SELECT g.gpu_index, e.code FROM gpu_events e JOIN gpus g USING (gpu_key)").fetchall()
+        mig = c.execute("SELECT uuid, parent_uuid, mig_instance, mig_profile FROM gpus WHERE parent_uuid IS NOT NULL")
+        mig_rows = sorted(mig.fetchall())
+        newest = dict(
+            c.execute("SELECT g.gpu_index, max(l.ts) FROM gpu_latest l JOIN gpus g USING (gpu_key) GROUP BY 1")
+        )
+        usage = c.execute("SELECT count(*) FROM usage_1m").fetchone()
+    # GPU 0: train-a for two rounds, idle, then train-b (still held); GPU 1: infer-0 throughout, in both spellings
+    assert intervals == [(0, "train-a", False), (0, "train-b", True), (1, "infer-0", True)]
+    assert events == [(2, 48)]
+    parent = fleet.uuids[3]
+    assert mig_rows == [(f"{parent}/mig-1", parent, 1, "3g.40gb"), (f"{parent}/mig-2", parent, 2, "3g.40gb")]
+    assert newest[2] < newest[0]  # GPU 2 stopped reporting after the third round
+    assert usage is not None and usage[0] > 0

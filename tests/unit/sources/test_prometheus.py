@@ -63,22 +63,34 @@ def render_dcgm_scrape(
     mig_gpu: int | None = None,
     sentinel: tuple[int, str] | None = None,
     malformed: bool = False,
+    xid: dict[int, int] | None = None,
+    silent: frozenset[int] = frozenset(),
+    old_pod_labels: bool = False,
 ) -> str:
     """One scrape of a fleet host in dcgm-exporter's text format (HELP/TYPE, one family per field).
 
     ``new_spelling`` writes ``hostname``/``uuid`` instead of ``Hostname``/``UUID``; ``pods`` maps a
-    local GPU index to (pod, namespace, container); ``mig_gpu`` is split into MIG instances 1 and 2;
-    ``sentinel`` puts DCGM's "not supported" value on (local GPU index, field).
+    local GPU index to (pod, namespace, container) (``old_pod_labels``: as ``pod_name``/``pod_namespace``/
+    ``container_name``, dcgm-exporter's ``--use-old-namespace``); ``mig_gpu`` is split into MIG instances
+    1 and 2; ``sentinel`` puts DCGM's "not supported" value on (local GPU index, field); ``xid`` adds
+    ``DCGM_FI_DEV_XID_ERRORS`` (the given code per local index, 0 for the others); ``silent`` GPUs are
+    left out (they stopped reporting).
     """
     per_host = fleet.gpus_per_host
     gpus = np.arange(host * per_host, (host + 1) * per_host, dtype=np.int64)
     values = fleet.values(gpus)
+    if xid is not None:
+        values = np.column_stack([values, [float(xid.get(i, 0)) for i in range(per_host)]])
+    fields = list(DCGM_FIELDS) + (["DCGM_FI_DEV_XID_ERRORS"] if xid is not None else [])
     host_key, uuid_key = ("hostname", "uuid") if new_spelling else ("Hostname", "UUID")
+    pod_keys = ("pod_name", "pod_namespace", "container_name") if old_pod_labels else ("pod", "namespace", "container")
     out = ["# HELP go_goroutines Number of goroutines that currently exist.", "# TYPE go_goroutines gauge"]
     out.append("go_goroutines 14")
-    for m, metric in enumerate(DCGM_FIELDS):
-        out += [f"# HELP {metric} {_HELP[metric]}", f"# TYPE {metric} gauge"]
+    for m, metric in enumerate(fields):
+        out += [f"# HELP {metric} {_HELP.get(metric, 'XID errors')}", f"# TYPE {metric} gauge"]
         for local, g in enumerate(gpus.tolist()):
+            if local in silent:
+                continue
             v = values[local, m]
             text = f"{v:.3f}" if metric == "DCGM_FI_DEV_POWER_USAGE" else str(int(v))
             if sentinel == (local, metric):
@@ -90,7 +102,7 @@ def render_dcgm_scrape(
             tail = f'{host_key}="{fleet.hostnames[g]}",DCGM_FI_DRIVER_VERSION="535.129.03"'
             if pods and local in pods:
                 pod, namespace, container = pods[local]
-                tail += f',container="{container}",namespace="{namespace}",pod="{pod}"'
+                tail += f',{pod_keys[2]}="{container}",{pod_keys[1]}="{namespace}",{pod_keys[0]}="{pod}"'
             if mig_gpu == local:
                 for instance in (1, 2):
                     out.append(f'{metric}{{{base},GPU_I_PROFILE="3g.40gb",GPU_I_ID="{instance}",{tail}}} {text}')
