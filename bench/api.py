@@ -16,11 +16,11 @@ requests per second. Authentication is on (a bearer token), as in production.
 
 Then the fleet views (issue 16), on a second database ``bench_fleet`` holding ``--fleet-gpus`` GPUs
 (default 25,000; 8 per host, 20 namespaces, pods of 4 GPUs, two allocations per GPU over the last
-24 h, the latest-value table, ``usage_1h`` for 24 h and ``usage_1m`` for the last 2 h), through Ray
-Serve with authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (first page and pages
-further on), ``GET /api/v1/fleet/latest`` (top 10 and 1,000), ``GET /api/v1/usage?group_by=namespace``
-over the last whole hour, 24 whole hours and a window not on the hour (edges from ``usage_1m``):
-p50 and p99 of each. ``--fleet-only`` runs that part alone.
+24 h, the latest-value table, ``usage_1h`` for 24 h, ``usage_1d`` from it, ``usage_1m`` for the last
+2 h; rollup rows written in time order, as the compaction writes them), through Ray Serve with
+authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (the first page), ``GET /api/v1/fleet/latest`` (top 10 and 1,000), ``GET /api/v1/usage?group_by=namespace``
+over the last whole hour, 24 whole hours, the last 60 minutes by the hour and by the minute (edges from
+``usage_1m``), and by the day: p50 and p99 of each. ``--fleet-only`` runs that part alone.
 
 Run by hand: ``python bench/api.py [--rows N] [--iterations N]``; ``--quick`` (1 M rows, 100
 requests, 5 walks, 3 s of load) for a check in a minute or two.
@@ -315,14 +315,20 @@ FLEET_SQL = (
       FROM allocations a
      CROSS JOIN LATERAL generate_series(a.started, coalesce(a.ended, date_trunc('hour', now())) - interval '1 hour',
                                         interval '1 hour') h
-     CROSS JOIN LATERAL (SELECT random() AS r) x""",
+     CROSS JOIN LATERAL (SELECT random() AS r) x
+     ORDER BY h""",
+    """INSERT INTO usage_1d
+    SELECT date_bin(interval '1 day', bucket, timestamptz '2000-01-03'), gpu_key, workload_id, sum(seconds),
+           sum(active_s), sum(mem_idle_s), sum(util_s), sum(energy_j)
+      FROM usage_1h GROUP BY 1, 2, 3 ORDER BY 1""",
     """INSERT INTO usage_1m
     SELECT m, a.gpu_key, a.workload_id, 60, 60 * r, 30 * (1 - r), 6000 * r, 24000 * r
       FROM allocations a
      CROSS JOIN LATERAL generate_series(date_trunc('hour', now()) - interval '2 hours', date_trunc('minute', now()),
                                         interval '1 minute') m
      CROSS JOIN LATERAL (SELECT random() AS r) x
-     WHERE a.ended IS NULL""",
+     WHERE a.ended IS NULL
+     ORDER BY m""",
 )
 
 
@@ -346,12 +352,10 @@ def build_fleet(admin: str, gpus: int) -> str:
         f"  built {FLEET_DB}: gpus, allocations, usage_1h, usage_1m = {counts} in {time.perf_counter() - started:.0f} s"
     )
     with psycopg.connect(url) as c:
-        for table in ("gpu_latest", "allocations", "workloads", "usage_1h", "usage_1m"):
+        for table in ("gpu_latest", "allocations", "workloads", "usage_1d", "usage_1h", "usage_1m"):
             row = c.execute(f"SELECT pg_total_relation_size('{table}'), count(*) FROM {table}").fetchone()
             size, rows = (int(row[0]), int(row[1])) if row else (0, 0)
-            print(
-                f"  {table:12} {rows:>10,} rows {size / 2**20:9.1f} MiB  {size / max(rows, 1):6.1f} B/row"
-            )
+            print(f"  {table:12} {rows:>10,} rows {size / 2**20:9.1f} MiB  {size / max(rows, 1):6.1f} B/row")
     return url
 
 
@@ -378,12 +382,30 @@ def fleet_cases(now: datetime) -> dict[str, tuple[str, dict[str, Any]]]:
                 "end_time": (hour - timedelta(seconds=1)).strftime(z),
             },
         ),
-        "usage namespace, last 60 min (edges 1m)": (
+        "usage namespace, last 60 min (hours)": (
             "/api/v1/usage",
             {
                 "group_by": "namespace",
                 "start_time": (now - timedelta(minutes=60)).strftime(z),
                 "end_time": now.strftime(z),
+            },
+        ),
+        "usage namespace, last 60 min by minute": (
+            "/api/v1/usage",
+            {
+                "group_by": "namespace",
+                "start_time": (now - timedelta(minutes=60)).strftime(z),
+                "end_time": now.strftime(z),
+                "resolution": "minute",
+            },
+        ),
+        "usage namespace, last 2 days by day": (
+            "/api/v1/usage",
+            {
+                "group_by": "namespace",
+                "start_time": (now - timedelta(days=1)).strftime(z),
+                "end_time": now.strftime(z),
+                "resolution": "day",
             },
         ),
         "usage hostname, last whole hour": (

@@ -14,6 +14,8 @@ ALTER TABLE gpus
     ADD COLUMN mig_instance   smallint,
     ADD COLUMN mig_profile    text;
 CREATE INDEX gpus_parent_idx ON gpus (parent_uuid) WHERE parent_uuid IS NOT NULL;
+-- The GPU list's order (the reader's GPU_ORDER): a page of 1,000 of 25,000 GPUs is an index range, not a sort.
+CREATE INDEX gpus_order_idx ON gpus ((coalesce(hostname, '')), (coalesce(gpu_index, -1)), uuid);
 
 -- One row per distinct (namespace, pod, container, job): what an allocation interval names.
 -- workload_id 0 is reserved for "nobody" (usage of unallocated time); it has no row here.
@@ -191,6 +193,20 @@ CREATE TABLE usage_1h (
     PRIMARY KEY (bucket, gpu_key, workload_id)
 );
 
+-- Per day: the same, for accounting over weeks and months; kept 5 years (TimescaleDB: a continuous
+-- aggregate over usage_1h, 024).
+CREATE TABLE usage_1d (
+    bucket      timestamptz NOT NULL,
+    gpu_key     integer     NOT NULL,
+    workload_id integer     NOT NULL,
+    seconds     float8      NOT NULL,
+    active_s    float8      NOT NULL,
+    mem_idle_s  float8      NOT NULL,
+    util_s      float8      NOT NULL,
+    energy_j    float8      NOT NULL,
+    PRIMARY KEY (bucket, gpu_key, workload_id)
+);
+
 -- Grafana reads views in its own schema (007): the new tables its panels use. (024 swaps
 -- grafana.usage_1h for one over the continuous aggregate on TimescaleDB.)
 -- (grafana.gpus keeps 007's columns, so 007 stays re-runnable; the new facts are a view of their own.)
@@ -204,4 +220,5 @@ CREATE OR REPLACE VIEW grafana.gpu_events AS SELECT * FROM public.gpu_events;
 CREATE OR REPLACE VIEW grafana.xid_codes AS SELECT * FROM public.xid_codes;
 CREATE OR REPLACE VIEW grafana.usage_1m AS SELECT * FROM public.usage_1m;
 CREATE OR REPLACE VIEW grafana.usage_1h AS SELECT * FROM public.usage_1h;
+CREATE OR REPLACE VIEW grafana.usage_1d AS SELECT * FROM public.usage_1d;
 GRANT SELECT ON ALL TABLES IN SCHEMA grafana TO gpu_telemetry_grafana;

@@ -117,7 +117,9 @@ class UsageGroup(BaseModel):
         "namespace, pod and job) or GPUs without the field.",
         examples=["ml-train"],
     )
-    gpus: int = Field(description="Distinct GPUs that counted for the group.", examples=[64])
+    mean_gpus: float = Field(
+        description="GPUs the group used on average over the window (gpu_hours / the window's hours).", examples=[61.5]
+    )
     gpu_hours: float = Field(description="GPU time observed (sample holds), in hours.", examples=[61.5])
     gpu_hours_allocated: float = Field(description="Of it, while a workload held the GPU.", examples=[61.5])
     gpu_hours_active: float = Field(description="Utilisation above the active threshold.", examples=[48.2])

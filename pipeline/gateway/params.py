@@ -100,6 +100,14 @@ GroupByParam = Annotated[
     Literal["namespace", "pod", "job", "hostname", "model"],
     Query(description="What to group usage by (`job`: the HPC job label).", examples=["namespace"]),
 ]
+ResolutionParam = Annotated[
+    Literal["day", "hour", "minute"],
+    Query(
+        description="The unit the window is rounded out to: whole days, hours (default) or minutes that hold an "
+        "instant of it count. Finer costs more (more rollup rows to read at the edges).",
+        examples=["hour"],
+    ),
+]
 IntervalsParam = Annotated[
     int | None,
     Query(

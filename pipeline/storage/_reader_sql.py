@@ -17,6 +17,13 @@ HOLDER = (
 HOLDER_COLUMNS = "w.namespace, w.pod, w.container, w.job, a.started"
 NO_HOLDER = "NULL::text, NULL::text, NULL::text, NULL::text, NULL::timestamptz"
 NEWEST_SEEN = "greatest(g.last_seen, (SELECT l.ts FROM gpu_latest l WHERE l.gpu_key = g.gpu_key))"
+# One GPU row with its gpu_latest row joined once: the newest sample, and the ids of the metrics reported
+# within the window of it (names are mapped by the reader from its catalogue).
+LATEST_JOIN = "LEFT JOIN gpu_latest l ON l.gpu_key = g.gpu_key"
+RECENT_IDS = (
+    "(SELECT coalesce(array_agg(u.metric_id), '{}') FROM unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) "
+    "WHERE u.ts >= l.ts - %(window)s)"
+)
 HELD_BY = (
     "EXISTS (SELECT 1 FROM allocations ha JOIN workloads hw USING (workload_id) WHERE ha.gpu_key = g.gpu_key "
     "AND ha.ended IS NULL AND ({conditions}))"

@@ -158,19 +158,29 @@ class Reader(FleetQueries):
             f"SELECT {self._gpu_select()} FROM gpus g {self._gpu_joins()} WHERE g.uuid = %(uuid)s",
             {"uuid": uuid, "window": METRIC_WINDOW},
         )
-        return _gpu_row(rows[0]) if rows else None
+        return self._gpu_rows(rows)[0] if rows else None
 
     def _gpu_select(self) -> str:
         """The columns of a GPU row: facts, holder and the newest sample where the attribution tables exist."""
         if self.features().gpu_metrics:
-            seen = q.NEWEST_SEEN
-            return (
-                f"{q.GPU_COLUMNS.replace('g.last_seen', seen)}, ({q.NAMES_TABLE}), {q.FACT_COLUMNS}, {q.HOLDER_COLUMNS}"
-            )
+            seen = "greatest(g.last_seen, l.ts)"
+            return f"{q.GPU_COLUMNS.replace('g.last_seen', seen)}, {q.RECENT_IDS}, {q.FACT_COLUMNS}, {q.HOLDER_COLUMNS}"
         return f"{q.GPU_COLUMNS}, ({q.NAMES_FALLBACK}), {q.NO_FACTS}, {q.NO_HOLDER}"
 
     def _gpu_joins(self) -> str:
-        return q.HOLDER if self.features().gpu_metrics else f"LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE"
+        if self.features().gpu_metrics:
+            return f"{q.LATEST_JOIN} {q.HOLDER}"
+        return f"LEFT JOIN LATERAL ({q.NEWEST}) n ON TRUE"
+
+    def _gpu_rows(self, rows: Sequence[Sequence[Any]]) -> list[GpuRow]:
+        """Rows as ``GpuRow``; metric ids (the latest-value table's) named from the catalogue."""
+        ids = {i for r in rows for i in (r[8] or ()) if isinstance(i, int)}
+        names = self._metric_names(ids) if ids else {}
+        out = []
+        for r in rows:
+            metrics = sorted(names[i] if isinstance(i, int) else i for i in (r[8] or ()))
+            out.append(_gpu_row([*r[:8], metrics, *r[9:]]))
+        return out
 
     def gpu_key(self, uuid: str) -> int | None:
         """The key of a GPU by UUID (remembered: a GPU's key never changes)."""
@@ -223,7 +233,7 @@ class Reader(FleetQueries):
             f"SELECT {self._gpu_select()} FROM page g {self._gpu_joins()} ORDER BY {q.GPU_ORDER}",
             params,
         )
-        return [_gpu_row(r) for r in rows]
+        return self._gpu_rows(rows)
 
     def latest(self, gpu_key: int) -> list[LatestRow]:
         """The newest sample of each metric of a GPU (metrics reported within the recent window)."""

@@ -154,7 +154,6 @@ class UsageRow(NamedTuple):
     """Usage of one group over a window (seconds and joules; the gateway converts to hours and kWh)."""
 
     group: str | None
-    gpus: int
     seconds: float
     allocated_s: float
     active_s: float

@@ -284,17 +284,20 @@ WITH moved AS (
 )
 SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM minute), (SELECT count(*) FROM state)
 """
-_HOUR = f"""hour AS (
-    INSERT INTO usage_1h SELECT date_bin(INTERVAL '1 hour', bucket, %(origin)s), gpu_key, workload_id, {_SUM}
+_HOUR = "".join(
+    f"""{name} AS (
+    INSERT INTO {table} SELECT date_bin(INTERVAL '{width}', bucket, %(origin)s), gpu_key, workload_id, {_SUM}
       FROM cells GROUP BY 1, 2, 3
-    ON CONFLICT (bucket, gpu_key, workload_id) DO UPDATE SET {_ADD.format(t="usage_1h")}
+    ON CONFLICT (bucket, gpu_key, workload_id) DO UPDATE SET {_ADD.format(t=table)}
     RETURNING 1
-),"""
+), """
+    for name, table, width in (("hour", "usage_1h", "1 hour"), ("day", "usage_1d", "1 day"))
+)
 # Plain PostgreSQL keeps the rollups like TimescaleDB's retention policies (024) would.
 _EXPIRE = (
     "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE bucket < now() - %s::interval LIMIT %s))"
 )
-RETENTION: Final = (("usage_1m", "7 days"), ("usage_1h", "365 days"))
+RETENTION: Final = (("usage_1m", "7 days"), ("usage_1h", "365 days"), ("usage_1d", "1825 days"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +317,8 @@ def compact(
     """Fold up to ``limit`` log rows into the rollups and the last-sample state, in one transaction.
 
     Runs under a transaction-level advisory lock (a second compaction returns ``skipped``). On plain
-    PostgreSQL it also maintains ``usage_1h`` and deletes up to ``expire`` rows past the retention.
+    PostgreSQL it also maintains ``usage_1h`` and ``usage_1d`` and deletes up to ``expire`` rows past the
+    retention.
     """
     with conn.transaction():
         (locked,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,)).fetchone() or (False,)

@@ -105,7 +105,8 @@ def test_pod_a_for_30_s_then_pod_b_for_90_s_is_exactly_that(fresh_db: str) -> No
     assert sorted_intervals(fresh_db) == EXPECTED_INTERVALS
     fold(fresh_db)
     assert usage(fresh_db) == expected()
-    assert usage(fresh_db, "usage_1h") == expected()  # the hour rollup agrees with the minutes
+    assert usage(fresh_db, "usage_1h") == expected()  # the hour and day rollups agree with the minutes
+    assert usage(fresh_db, "usage_1d") == expected()
     assert fetch(fresh_db, "SELECT count(*) FROM usage_log") == [(0,)]
     # every minute cell is in the minute of its samples: 0:00-0:59, 1:00-1:59, 2:00-2:28 (X's last hold unknown)
     minutes = fetch(

@@ -180,7 +180,8 @@ def test_usage_per_namespace_pod_and_job_is_the_hand_computed_answer(api: TestCl
     assert research["gpu_hours"] * 3600 == pytest.approx(90.0)
     assert research["gpu_hours_idle"] * 3600 == pytest.approx(90.0)
     assert research["memory_idle_hours"] * 3600 == pytest.approx(90.0)  # idle, holding 20 GiB
-    assert research["energy_kwh"] == pytest.approx(90 * 100 / 3.6e6) and research["gpus"] == 1
+    assert research["energy_kwh"] == pytest.approx(90 * 100 / 3.6e6)
+    assert research["mean_gpus"] == pytest.approx(90 / 3600)  # 90 GPU-seconds over the hour counted
     # no namespace: X while nobody held it (29 s: its last sample's hold is not known yet) and job J's 149 s
     assert ns[None]["gpu_hours"] * 3600 == pytest.approx(178.0)
     assert ns[None]["gpu_hours_allocated"] * 3600 == pytest.approx(149.0)
@@ -191,21 +192,25 @@ def test_usage_per_namespace_pod_and_job_is_the_hand_computed_answer(api: TestCl
         "research/notebook-b": 90.0,
     }
     jobs = by_group(ok(api, "/api/v1/usage", group_by="job", **window))
-    assert jobs["slurm-7"]["gpu_hours"] * 3600 == pytest.approx(149.0) and jobs["slurm-7"]["gpus"] == 1
+    assert jobs["slurm-7"]["gpu_hours"] * 3600 == pytest.approx(149.0)
     assert jobs["slurm-7"]["energy_kwh"] == pytest.approx(149 * 200 / 3.6e6)
 
 
 def test_usage_per_host_and_model_and_by_window(api: TestClient) -> None:
     host = ok(api, "/api/v1/usage", group_by="hostname", start_time=iso(0), end_time=iso(600))
-    assert [(i["group"], i["gpus"], round(i["gpu_hours"] * 3600, 6)) for i in host["items"]] == [("node-1", 2, 298.0)]
+    assert [(i["group"], round(i["gpu_hours"] * 3600, 6)) for i in host["items"]] == [("node-1", 298.0)]
     model = ok(api, "/api/v1/usage", group_by="model", start_time=iso(0), end_time=iso(600))
     assert [(i["group"], round(i["gpu_hours"] * 3600, 6)) for i in model["items"]] == [("H100", 298.0)]
     # The minute from 1:00 to 2:00 only: pod B's 60 s on X and job J's 60 s on Y.
-    minute = by_group(ok(api, "/api/v1/usage", group_by="namespace", start_time=iso(60), end_time=iso(119.5)))
+    window = {"start_time": iso(60), "end_time": iso(119.5), "resolution": "minute"}
+    minute = by_group(ok(api, "/api/v1/usage", group_by="namespace", **window))
     assert minute["research"]["gpu_hours"] * 3600 == pytest.approx(60.0) and "ml" not in minute
-    assert ok(api, "/api/v1/usage", group_by="namespace", start_time=iso(60), end_time=iso(119))["start_time"] == iso(
-        60
-    )
+    body = ok(api, "/api/v1/usage", group_by="namespace", **window)
+    assert (body["start_time"], body["end_time"], body["resolution"]) == (iso(60), iso(120), "minute")
+    # By the hour (the default), the hour holding that minute counts whole: every hold of the scenario.
+    hourly = ok(api, "/api/v1/usage", group_by="namespace", start_time=iso(60), end_time=iso(119.5))
+    assert (hourly["start_time"], hourly["end_time"]) == (iso(0), iso(3600))
+    assert by_group(hourly)["ml"]["gpu_hours"] * 3600 == pytest.approx(30.0)
     pages = walk(api, "/api/v1/usage", {"group_by": "pod", "start_time": iso(0), "end_time": iso(600), "limit": 1})
     assert [p["group"] for p in pages] == [None, "ml/train-a", "research/notebook-b"]
 
@@ -213,8 +218,16 @@ def test_usage_per_host_and_model_and_by_window(api: TestClient) -> None:
 def test_usage_spanning_hours_reads_both_rollups(fresh_db: str) -> None:
     stored(fresh_db)
     with client_of(fresh_db) as c:
-        long = by_group(ok(c, "/api/v1/usage", group_by="namespace", start_time=iso(-7200), end_time=iso(3 * 3600)))
-        assert long["ml"]["gpu_hours"] * 3600 == pytest.approx(30.0)  # whole hours from usage_1h, edges from 1m
+        for resolution in ("hour", "minute"):  # minutes: whole hours from usage_1h, the edges from usage_1m
+            window = {"start_time": iso(-7170), "end_time": iso(3 * 3600 + 30), "resolution": resolution}
+            long = by_group(ok(c, "/api/v1/usage", group_by="namespace", **window))
+            assert long["ml"]["gpu_hours"] * 3600 == pytest.approx(30.0), resolution
+        daily = ok(c, "/api/v1/usage", group_by="namespace", start_time=iso(0), resolution="day", end_time=iso(10))
+        assert by_group(daily)["research"]["gpu_hours"] * 3600 == pytest.approx(90.0)
+        assert daily["start_time"].endswith("T00:00:00Z") and daily["resolution"] == "day"
+        late = {"start_time": iso(100), "end_time": iso(3700), "resolution": "minute"}
+        edge = by_group(ok(c, "/api/v1/usage", group_by="pod", **late))
+        assert edge["research/notebook-b"]["gpu_hours"] * 3600 == pytest.approx(60.0)  # minute 1:00-2:00 counts whole
         bad = c.get("/api/v1/usage", params={"group_by": "color"})
         assert bad.status_code in (400, 422)
 

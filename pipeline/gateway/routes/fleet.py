@@ -38,7 +38,8 @@ HEALTH_WINDOW = timedelta(hours=1)
     response_model=FleetLatestPage,
     summary="Every GPU's newest value of one metric, sorted: the hottest, the most idle, in one request.",
     description="Read from the latest-value table (one row per GPU, rewritten by the collectors every few "
-    "seconds), with each GPU's host, model and current holder. `namespace`/`hostname` narrow the fleet.",
+    "seconds), with each GPU's host, model and current holder, ordered by value (ties in a fixed order). "
+    "`namespace`/`hostname` narrow the fleet.",
     responses=problems.responses(400, 422, 503),
 )
 def fleet_latest(
@@ -56,8 +57,8 @@ def fleet_latest(
     binding = {"metric": metric, "sort": sort, "hostname": hostname, "namespace": namespace}
     after = None
     if cursor is not None:
-        value, uuid = state.cursors.decode("fleet", cursor, (float, str), binding)
-        after = (value, uuid)
+        value, gpu_key = state.cursors.decode("fleet", cursor, (float, int), binding)
+        after = (value, gpu_key)
 
     def produce() -> dict[str, Any]:  # a FleetLatestPage
         (metric_id,) = state.metric_ids([metric]) or [0]
@@ -65,7 +66,7 @@ def fleet_latest(
         nxt = None
         if len(rows) > n:
             rows = rows[:n]
-            nxt = state.cursors.encode("fleet", [float(rows[-1].value), rows[-1].uuid], binding)
+            nxt = state.cursors.encode("fleet", [float(rows[-1].value), rows[-1].gpu_key], binding)
         items = [
             {
                 "uuid": r.uuid,

@@ -15,6 +15,7 @@ from pipeline.gateway.params import (
     EndParam,
     GroupByParam,
     LimitParam,
+    ResolutionParam,
     StartParam,
     exact_times,
     reject_nul,
@@ -36,9 +37,10 @@ HOUR_S = 3600.0
     description="Each DCGM_FI_DEV_GPU_UTIL sample holds until the GPU's next one (a gap over the collectors' "
     "max_gap_s, 120 s, holds nothing) and counts for the workload that held the GPU then. Active: utilisation "
     "above the collectors' active_above_percent (5 %); memory idle: not active while DCGM_FI_DEV_FB_USED is above "
-    "memory_held_mib (1024 MiB); energy: DCGM_FI_DEV_POWER_USAGE x hold. Whole minutes that hold an instant of "
-    "the window count (whole hours from usage_1h, the edges from usage_1m); the rollups lag ingest by the "
-    "compaction period (attribution.compact_every_s, 30 s).",
+    "memory_held_mib (1024 MiB); energy: DCGM_FI_DEV_POWER_USAGE x hold. Whole units of `resolution` that hold "
+    "an instant of the window count: days (usage_1d), hours (the default: whole days inside from usage_1d, the "
+    "hours at the edges from usage_1h) or minutes (the minutes at the edges from usage_1m: up to 118 rows per GPU "
+    "more to read). The rollups lag ingest by the compaction period (attribution.compact_every_s, 30 s).",
     responses=problems.responses(400, 422, 503),
 )
 def usage(
@@ -47,6 +49,7 @@ def usage(
     group_by: GroupByParam,
     start_time: StartParam = None,
     end_time: EndParam = None,
+    resolution: ResolutionParam = "hour",
     limit: LimitParam = None,
     cursor: CursorParam = None,
 ) -> Response:
@@ -54,10 +57,11 @@ def usage(
     q = request.query_params
     start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
     start, end = window(start_time, end_time)
-    lo, hi = usage_window(start, end)
+    lo, hi = usage_window(start, end, resolution)
     state.check_span(lo, hi, state.settings.max_aggregate_window_s)
     n = state.page_limit(limit)
     binding = {
+        "resolution": resolution,
         "group_by": group_by,
         "start": None if start_time is None else utc(start_time).isoformat(),
         "end": None if end_time is None else utc(end_time).isoformat(),
@@ -68,15 +72,16 @@ def usage(
         reject_nul(cursor=after)
 
     def produce() -> dict[str, Any]:  # a UsagePage
-        rows = state.reader.usage(group_by, lo, hi, n + 1, after)
+        rows = state.reader.usage(group_by, lo, hi, n + 1, after, resolution)
         nxt = None
         if len(rows) > n:
             rows = rows[:n]
             nxt = state.cursors.encode("usage", [rows[-1].group or ""], binding)
+        span = (hi - lo).total_seconds()
         items = [
             {
                 "group": r.group,
-                "gpus": r.gpus,
+                "mean_gpus": r.seconds / span,
                 "gpu_hours": r.seconds / HOUR_S,
                 "gpu_hours_allocated": r.allocated_s / HOUR_S,
                 "gpu_hours_active": r.active_s / HOUR_S,
@@ -87,7 +92,14 @@ def usage(
             }
             for r in rows
         ]
-        return {"group_by": group_by, "start_time": lo, "end_time": hi, "items": items, "next_cursor": nxt}
+        return {
+            "group_by": group_by,
+            "resolution": resolution,
+            "start_time": lo,
+            "end_time": hi,
+            "items": items,
+            "next_cursor": nxt,
+        }
 
     key = {**binding, "limit": n, "cursor": cursor}
     return state.cached_json("usage", key, state.settings.gpu_list_ttl_s, produce)

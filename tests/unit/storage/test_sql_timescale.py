@@ -275,17 +275,24 @@ USAGE_COLUMNS = ["bucket", "gpu_key", "workload_id", "seconds", "active_s", "mem
 
 def test_the_usage_aggregate_sums_every_usage_1m_column_and_refreshes_inside_its_retention() -> None:
     body = code(SQL / "024_timescaledb_usage.sql")
-    (definition,) = re.findall(r"CREATE MATERIALIZED VIEW IF NOT EXISTS usage_1h (.*?) WITH NO DATA", body)
-    assert "timescaledb.continuous" in definition and "timescaledb.materialized_only = false" in definition
-    assert select_list(definition) == USAGE_COLUMNS
-    assert "time_bucket(INTERVAL '1 hour', bucket)" in definition and "FROM usage_1m" in definition
-    assert all(f"sum({c}) AS {c}" in definition for c in USAGE_COLUMNS[3:])  # additive: an exact hierarchy
+    views = dict(re.findall(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (usage_1[hd]) (.*?) WITH NO DATA", body))
+    assert set(views) == {"usage_1h", "usage_1d"}
+    for (name, definition), (width, source) in zip(
+        sorted(views.items(), key=lambda v: v[0] != "usage_1h"),
+        (("1 hour", "usage_1m"), ("1 day", "usage_1h")),
+        strict=True,
+    ):
+        assert "timescaledb.continuous" in definition and "timescaledb.materialized_only = false" in definition
+        assert select_list(definition) == USAGE_COLUMNS, name
+        assert f"time_bucket(INTERVAL '{width}', bucket)" in definition and f"FROM {source}" in definition
+        assert all(f"sum({c}) AS {c}" in definition for c in USAGE_COLUMNS[3:])  # additive: an exact hierarchy
     plain = (SQL / "023_attribution.sql").read_text()
     table = re.search(r"CREATE TABLE usage_1m \((.*?)\n\);", plain, re.DOTALL)
     assert table and [line.split()[0] for line in table.group(1).strip().splitlines()[:8]] == USAGE_COLUMNS
     starts = dict(re.findall(r"add_continuous_aggregate_policy\('(\w+)', start_offset => INTERVAL '([^']+)'", body))
     kept = dict(re.findall(r"add_retention_policy\('(\w+)', drop_after => INTERVAL '([^']+)'", body))
     assert interval_hours(starts["usage_1h"]) < interval_hours(kept["usage_1m"])
+    assert interval_hours(starts["usage_1d"]) < interval_hours(kept["usage_1h"])
     assert "create_hypertable(%L, by_range(%L, %L::interval)" in body and "'usage_1m', 'bucket', '1 day'" in body
     # the Grafana view over the table goes before the table, and comes back over the aggregate
     assert body.index("DROP VIEW IF EXISTS grafana.usage_1h") < body.index("DROP TABLE usage_1h")
