@@ -18,8 +18,9 @@ Then the fleet views (issue 16), on a second database ``bench_fleet`` holding ``
 (default 25,000; 8 per host, 20 namespaces, pods of 4 GPUs, two allocations per GPU over the last
 24 h, the latest-value table, ``usage_1h`` for 24 h, ``usage_1d`` from it, ``usage_1m`` for the last
 2 h; rollup rows written in time order, as the compaction writes them), through Ray Serve with
-authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (the first page), ``GET /api/v1/fleet/latest`` (top 10 and 1,000), ``GET /api/v1/usage?group_by=namespace``
-over the last whole hour, 24 whole hours, the last 60 minutes by the hour and by the minute (edges from
+authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (the first page),
+``GET /api/v1/fleet/latest`` (top 10 and 1,000), ``GET /api/v1/usage?group_by=namespace`` over the
+last whole hour, 24 whole hours, the last 60 minutes by the hour and by the minute (edges from
 ``usage_1m``), and by the day: p50 and p99 of each. ``--fleet-only`` runs that part alone.
 
 Run by hand: ``python bench/api.py [--rows N] [--iterations N]``; ``--quick`` (1 M rows, 100
