@@ -360,6 +360,24 @@ def test_no_literal_secrets_outside_dev(rendered: dict[str, list[dict[str, Any]]
             assert ref["key"] in secrets.get((namespace, ref["name"]), set()), f"dev {where}: {ref} missing"
 
 
+def test_the_runbook_creates_every_secret_staging_and_prod_reference(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Staging and prod render no Secret: a reference the runbook's step 4 never creates keeps pods from starting."""
+    runbook = (ROOT / "docs" / "kubernetes.md").read_text().replace("\\\n", " ")  # continuation lines
+    created: dict[tuple[str, str], set[str]] = {}
+    for namespace, name, rest in re.findall(r"kubectl -n (\S+) create secret generic (\S+)(.*)", runbook):
+        created.setdefault((namespace, name), set()).update(re.findall(r"--from-literal=([A-Za-z_][\w.-]*)=", rest))
+    for env in ("staging", "prod"):
+        for obj in rendered[env]:
+            namespace = obj["metadata"].get("namespace", "")
+            for where, ref in _secret_refs(obj):
+                if ref.get("optional"):
+                    continue
+                secret = f"{namespace}/{ref['name']}"
+                keys = created.get((namespace, ref["name"]))
+                assert keys is not None, f"{env} {obj['kind']} {where}: the runbook never creates {secret}"
+                assert ref["key"] in keys, f"{env} {where}: the runbook's {secret} lacks key {ref['key']}"
+
+
 def _secret_refs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
     for where, pod in pod_specs(obj):
         for c in pod.get("containers", []):
@@ -373,6 +391,11 @@ def _secret_refs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
             obj["spec"]["gcsFaultToleranceOptions"]["redisPassword"]["valueFrom"]["secretKeyRef"],
         )
         yield "authOptions", {"name": obj["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    if obj["kind"] in ("PodMonitor", "ServiceMonitor"):
+        for i, ep in enumerate(obj["spec"].get("podMetricsEndpoints") or obj["spec"].get("endpoints") or ()):
+            credentials = (ep.get("authorization") or {}).get("credentials")
+            if credentials:
+                yield f"endpoint {i} authorization", credentials
 
 
 def test_the_secret_check_catches_literals() -> None:
