@@ -92,6 +92,7 @@ def ray_local() -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # always this session's own cluster, never another one found on the machine
             num_cpus=4,
             include_dashboard=False,
             namespace="gpu-telemetry-test",
