@@ -22,6 +22,7 @@ import pytest
 import ray
 
 from pipeline.config import Settings
+from pipeline.errors import ConfigError
 from pipeline.runtime.driver import Pipeline
 from pipeline.runtime.names import CONTROLLER_NAME
 from pipeline.sources.synthetic import write_csv
@@ -216,3 +217,55 @@ def test_the_supervisor_counts_restarts_and_recreates_an_actor_gone_for_good(
             "SELECT count(*), count(DISTINCT (gpu_key, metric_id, ts)) FROM telemetry"
         ).fetchone()  # type: ignore[misc]
     assert total == distinct == 30 * rows
+
+
+def test_deploy_is_idempotent_rescales_on_new_counts_and_bounds_and_refuses_a_frozen_change(
+    ray_local: None, fresh_db: str, tmp_path: Path
+) -> None:
+    csv = tmp_path / "fleet.csv"
+    rows = write_csv(csv, hosts=4, scrapes=3)
+    namespace = unique_namespace()
+
+    def settings(collectors: int, **scaling: object) -> Settings:
+        return Settings.load(
+            overrides={
+                "streamer": {"csv": csv, "count": 1, "interval_s": 0.5, "batch_rows": 100, "passes": 30},
+                "collector": {"count": collectors, "poll_timeout_s": 0.05},
+                "ray": {"namespace": namespace},
+                "queue": {"partitions": 4, "group": "dep"},
+                "scaling": {"period_s": 0.5, **scaling},
+            },
+            environ={},
+        )
+
+    def collectors(p: Pipeline) -> int:
+        return int(p.progress().status["roles"]["collector"]["actual"])
+
+    first = Pipeline(settings(1), Database(fresh_db))
+    assert first.deploy()["action"] == "created"
+    try:
+        again = Pipeline(settings(1), Database(fresh_db)).deploy()
+        assert again["action"] == "unchanged" and collectors(first) == 1
+        more = Pipeline(settings(3), Database(fresh_db)).deploy()
+        assert more["action"] == "reconciled" and "collector.count" in more["changed"]
+        assert collectors(first) == 3
+        # New bounds: the running count is brought inside them.
+        bounded = Pipeline(settings(3, collectors_min=2, collectors_max=2), Database(fresh_db)).deploy()
+        assert bounded["action"] == "reconciled" and collectors(first) == 2
+        # The queue's shape cannot change under a running pipeline: a clear refusal, nothing changed.
+        frozen = settings(3, collectors_min=2, collectors_max=2).model_copy(
+            update={"queue": settings(2).queue.model_copy(update={"partitions": 8})}
+        )
+        with pytest.raises(ConfigError, match="queue.partitions"):
+            Pipeline(frozen, Database(fresh_db)).deploy()
+        assert collectors(first) == 2
+        deadline = time.monotonic() + 180
+        while not first.progress().streamers_done:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        final = first.drain(timeout_s=120)
+        assert_healthy(first)
+        stored, _ = first.stored_totals()
+    finally:
+        first.stop()
+    assert final.produced == 30 * rows == stored
