@@ -574,8 +574,40 @@ def test_dashboard_gpu_panels_query_the_pipeline_schema(rendered: dict[str, list
 # --- configuration shared with the pipeline --------------------------------------------------------
 
 
+def _serve_config(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(yaml.safe_load(one(objs, "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"]))
+
+
+def _replica_bounds(config: dict[str, Any]) -> set[tuple[int, int]]:
+    """Every (min, max) replica pair a Serve config states (the deployment's and the builder's args)."""
+    out = set()
+    for app in config["applications"]:
+        if "min_replicas" in app.get("args", {}):
+            out.add((app["args"]["min_replicas"], app["args"]["max_replicas"]))
+        for d in app.get("deployments", []):
+            auto = d.get("autoscaling_config", {})
+            out.add((auto.get("min_replicas", 1), auto.get("max_replicas", 1)))
+    return out
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_serve_replicas_scale_within_the_gateway_groups_bounds(
+    rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """One replica a gateway pod: Serve bounds wider than the group's leave pods idle or replicas pending."""
+    config = _serve_config(rendered[env])
+    gateway = {g["groupName"]: g for g in one(rendered[env], "RayCluster")["spec"]["workerGroupSpecs"]}["gateway"]
+    assert _replica_bounds(config) == {(gateway["minReplicas"], gateway["maxReplicas"])}, env
+    base = _serve_config(rendered["staging"])  # staging deploys the base config as it is
+    strip = json.dumps(config, sort_keys=True)
+    for (lo, hi), (blo, bhi) in zip(_replica_bounds(config), _replica_bounds(base), strict=True):
+        strip = strip.replace(f'"max_replicas": {hi}', f'"max_replicas": {bhi}')
+        strip = strip.replace(f'"min_replicas": {lo}', f'"min_replicas": {blo}')
+    assert json.loads(strip) == base, f"{env}'s Serve config differs from the base in more than its bounds"
+
+
 def test_serve_config_copy_equals_the_pipeline_serve_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    copy = yaml.safe_load(one(rendered["prod"], "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"])
+    copy = _serve_config(rendered["staging"])
     app = copy["applications"][0]
     assert app["import_path"] == "pipeline.gateway.serve:build" and app["route_prefix"] == "/"
     service = one(rendered["prod"], "Service", "gpu-telemetry-gateway")
