@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
@@ -227,6 +230,34 @@ def test_staging_and_prod_set_their_api_server_cidrs_in_the_overlay(rendered: Ob
     for env in ("staging", "prod"):
         text = (ROOT / "kuberay" / "overlays" / env / "kustomization.yaml").read_text()
         assert "ray-head-egress-apiserver" in text, f"{env}: the API server CIDR is not set per overlay"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_cilium_component_lets_only_the_head_reach_the_kube_apiserver_entity(
+    kubectl: str, rendered: Objects, env: str, tmp_path: Path
+) -> None:
+    """On Cilium an ipBlock never matches an in-cluster API server: the component adds the entity rule."""
+    overlay = os.path.relpath(ROOT / "kuberay" / "overlays" / env, tmp_path)
+    component = os.path.relpath(ROOT / "kuberay" / "components" / "cilium", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources:\n  - {overlay}\ncomponents:\n  - {component}\n")
+    done = subprocess.run(
+        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    objs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert len(objs) == len(rendered[env]) + 1  # the overlay as it is, plus the one policy
+    policy = one(objs, "CiliumNetworkPolicy")
+    assert policy["metadata"]["namespace"] == SYSTEM
+    selector = policy["spec"]["endpointSelector"]
+    assert _selects(selector, _pod_labels(objs, "head"))
+    assert not any(_selects(selector, _pod_labels(objs, g)) for g in worker_groups(objs))
+    (rule,) = policy["spec"]["egress"]
+    assert rule["toEntities"] == ["kube-apiserver"]
+    ports = {(int(p["port"]), p["protocol"]) for tp in rule["toPorts"] for p in tp["ports"]}
+    assert ports == {(443, "TCP"), (6443, "TCP")}
 
 
 # --- TimescaleDB init script beside the image's own ---------------------------------------------------
