@@ -290,6 +290,7 @@ class Fleet:
             "collectors": collectors,
             "retired": Totals(**self.retired),
             "epoch": self.epoch,
+            "started_at": self.started_at,
         }
 
     def _all_stats(self, handles: list[ActorHandle], role: str) -> list[Any]:

@@ -263,6 +263,9 @@ def stop_and_compare(db: str, env: dict[str, str], before: int) -> dict[str, Any
     r = cli("stop", "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
+    # The summary `run --json` prints, key for key.
+    assert set(summary) == {"produced", "stored", "rejected", "rejects_stored", "seconds", "rows_per_s", "database"}
+    assert summary["seconds"] > 0 and summary["database"].startswith("PostgreSQL"), summary
     total, distinct = stored(db)
     assert summary["stored"] == summary["produced"] > 0, summary
     assert total == distinct == before + summary["produced"], (total, distinct, before, summary)
