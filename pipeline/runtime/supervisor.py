@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import psycopg
 import ray
 
 from pipeline import metrics
@@ -312,7 +311,6 @@ class Controller:
 # lost while it was being adopted (re-created on the next try). A ConfigError still ends the start.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     DatabaseUnavailable,
-    psycopg.OperationalError,
     QueueError,
     ray.exceptions.GetTimeoutError,
     ray.exceptions.RayActorError,
