@@ -262,6 +262,7 @@ class Fleet:
         start: ProducerCheckpoint = {
             "pass": int(r["boundary"]),
             "position": None,
+            "end": None,
             "seq": 0,
             "stamp_us": int(r["stamp_floor"]),
             "done": bool(r["done"]),
