@@ -144,6 +144,7 @@ class Streamer:
         self._opened = False
         self.stop_grace_s = 30.0  # after stop(): how long a flush may still wait for away brokers
         self._retained: deque[_Retained] = deque()  # acknowledged, not yet committed by every group
+        self._released: dict[int, int] = {}  # per partition, the newest log start the brokers reported
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -369,7 +370,7 @@ class Streamer:
 
         results = self._until_acked(f"flush {seq}", send)
         self._retained.append(_Retained(seq, envelope, ranges, results))
-        self._release()
+        self._release(results)
         return results
 
     def _resend_retained(self) -> None:
@@ -389,17 +390,37 @@ class Streamer:
                 log.warning("%s: re-send failed (%s); retrying", self.producer_id, exc)
                 time.sleep(0.5)
 
-    def _release(self) -> None:
-        """Forget retained flushes that every group has committed."""
-        if not self._retained:
-            return
-        try:
-            below = self._producer.released_below()
-        except (QueueError, DatabaseUnavailable):
-            return  # asked again after the next flush
-        while self._retained and all(
-            r.duplicate or r.offset < below.get(r.partition, 0) for r in self._retained[0].results
+    def _release(self, results: list[AppendResult]) -> None:
+        """Forget retained flushes that every group has committed.
+
+        Each append's answer says where its partition's log then started (``released``): that costs
+        no call. Only when the oldest retained flush waits on a partition this flush did not touch
+        are the brokers asked (``released_below``), so what is retained never outlives its commit by
+        more than one flush.
+        """
+        fresh = {a.partition for a in results}
+        self._note_released({a.partition: a.released for a in results})
+        self._pop_released()
+        if self._retained and any(
+            not self._is_released(a) and a.partition not in fresh for a in self._retained[0].results
         ):
+            try:
+                self._note_released(self._producer.released_below())
+            except (QueueError, DatabaseUnavailable):
+                return  # asked again after the next flush
+            self._pop_released()
+
+    def _note_released(self, below: dict[int, int]) -> None:
+        # Only grows: below it every group committed, in the database, which never goes back.
+        for partition, start in below.items():
+            if start > self._released.get(partition, 0):
+                self._released[partition] = start
+
+    def _is_released(self, result: AppendResult) -> bool:
+        return result.duplicate or result.offset < self._released.get(result.partition, 0)
+
+    def _pop_released(self) -> None:
+        while self._retained and all(self._is_released(a) for a in self._retained[0].results):
             self._retained.popleft()
 
     def _until_acked(self, what: str, call: Callable[[], T]) -> T:

@@ -37,6 +37,7 @@ class AppendResult:
     offset: int
     duplicate: bool = False
     incarnation: str = ""  # the broker process that acknowledged it (a restart changes it)
+    released: int = 0  # the partition's log start then: below it every group had committed
 
 
 @dataclass(frozen=True, slots=True)
