@@ -229,9 +229,14 @@ class Streamer:
             self._source.close()
         return self.stats
 
-    def stop_at_pass(self, completed: int) -> None:
-        """Finish passes until ``completed`` passes are done, then flush, checkpoint and return."""
+    def stop_at_pass(self, completed: int | None) -> None:
+        """Finish passes until ``completed`` passes are done, then flush, checkpoint and return (None: no bound)."""
         self._stop_at = completed
+
+    @property
+    def stopped(self) -> bool:
+        """``stop()`` was called."""
+        return self._stop.is_set()
 
     @property
     def passes_done(self) -> int:
