@@ -31,6 +31,7 @@ __all__ = [
     "LatestRow",
     "MetricRow",
     "Reader",
+    "SamplePage",
     "SampleRow",
 ]
 
@@ -102,6 +103,17 @@ class SampleRow(NamedTuple):
     metric_id: int
     metric: str
     value: float
+
+
+class SamplePage(NamedTuple):
+    """A page of samples as fetched: ``(ts, metric_id, value)`` tuples, the metric names by id, more or not.
+
+    No object per row: the gateway writes its JSON straight from these tuples.
+    """
+
+    rows: list[tuple[datetime, int, float]]
+    names: dict[int, str]
+    more: bool
 
 
 class AggregateRow(NamedTuple):
@@ -316,16 +328,28 @@ class Reader:
         after: tuple[datetime, int] | None = None,
     ) -> list[SampleRow]:
         """Samples of one GPU with ``start <= ts <= end``, ordered by (ts, metric), after a cursor."""
+        rows = self._samples(gpu_key, start, end, limit, metric_ids, order, after)
+        names = self._metric_names({r[1] for r in rows})
+        return [SampleRow(ts, mid, names[mid], value) for ts, mid, value in rows]
+
+    def _samples(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        metric_ids: Sequence[int] | None,
+        order: Order,
+        after: tuple[datetime, int] | None,
+    ) -> list[tuple[datetime, int, float]]:
         where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
-        # Binary rows and names mapped here rather than joined: half the client-side cost per row.
-        rows = self._fetch(
+        # Binary rows and names mapped by the caller rather than joined: half the client-side cost per row.
+        return self._fetch(
             f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
             f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s",
             {**params, "limit": limit},
             binary=True,
         )
-        names = self._metric_names({r[1] for r in rows})
-        return [SampleRow(ts, mid, names[mid], value) for ts, mid, value in rows]
 
     def count_telemetry(
         self,
@@ -354,29 +378,29 @@ class Reader:
         metric_ids: Sequence[int] | None = None,
         order: Order = "asc",
         after: tuple[datetime, int] | None = None,
-    ) -> tuple[list[SampleRow], bool]:
-        """A page of ``telemetry`` and whether more follow; the page never splits one (ts, metric).
+    ) -> SamplePage:
+        """A page of ``telemetry`` as fetched, and whether more follow; the page never splits one (ts, metric).
 
         Samples may share (ts, metric) (nothing forbids it), and a keyset cursor cannot point between
         them: when the page would end inside such a group, the whole group is in this page (which may
         then hold a few more than ``limit`` samples).
         """
-        rows = self.telemetry(gpu_key, start, end, limit + 1, metric_ids, order, after)
+        rows = self._samples(gpu_key, start, end, limit + 1, metric_ids, order, after)
         if len(rows) <= limit:
-            return rows, False
-        last = (rows[limit - 1].ts, rows[limit - 1].metric_id)
-        if (rows[limit].ts, rows[limit].metric_id) != last:
-            return rows[:limit], True
-        page = [r for r in rows[:limit] if (r.ts, r.metric_id) != last]
-        group = self._fetch(
+            return SamplePage(rows, self._metric_names({r[1] for r in rows}), False)
+        last = (rows[limit - 1][0], rows[limit - 1][1])
+        if (rows[limit][0], rows[limit][1]) != last:
+            del rows[limit:]
+            return SamplePage(rows, self._metric_names({r[1] for r in rows}), True)
+        page = [r for r in rows[:limit] if (r[0], r[1]) != last]
+        page += self._fetch(
             "SELECT t.ts, t.metric_id, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.ts = %(ts)s "
             "AND t.metric_id = %(metric)s",
             {"gpu": gpu_key, "ts": last[0], "metric": last[1]},
             binary=True,
         )
-        names = self._metric_names({last[1]})
-        page += [SampleRow(ts, mid, names[mid], value) for ts, mid, value in group]
-        return page, bool(self.telemetry(gpu_key, start, end, 1, metric_ids, order, last))
+        more = bool(self._samples(gpu_key, start, end, 1, metric_ids, order, last))
+        return SamplePage(page, self._metric_names({r[1] for r in page}), more)
 
     def stream_telemetry(
         self,
@@ -399,14 +423,14 @@ class Reader:
         sent = 0
         more = True
         while more:
-            rows, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
+            rows, names, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
             if not rows:
                 return
             sent += len(rows)
             if sent > max_rows:
                 raise InvalidParameter(f"the export grew past {max_rows} samples while it ran", param="end_time")
-            after = (rows[-1].ts, rows[-1].metric_id)
-            yield [(r.ts, r.metric, r.value) for r in rows]
+            after = (rows[-1][0], rows[-1][1])
+            yield [(ts, names[mid], value) for ts, mid, value in rows]
 
     def aggregate(
         self,
