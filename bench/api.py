@@ -285,6 +285,7 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
     """
     if ingress == "direct":
         os.environ[DIRECT_INGRESS] = "1"
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pipeline.gateway.proxy_guard:install")
     import ray
     from ray import serve
 
