@@ -342,7 +342,7 @@ class Reader:
         order: Order,
         after: tuple[datetime, int] | None,
     ) -> list[tuple[datetime, int, float]]:
-        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        where, params, direction = q.samples_where(gpu_key, start, end, metric_ids, order, after)
         # Binary rows and names mapped by the caller rather than joined: half the client-side cost per row.
         return self._fetch(
             f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
@@ -362,7 +362,7 @@ class Reader:
         after: tuple[datetime, int] | None = None,
     ) -> int:
         """How many samples ``telemetry`` would walk, counting no further than ``at_most``."""
-        where, params, _ = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        where, params, _ = q.samples_where(gpu_key, start, end, metric_ids, order, after)
         rows = self._fetch(
             f"SELECT count(*) FROM (SELECT 1 FROM telemetry t WHERE {where} LIMIT %(limit)s) x",
             {**params, "limit": at_most},
@@ -471,26 +471,6 @@ class Reader:
 def _gpu_row(row: Sequence[Any]) -> GpuRow:
     key, uuid, hostname, index, device, model, first, last, names = row
     return GpuRow(key, uuid, hostname, index, device, model, first, last, tuple(names or ()))
-
-
-def _samples_where(
-    gpu_key: int,
-    start: datetime,
-    end: datetime,
-    metric_ids: Sequence[int] | None,
-    order: Order,
-    after: tuple[datetime, int] | None,
-) -> tuple[str, dict[str, Any], str]:
-    op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
-    where = ["t.gpu_key = %(gpu)s", "t.ts >= %(start)s", "t.ts <= %(end)s"]
-    params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end}
-    if metric_ids is not None:
-        where.append("t.metric_id = ANY(%(metrics)s)")
-        params["metrics"] = list(metric_ids)
-    if after is not None:
-        where.append(f"(t.ts, t.metric_id) {op} (%(after_ts)s, %(after_metric)s)")
-        params.update(after_ts=after[0], after_metric=after[1])
-    return " AND ".join(where), params, direction
 
 
 def _translate(exc: Exception) -> Exception:
