@@ -7,12 +7,15 @@ collector would. Then, in the same run and over the same random (GPU, hour) wind
 * ``sql``    the gateway's query on one psycopg connection (the floor),
 * ``reader`` the same through ``Reader`` (pool, row objects),
 * ``app``    the FastAPI app in-process (httpx ASGI transport: routing, validation, JSON),
-* ``serve``  the app on Ray Serve over HTTP (proxy, replica, one keep-alive client).
+* ``serve``  the app on Ray Serve over HTTP (one keep-alive client): through Serve's HTTP proxy (how the
+  gateway is deployed), and through Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``:
+  each replica serves HTTP on a port of its own, no proxy hop); ``--ingress`` picks one or both.
 
 First page = ``limit=1000`` (the default); full walk = all 36,000 samples at ``limit=10000`` with
 cursors. The cache is off for those. Then, with the Redis cache on (``REDIS_URL``, default
 redis://127.0.0.1:6379/0), 8 client threads ask Serve for the (cached) GPU list for a few seconds:
-requests per second. Authentication is on (a bearer token), as in production.
+requests per second (the replica answers from its own copy of the body). Authentication is on (a
+bearer token), as in production.
 
 Then the fleet views (issue 16), on a second database ``bench_fleet`` holding ``--fleet-gpus`` GPUs
 (default 25,000; 8 per host, 20 namespaces, pods of 4 GPUs, two allocations per GPU over the last
@@ -258,26 +261,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Namespace) -> tuple[Any, ...]:
-    """Pages, the /health and bare-FastAPI floors, and cached GPU-list load, all through one Serve."""
+# Ray Serve 2.60's direct ingress: each ingress replica serves HTTP itself on a port of its own (from
+# 30000 up) besides the proxy; read by the controller and the replicas when they start.
+DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def replica_base(app: str, proxy_port: int) -> str:
+    """The HTTP address of ``app``'s first replica under direct ingress (this host: the replicas bind 127.0.0.1).
+
+    Ray 2.60 publishes replica ports only through the controller's target groups (no public call); until
+    a replica runs they name the proxy instead.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for group in ray.get(controller.get_target_groups.remote(app)):
+            ports = [t.port for t in group.targets if t.port != proxy_port]
+            if group.protocol == "HTTP" and group.app_name == app and ports:
+                return f"http://127.0.0.1:{ports[0]}"
+        time.sleep(0.5)
+    raise RuntimeError(f"no direct-ingress replica of {app} appeared within 30 s")
+
+
+def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Namespace, ingress: str) -> tuple[Any, ...]:
+    """Pages, the /health and bare-FastAPI floors, and cached GPU-list load, all through one Serve.
+
+    ``ingress`` is ``proxy`` (Serve's HTTP proxy, the default deployment) or ``direct`` (the replicas' own
+    HTTP servers). Runs in a fresh process: Serve reads its ingress mode from the environment at import.
+    """
+    if ingress == "direct":
+        os.environ[DIRECT_INGRESS] = "1"
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pipeline.gateway.proxy_guard:install")
     import ray
     from ray import serve
 
     from pipeline.gateway.serve import gateway_app, http_options
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = free_port()
     serve.start(http_options=http_options("127.0.0.1", port))
     tokens = f"read:{TOKEN},metrics:{TOKEN}"
     settings = Settings(gateway=GatewaySettings(api_tokens=tokens, redis_url=args.redis_url))
     serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
     serve.run(trivial_app(), name="trivial", route_prefix="/trivial")
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
+    base = bare_base = f"http://127.0.0.1:{port}"
+    if ingress == "direct":
+        base, bare_base = replica_base("gateway", port), replica_base("trivial", port)
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http, httpx.Client(base_url=bare_base) as bare_http:
         assert http.get("/ready").status_code == 200
-        pages = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))  # type: ignore[assignment]
+        pages = tuple(timed(f, c) for f, c in zip(http_paths(http.get), (firsts, walks), strict=True))
         floor = timed(lambda *_: http.get("/health").status_code, firsts)
-        bare = timed(lambda *_: http.get("/trivial/").status_code, firsts)
+        bare = timed(lambda *_: bare_http.get("/trivial/").status_code, firsts)
         http.get("/api/v1/gpus")
         cached = http.get("/api/v1/gpus").headers.get("x-cache")
     rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
@@ -482,6 +519,25 @@ def print_fleet(rows: list[tuple[str, float, float, float, float]], gpus: int, n
     print(f"RESULT fleet_views_serve_p99_max_ms={worst:.1f} (goal <= 50 ms at 25,000 GPUs)")
 
 
+def _serve_child(conn: Any, *call: Any) -> None:
+    conn.send(on_serve(*call))
+    conn.close()
+
+
+def serve_in_child(*call: Any) -> tuple[Any, ...]:
+    """``on_serve`` in a spawned process (its own Ray, its own Serve environment)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_serve_child, args=(child, *call))
+    proc.start()
+    child.close()
+    result: tuple[Any, ...] = parent.recv()
+    proc.join()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="table size (default 10 M; try 100000000)")
@@ -499,6 +555,12 @@ def main() -> int:
     parser.add_argument("--fleet-iterations", type=int, default=200, help="requests per fleet view")
     parser.add_argument("--fleet-only", action="store_true", help="only the fleet views")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleet views")
+    parser.add_argument(
+        "--ingress",
+        choices=("proxy", "direct", "both"),
+        default="both",
+        help="through Serve's HTTP proxy (the deployed default), Serve's direct ingress (replicas serve HTTP), or both",
+    )
     args = parser.parse_args()
     if args.fleet_only:
         print_fleet(fleet_phase(args), args.fleet_gpus, args.fleet_iterations)
@@ -535,30 +597,35 @@ def main() -> int:
     loop.run_until_complete(asgi.aclose())
     reader.close()
 
-    results["serve"], floor, bare, cached, rps, failed = on_serve(url, firsts, walks, args)
+    ingresses = ("proxy", "direct") if args.ingress == "both" else (args.ingress,)
+    served = {ingress: serve_in_child(url, firsts, walks, args, ingress) for ingress in ingresses}
+    for ingress, (pages, *_) in served.items():
+        results[f"serve ({ingress})" if len(served) > 1 else "serve"] = pages
 
     print(f"\n== one GPU, one hour (36,000 samples), {gpus} GPUs / {gpus * METRICS * SECONDS:,} rows")
     print(f"   first page: limit {PAGE}, {args.iterations} requests; full walk: limit {WALK_PAGE}, {args.walks} walks")
-    print(f"{'path':8} {'first p50':>10} {'first p99':>10} {'walk p50':>10} {'walk p99':>10}   (ms)")
+    print(f"{'path':14} {'first p50':>10} {'first p99':>10} {'walk p50':>10} {'walk p99':>10}   (ms)")
     for name, (f, w) in results.items():
-        print(f"{name:8} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
-    print(f"serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
-    print(f"bare FastAPI GET on Serve (same run):   p50 {pct(bare, 50):.1f} ms, p99 {pct(bare, 99):.1f} ms")
-    print(
-        f"cached GPU list via Serve (X-Cache {cached}), {CLIENTS} clients, {args.load_seconds:.0f} s: "
-        f"{rps:,.0f} req/s ({failed} failed)"
-    )
-    sf, sw = results["serve"]
+        print(f"{name:14} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
     df, dw = results["sql"]
-    print(
-        f"serve / sql: first page p50 {pct(sf, 50) / pct(df, 50):.2f}x, p99 {pct(sf, 99) / pct(df, 99):.2f}x; "
-        f"walk p50 {pct(sw, 50) / pct(dw, 50):.2f}x"
-    )
-    print(
-        f"RESULT serve_first_page_p50_ms={pct(sf, 50):.1f} serve_first_page_p99_ms={pct(sf, 99):.1f} "
-        f"health_p50_ms={pct(floor, 50):.1f} health_p99_ms={pct(floor, 99):.1f} "
-        f"gpu_list_cached_rps_{CLIENTS}_clients={rps:.0f}   (goals: first page p99 <= 15 ms, >= 1000 req/s)"
-    )
+    for ingress, ((sf, sw), floor, bare, cached, rps, failed) in served.items():
+        print(f"-- Serve, {ingress} ingress")
+        print(f"   serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
+        print(f"   bare FastAPI GET on Serve (same run):   p50 {pct(bare, 50):.1f} ms, p99 {pct(bare, 99):.1f} ms")
+        print(
+            f"   cached GPU list (X-Cache {cached}), {CLIENTS} clients, {args.load_seconds:.0f} s: "
+            f"{rps:,.0f} req/s ({failed} failed)"
+        )
+        print(
+            f"   serve / sql: first page p50 {pct(sf, 50) / pct(df, 50):.2f}x, p99 {pct(sf, 99) / pct(df, 99):.2f}x; "
+            f"walk p50 {pct(sw, 50) / pct(dw, 50):.2f}x"
+        )
+        print(
+            f"RESULT ingress={ingress} serve_first_page_p50_ms={pct(sf, 50):.1f} "
+            f"serve_first_page_p99_ms={pct(sf, 99):.1f} health_p50_ms={pct(floor, 50):.1f} "
+            f"health_p99_ms={pct(floor, 99):.1f} gpu_list_cached_rps_{CLIENTS}_clients={rps:.0f}   "
+            "(goals: first page p99 <= 15 ms, >= 1000 req/s)"
+        )
     if not args.keep:
         with psycopg.connect(args.database_url, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")

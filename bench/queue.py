@@ -29,6 +29,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.errors import FencedError
+from pipeline.queue.api import lag_of
 from pipeline.queue.broker import (
     Broker,  # the broker logic itself: no database behind this bench
     Persistence,
@@ -65,13 +66,22 @@ class Producer:
 
 
 class Consumer:
-    """Joins the group, fetches and commits until ``target`` rows were consumed."""
+    """Joins the group, fetches and commits until ``target`` rows were consumed, or the group has all.
+
+    A consumer that joins late may find its share already consumed by one that held every partition
+    before the rebalance: it ends when an empty fetch finds the whole group's ``total`` committed.
+    """
 
     def __init__(self, brokers: list[Any], member: str) -> None:
         self._queue = RayQueue(brokers)
         self._member = member
 
-    def run(self, target: int) -> int:
+    def _all_committed(self, total: int) -> bool:
+        parts = [part for b in self._queue.stats() for part in b["partitions"].values()]
+        appended = sum(part["rows_appended"] for part in parts)
+        return appended >= total and all(lag_of(part, "bench")[0] == 0 for part in parts)
+
+    def run(self, target: int, total: int) -> int:
         a = self._queue.join("bench", self._member)
         positions = dict.fromkeys(a.partitions, 0)
         rows = 0
@@ -82,7 +92,11 @@ class Consumer:
                 got = self._queue.fetch("bench", self._member, a.generation, positions, 200_000, 0.2)
             except FencedError:
                 continue  # a rebalance happened between heartbeat and fetch
+            for p, (start, _) in got.out_of_range.items():
+                positions[p] = start  # taken over after a rebalance: its owner committed up to there
             if not got.messages:
+                if self._all_committed(total):
+                    break
                 continue
             for m in got.messages:
                 rows += m.rows
@@ -116,7 +130,7 @@ def measure(partitions: int, rows: int, batch_rows: int, queue_dir: Path | None)
     total = per_partition * partitions * batch_rows
     ray.get([p.__ray_ready__.remote() for p in producers] + [c.__ray_ready__.remote() for c in consumers])
     started = time.perf_counter()
-    consumed = [c.run.remote(total // partitions) for c in consumers]
+    consumed = [c.run.remote(total // partitions, total) for c in consumers]
     produced = ray.get([p.run.remote(per_partition) for p in producers])
     got = sum(ray.get(consumed))
     elapsed = time.perf_counter() - started

@@ -6,11 +6,15 @@ stamped at ``max(now, last + 1 us)``, and repeats of a series inside one batch g
 microseconds.
 
 Resuming is exact. Messages carry (producer id, sequence); the broker drops a sequence it already
-stored. Before each flush is published the streamer checkpoints, on the broker, where that flush's
-rows begin, its sequence and its newest stamp; a restarted streamer resumes from that checkpoint
-and re-sends the same messages with the same sequences, so nothing is produced twice or skipped.
-Because the checkpoint holds the in-flight flush's newest stamp, a restart onto a clock that is
-behind still stamps above everything that may already be stored.
+stored. Before each flush is published the streamer checkpoints where that flush's rows begin and
+*end*, its sequence and its newest stamp. A restarted streamer first re-sends that flush: from a
+replayable source (a file) it reads exactly the same rows again — whatever cut the first send short
+(a stop, a duration bound, a pause at a pass boundary) — and sends them under the same sequence, so
+each partition keeps one copy. From a live source a second read is new data, which must not hide
+behind the old number: the streamer resumes after the flush's end with the next sequence. A
+sequence number therefore never names two different sets of rows. Because the checkpoint holds the
+in-flight flush's newest stamp, a restart onto a clock that is behind still stamps above everything
+that may already be stored.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,7 +35,7 @@ from pipeline.errors import BrokerRestarted, DatabaseUnavailable, QueueError
 from pipeline.queue.api import AppendResult, Producer, ProducerCheckpoint
 from pipeline.queue.keys import KeyHasher, order_by_partition
 from pipeline.records import TS_TYPE, Envelope, empty_wire, to_wire
-from pipeline.sources import Shard, Source
+from pipeline.sources import Shard, Source, SourceBatch
 
 __all__ = ["Streamer", "StreamerStats", "stamp"]
 
@@ -134,11 +138,13 @@ class Streamer:
         self._seq = 0
         self._last_stamp = 0
         self._flushed: tuple[int, int | None] = (0, None)  # (pass, position) after the last acknowledged flush
+        self._replay_to: tuple[int, int | None] | None = None  # the end of the flush to re-send first
         self._stop = threading.Event()
         self._stop_at: int | None = None
         self._opened = False
         self.stop_grace_s = 30.0  # after stop(): how long a flush may still wait for away brokers
         self._retained: deque[_Retained] = deque()  # acknowledged, not yet committed by every group
+        self._released: dict[int, int] = {}  # per partition, the newest log start the brokers reported
         # Replayed sources hand back the same batch objects every pass: convert each once.
         self._wire_cache: dict[int, tuple[pa.RecordBatch, pa.RecordBatch]] = {}
 
@@ -168,18 +174,32 @@ class Streamer:
             self.stats.produced = int(state.get("produced", 0))
             self.stats.rejected = int(state.get("rejected", 0))
             self.stats.resumed_from = dict(state)
+            end = state.get("end")
+            if end is not None and self._source.replayable:
+                self._replay_to = (int(end[0]), None if end[1] is None else int(end[1]))
+            elif end is not None:
+                # A live read cannot give that flush's rows again: what it reads now is new, and goes
+                # under a new number (the old one may be stored; re-using it would drop the new rows).
+                self._pass, self._position, self._seq = int(end[0]), end[1], self._seq + 1
+                self.stats.passes = self._pass
             self._flushed = (self._pass, self._position)
             log.info(
-                "%s resumes at pass %d position %s seq %d", self.producer_id, self._pass, self._position, self._seq
+                "%s resumes at pass %d position %s seq %d%s",
+                self.producer_id,
+                self._pass,
+                self._position,
+                self._seq,
+                "" if self._replay_to is None else f", re-reading its flush in flight up to {self._replay_to}",
             )
 
     def run(self) -> StreamerStats:
         """Stream until the pass or time bound is reached, or ``stop()``; flushes before returning."""
         self.open()
         started = self._clock()
-        first_pass = self._pass  # passes are paced from where this run began
         paused = False
         try:
+            self._replay()
+            first_pass = self._pass  # passes are paced from where this run began
             while not self.stats.done and not self._stop.is_set():
                 if self._passes is not None and self._pass >= self._passes:
                     break
@@ -209,9 +229,14 @@ class Streamer:
             self._source.close()
         return self.stats
 
-    def stop_at_pass(self, completed: int) -> None:
-        """Finish passes until ``completed`` passes are done, then flush, checkpoint and return."""
+    def stop_at_pass(self, completed: int | None) -> None:
+        """Finish passes until ``completed`` passes are done, then flush, checkpoint and return (None: no bound)."""
         self._stop_at = completed
+
+    @property
+    def stopped(self) -> bool:
+        """``stop()`` was called."""
+        return self._stop.is_set()
 
     @property
     def passes_done(self) -> int:
@@ -225,26 +250,64 @@ class Streamer:
 
     def run_pass(self) -> None:
         """Read one pass of the shard (from the resume position), flushing full batches."""
-        start = self._position
-        reader = self._source.read_pass(self._shard) if start is None else self._source.read_pass(self._shard, start)
-        for item in reader:
+        for item in self._read_on():
             if self._stop.is_set():
                 return
-            at = max(int(self._clock() * 1_000_000), self._last_stamp + 1)
-            wire = item.wire if item.wire is not None else self._wire(item.samples)
-            samples, self._last_stamp = stamp(wire, at, unique=item.unique_series)
-            self._pending.append(samples)
-            self._pending_rows += samples.num_rows
-            if item.rejects is not None:
-                self._pending_rejects.append(item.rejects)
-            self._position = item.position
+            self._take(item)
             if self._pending_rows >= self._batch_rows:
                 self.flush()
+        self._end_pass()
+        if self._interval > 0:
+            self.flush()
+
+    def _read_on(self) -> Iterator[SourceBatch]:
+        """The current pass from the resume position (its start when there is none)."""
+        start = self._position
+        return self._source.read_pass(self._shard) if start is None else self._source.read_pass(self._shard, start)
+
+    def _take(self, item: SourceBatch) -> None:
+        """Stamp one batch read from the source and add it to the pending flush."""
+        at = max(int(self._clock() * 1_000_000), self._last_stamp + 1)
+        wire = item.wire if item.wire is not None else self._wire(item.samples)
+        samples, self._last_stamp = stamp(wire, at, unique=item.unique_series)
+        self._pending.append(samples)
+        self._pending_rows += samples.num_rows
+        if item.rejects is not None:
+            self._pending_rejects.append(item.rejects)
+        self._position = item.position
+
+    def _end_pass(self) -> None:
         self._pass += 1
         self._position = None
         self.stats.passes = self._pass
-        if self._interval > 0:
-            self.flush()
+
+    def _replay(self) -> None:
+        """Re-send the flush that was in flight when the last run ended: the same rows, the same sequence.
+
+        It is read to its recorded end whatever this run's bounds (batch size, stop, duration, pause):
+        the first send was cut by the previous run's. Reading past the end (the source's batch
+        boundaries moved: other settings) cannot be undone; it is logged and the flush sent as read.
+        """
+        end, self._replay_to = self._replay_to, None
+        if end is None:
+            return
+        target = _order(end)
+        while _order((self._pass, self._position)) < target:
+            for item in self._read_on():
+                self._take(item)
+                if _order((self._pass, self._position)) >= target:
+                    break
+            else:
+                self._end_pass()
+        if (self._pass, self._position) != end:
+            log.error(
+                "%s: re-reading its flush in flight went past its end (%s, now at %s): the source's batches "
+                "moved; some of that flush's rows may be lost or stored twice",
+                self.producer_id,
+                end,
+                (self._pass, self._position),
+            )
+        self.flush()
 
     def _wire(self, samples: pa.RecordBatch) -> pa.RecordBatch:
         hit = self._wire_cache.get(id(samples))
@@ -276,7 +339,8 @@ class Streamer:
             ordered, ranges = order_by_partition(batch, partitions, self._partitions)
         else:
             ordered, ranges = empty_wire(), [(0, 0, 0)]  # rejects alone still travel, on partition 0
-        self._checkpoint(self._flushed)  # before publishing: a crash in between re-sends this flush
+        # Before publishing, where this flush begins and ends: a crash from here on re-sends exactly it.
+        self._checkpoint(self._flushed, end=(self._pass, self._position))
         t0 = time.monotonic()
         results = self._publish(Envelope(ordered, rejects), ranges)
         self.stats.blocked_s += time.monotonic() - t0
@@ -311,7 +375,7 @@ class Streamer:
 
         results = self._until_acked(f"flush {seq}", send)
         self._retained.append(_Retained(seq, envelope, ranges, results))
-        self._release()
+        self._release(results)
         return results
 
     def _resend_retained(self) -> None:
@@ -331,17 +395,37 @@ class Streamer:
                 log.warning("%s: re-send failed (%s); retrying", self.producer_id, exc)
                 time.sleep(0.5)
 
-    def _release(self) -> None:
-        """Forget retained flushes that every group has committed."""
-        if not self._retained:
-            return
-        try:
-            below = self._producer.released_below()
-        except (QueueError, DatabaseUnavailable):
-            return  # asked again after the next flush
-        while self._retained and all(
-            r.duplicate or r.offset < below.get(r.partition, 0) for r in self._retained[0].results
+    def _release(self, results: list[AppendResult]) -> None:
+        """Forget retained flushes that every group has committed.
+
+        Each append's answer says where its partition's log then started (``released``): that costs
+        no call. Only when the oldest retained flush waits on a partition this flush did not touch
+        are the brokers asked (``released_below``), so what is retained never outlives its commit by
+        more than one flush.
+        """
+        fresh = {a.partition for a in results}
+        self._note_released({a.partition: a.released for a in results})
+        self._pop_released()
+        if self._retained and any(
+            not self._is_released(a) and a.partition not in fresh for a in self._retained[0].results
         ):
+            try:
+                self._note_released(self._producer.released_below())
+            except (QueueError, DatabaseUnavailable):
+                return  # asked again after the next flush
+            self._pop_released()
+
+    def _note_released(self, below: dict[int, int]) -> None:
+        # Only grows: below it every group committed, in the database, which never goes back.
+        for partition, start in below.items():
+            if start > self._released.get(partition, 0):
+                self._released[partition] = start
+
+    def _is_released(self, result: AppendResult) -> bool:
+        return result.duplicate or result.offset < self._released.get(result.partition, 0)
+
+    def _pop_released(self) -> None:
+        while self._retained and all(self._is_released(a) for a in self._retained[0].results):
             self._retained.popleft()
 
     def _until_acked(self, what: str, call: Callable[[], T]) -> T:
@@ -365,12 +449,18 @@ class Streamer:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _checkpoint(self, resume: tuple[int, int | None] | None = None) -> None:
-        """Store the resume state: from ``resume`` (pass, position), else after everything read so far."""
+    def _checkpoint(
+        self, resume: tuple[int, int | None] | None = None, end: tuple[int, int | None] | None = None
+    ) -> None:
+        """Store the resume state: from ``resume`` (pass, position), else after everything read so far.
+
+        ``end``: where the flush about to be published ends (None: nothing is in flight).
+        """
         pass_, position = (self._pass, self._position) if resume is None else resume
         state: ProducerCheckpoint = {
             "pass": pass_,
             "position": position,
+            "end": None if end is None else [end[0], end[1]],
             "seq": self._seq,
             "stamp_us": self._last_stamp,
             "done": self.stats.done,
@@ -378,3 +468,8 @@ class Streamer:
             "rejected": self.stats.rejected,
         }
         self._until_acked("checkpoint", lambda: self._producer.checkpoint(self.producer_id, state))
+
+
+def _order(at: tuple[int, int | None]) -> tuple[int, int]:
+    """(pass, position) as a sortable key: a pass's start (position None) comes before its first row."""
+    return at[0], -1 if at[1] is None else at[1]

@@ -33,7 +33,6 @@ $roles$;
 GRANT USAGE ON SCHEMA public TO gpu_telemetry_gateway;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO gpu_telemetry_gateway;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO gpu_telemetry_gateway;
-ALTER ROLE gpu_telemetry_gateway SET statement_timeout = '10s';
 
 -- Grafana: views only, in their own schema.
 REVOKE ALL ON SCHEMA public FROM gpu_telemetry_grafana;
@@ -62,5 +61,16 @@ $rollups$;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA grafana TO gpu_telemetry_grafana;
 ALTER DEFAULT PRIVILEGES IN SCHEMA grafana GRANT SELECT ON TABLES TO gpu_telemetry_grafana;
-ALTER ROLE gpu_telemetry_grafana SET statement_timeout = '10s';
-ALTER ROLE gpu_telemetry_grafana SET search_path = grafana;
+
+-- Settings for a group role that logs in itself. Changing another role needs CREATEROLE, which a
+-- database owner that is not a superuser lacks (Kubernetes: the roles and their logins come from the
+-- TimescaleDB init script, kuberay/base/data/init-roles.sh, which sets the same on the logins).
+DO $settings$
+BEGIN
+    ALTER ROLE gpu_telemetry_gateway SET statement_timeout = '10s';
+    ALTER ROLE gpu_telemetry_grafana SET statement_timeout = '10s';
+    ALTER ROLE gpu_telemetry_grafana SET search_path = grafana;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'role settings left to the logins: % may not alter roles', current_user;
+END
+$settings$;

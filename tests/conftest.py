@@ -90,8 +90,13 @@ def ray_local() -> Iterator[None]:
     """One local Ray cluster for the whole session (start-up costs seconds)."""
     import ray
 
+    from pipeline.gateway.proxy_guard import PROXY_CALLBACK
+
     if not ray.is_initialized():
+        # Serve's proxies bound half-sent requests as on the Ray pods (kuberay/): read at their start.
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
         ray.init(
+            address="local",  # always this session's own cluster, never another one found on the machine
             num_cpus=4,
             include_dashboard=False,
             namespace="gpu-telemetry-test",

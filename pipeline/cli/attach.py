@@ -70,8 +70,10 @@ def deploy(settings: Settings, as_json: bool) -> int:
 
 def stop(settings: Settings, as_json: bool, timeout_s: float) -> int:
     """Stop producing, drain the queue, remove every actor; print the summary (JSON last with ``--json``)."""
+    from pipeline.cli.run import report
     from pipeline.runtime.attach import attached
     from pipeline.runtime.driver import Pipeline
+    from pipeline.storage.database import Database
 
     with attached(settings.ray.address, settings.ray.namespace):
         pipeline = Pipeline(settings)
@@ -80,10 +82,6 @@ def stop(settings: Settings, as_json: bool, timeout_s: float) -> int:
             f"stopping the pipeline in Ray namespace {settings.ray.namespace}: draining the queue...", file=sys.stderr
         )
         summary = pipeline.finish(timeout_s=timeout_s).as_dict()
-    print(
-        f"stopped: produced {summary['produced']}, stored {summary['stored']}, rejected {summary['rejected']}",
-        file=sys.stderr,
-    )
-    if as_json:
-        print(json.dumps(summary))
+    url = settings.database.url
+    report(summary, Database(url.get_secret_value()).describe() if url is not None else "unknown", as_json)
     return 0

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from pipeline.config import Settings
 from pipeline.errors import PipelineError, SourceError
 
-__all__ = ["open_database", "run", "serve"]
+__all__ = ["open_database", "report", "run", "serve"]
 
 log = logging.getLogger("pipeline")
 
@@ -84,7 +84,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             display.end()
     finally:
         disconnect(before=local_gateway.remove if serving else None)
-    _report(summary.as_dict(), time.monotonic() - started, db.describe(), args.json)
+    report(summary.as_dict(), db.describe(), args.json, elapsed=time.monotonic() - started)
     return 0
 
 
@@ -147,16 +147,15 @@ def _follow(pipeline: Any, stop: _Stop, display: _Display, started: float, bound
         time.sleep(1.0 if display.tty else 0.5)
 
 
-def _report(summary: dict[str, Any], elapsed: float, database: str, as_json: bool) -> None:
-    summary = {
-        **summary,
-        "seconds": round(elapsed, 2),
-        "rows_per_s": round(summary["stored"] / elapsed, 1) if elapsed > 0 else 0.0,
-        "database": database,
-    }
+def report(summary: dict[str, Any], database: str, as_json: bool, elapsed: float | None = None) -> None:
+    """The closing line of ``run`` and ``stop`` (and, with ``--json``, the summary as the last line)."""
+    if elapsed is not None:
+        summary = {**summary, "seconds": round(elapsed, 2)}
+        summary["rows_per_s"] = round(summary["stored"] / elapsed, 1) if elapsed > 0 else 0.0
+    summary = {**summary, "database": database}
     print(
         f"done: produced {summary['produced']}, stored {summary['stored']}, rejected {summary['rejected']} "
-        f"in {elapsed:.1f}s ({summary['rows_per_s']:.0f} rows/s)",
+        f"in {summary['seconds']:.1f}s ({summary['rows_per_s']:.0f} rows/s)",
         file=sys.stderr,
     )
     if as_json:

@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipeline.config import GatewaySettings
 from pipeline.gateway import auth, problems
 from pipeline.gateway.auth import BearerAuth
-from pipeline.gateway.cache import Cache
+from pipeline.gateway.cache import Cache, ResponseCache
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
 from pipeline.gateway.export import ExportSlots
@@ -40,8 +40,8 @@ def build_app(
     cache: Cache | None = None,
     queue_stats: QueueStats | None = None,
 ) -> FastAPI:
-    """The gateway over a ``Reader``; ``cache`` (optional) caches lists and recent windows, ``queue_stats``
-    (optional) feeds the queue lag gauges."""
+    """The gateway over a ``Reader``; ``cache`` (optional, shared by replicas: Redis) caches lists and recent
+    windows behind this app's own in-memory copy, ``queue_stats`` (optional) feeds the queue lag gauges."""
     cfg = settings or GatewaySettings()  # type: ignore[call-arg]
     app = FastAPI(
         title="GPU Telemetry API",
@@ -53,7 +53,8 @@ def build_app(
     )
     problems.install(app)
     missing_after = cfg.missing_intervals * cfg.scrape_interval_s + cfg.health_grace_s
-    registry, recorder = request_metrics(reader, cache, queue_stats, missing_after)
+    responses = ResponseCache(cache) if cache is not None else None
+    registry, recorder = request_metrics(reader, responses, queue_stats, missing_after)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
     # tokens are checked, HEAD becomes GET, then the request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
@@ -74,7 +75,7 @@ def build_app(
     state = GatewayState(
         reader=reader,
         settings=cfg,
-        cache=cache,
+        cache=responses,
         registry=registry,
         exports=ExportSlots(cfg.export_concurrency),
         cursors=Cursors(cursor_key(cfg)),

@@ -1,9 +1,14 @@
-"""An optional response cache in Redis: short TTLs, and an outage only ever means a cache miss.
+"""An optional response cache: in the replica's memory, then in Redis; short TTLs, and an outage only
+ever means a cache miss.
 
 The gateway caches JSON bodies of the GPU list (and hosts, catalogue) for ``gpu_list_ttl_s`` and of
 recent-window queries (a window ending within the last few seconds) for about a second. Keys hold
-every request parameter. When Redis fails, the cache stays off for ``retry_after_s`` (so requests do
-not each wait for a socket timeout) and says so in the log at most once per ``log_every_s``.
+every request parameter. ``ResponseCache`` looks in the replica first (a dictionary look-up: a hit
+costs no round trip and no thread) and then in the shared ``Cache`` (Redis), which replicas fill for
+each other. A body in Redis carries the time it expires, so a copy taken from there expires in the
+replica when it does in Redis: no body is served older than its TTL. When Redis
+fails, the cache stays off for ``retry_after_s`` (so requests do not each wait for a socket timeout)
+and says so in the log at most once per ``log_every_s``.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["Cache", "RedisCache", "cache_key"]
+__all__ = ["Cache", "RedisCache", "ResponseCache", "cache_key"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +116,79 @@ class RedisCache:
             if now - self._logged_at >= self._log_every:
                 self._logged_at = now
                 log.warning("redis cache unavailable, querying directly for %.0fs: %s", self._retry_after, exc)
+
+
+_STAMP = struct.Struct("!d")  # the wall-clock time a body was produced, ahead of it in the shared cache
+
+
+class ResponseCache:
+    """Response bodies in this replica's memory in front of an optional shared ``Cache``.
+
+    ``lookup`` only reads memory (safe on the event loop); ``get`` goes on to the shared cache and
+    ``set`` stores in both. ``hits``, ``misses`` and ``errors`` count lookups of either layer (the
+    gateway's cache metric), ``local_hits`` those the replica answered itself.
+    """
+
+    def __init__(
+        self,
+        shared: Cache | None = None,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._shared = shared
+        self._max = max_entries
+        self._clock = clock
+        self._local: dict[str, tuple[float, bytes]] = {}
+        self.hits = 0
+        self.local_hits = 0
+        self.misses = 0
+
+    @property
+    def errors(self) -> int:
+        """Failed lookups of the shared cache."""
+        return int(getattr(self._shared, "errors", 0))
+
+    def lookup(self, key: str) -> bytes | None:
+        """The body under ``key`` if this replica holds it unexpired (no I/O)."""
+        entry = self._local.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._local.pop(key, None)
+            return None
+        self.hits += 1
+        self.local_hits += 1
+        return entry[1]
+
+    def get(self, key: str) -> bytes | None:
+        """The body under ``key``: from this replica, else from the shared cache (kept here until it expires)."""
+        body = self.lookup(key)
+        if body is not None:
+            return body
+        stamped = self._shared.get(key) if self._shared is not None else None
+        if stamped is not None and len(stamped) >= _STAMP.size:
+            expires = _STAMP.unpack_from(stamped)[0]
+            if expires > self._clock():
+                body = stamped[_STAMP.size :]
+                self._keep(key, expires, body)
+                self.hits += 1
+                return body
+        self.misses += 1
+        return None
+
+    def set(self, key: str, body: bytes, ttl_s: float) -> None:
+        """Store ``body`` for ``ttl_s`` seconds here and in the shared cache."""
+        if ttl_s <= 0:
+            return
+        expires = self._clock() + ttl_s
+        self._keep(key, expires, body)
+        if self._shared is not None:
+            self._shared.set(key, _STAMP.pack(expires) + body, ttl_s)
+
+    def _keep(self, key: str, expires: float, body: bytes) -> None:
+        if len(self._local) >= self._max:
+            now = self._clock()
+            self._local = {k: v for k, v in self._local.items() if v[0] > now}
+            if len(self._local) >= self._max:
+                self._local.clear()  # every entry lives seconds: starting over costs one miss each
+        self._local[key] = (expires, body)

@@ -17,10 +17,11 @@ import pydantic_core
 from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.config import GatewaySettings
 from pipeline.errors import InvalidParameter, ResourceNotFound
-from pipeline.gateway.cache import Cache, cache_key
+from pipeline.gateway.cache import ResponseCache, cache_key
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.params import MEDIA_JSON, shown, utc
@@ -35,7 +36,7 @@ class GatewayState:
 
     reader: Reader
     settings: GatewaySettings
-    cache: Cache | None
+    cache: ResponseCache | None
     registry: CollectorRegistry
     exports: ExportSlots
     cursors: Cursors
@@ -84,23 +85,46 @@ class GatewayState:
         route: str,
         key: dict[str, Any] | None,
         ttl_s: float,
-        produce: Callable[[], BaseModel | dict[str, Any]],
+        produce: Callable[[], BaseModel | dict[str, Any] | bytes],
     ) -> Response:
-        """Serve from the cache when allowed, else produce, store and serve (JSON).
+        """Serve from the cache when allowed, else produce, store and serve (JSON; blocking: call it in a thread).
 
-        ``produce`` returns plain data (dicts, lists, datetimes): serialised in one ``pydantic_core``
-        call, without a model object per row (the response models only document the shape).
+        ``produce`` returns plain data (dicts, lists, datetimes), serialised in one ``pydantic_core``
+        call, or the JSON bytes themselves: never a model object per row (the response models only
+        document the shape).
         """
-        cache = self.cache
-        use = cache is not None and key is not None and ttl_s > 0
-        k = cache_key(route, key or {}) if use else ""
-        if use and cache is not None and (hit := cache.get(k)) is not None:
-            return Response(hit, media_type=MEDIA_JSON, headers={"X-Cache": "hit"})
+        cache = self.cache if key is not None and ttl_s > 0 else None
+        k = cache_key(route, key or {}) if cache is not None else ""
+        if cache is not None and (hit := cache.get(k)) is not None:
+            return Response(hit, media_type=MEDIA_JSON, headers=_HIT)
         value = produce()
-        body = value.model_dump_json().encode() if isinstance(value, BaseModel) else pydantic_core.to_json(value)
-        if use and cache is not None:
+        if isinstance(value, bytes):
+            body = value
+        elif isinstance(value, BaseModel):
+            body = value.model_dump_json().encode()
+        else:
+            body = pydantic_core.to_json(value)
+        if cache is not None:
             cache.set(k, body, ttl_s)
-        return Response(body, media_type=MEDIA_JSON, headers={"X-Cache": "miss"} if use else None)
+        return Response(body, media_type=MEDIA_JSON, headers={"X-Cache": "miss"} if cache is not None else None)
+
+    async def cached(
+        self,
+        route: str,
+        key: dict[str, Any] | None,
+        ttl_s: float,
+        produce: Callable[[], BaseModel | dict[str, Any] | bytes],
+    ) -> Response:
+        """``cached_json`` for an ``async`` handler: a body this replica holds is served on the event loop
+        (no thread, no round trip); anything else runs ``cached_json`` in the thread pool."""
+        if self.cache is not None and key is not None and ttl_s > 0:
+            hit = self.cache.lookup(cache_key(route, key))
+            if hit is not None:
+                return Response(hit, media_type=MEDIA_JSON, headers=_HIT)
+        return await run_in_threadpool(self.cached_json, route, key, ttl_s, produce)
+
+
+_HIT = {"X-Cache": "hit"}
 
 
 def _span(seconds: float) -> str:

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import metrics
-from pipeline.gateway.cache import Cache
+from pipeline.gateway.cache import ResponseCache
 from pipeline.storage.reader import Reader
 
 __all__ = ["Observe", "QueueStats", "RequestMetrics", "request_metrics"]
@@ -48,7 +48,7 @@ class RequestMetrics:
 
 
 def request_metrics(
-    reader: Reader, cache: Cache | None, queue_stats: QueueStats | None, missing_after_s: float | None = None
+    reader: Reader, cache: ResponseCache | None, queue_stats: QueueStats | None, missing_after_s: float | None = None
 ) -> tuple[CollectorRegistry, RequestMetrics]:
     """A registry holding the request metrics and the pool, cache, queue-lag and fleet-health collector.
 
@@ -98,7 +98,7 @@ class _GatewayCollector:
         self,
         queue_stats: QueueStats | None,
         reader: Reader,
-        cache: Cache | None = None,
+        cache: ResponseCache | None = None,
         missing_after_s: float | None = None,
     ) -> None:
         self._stats = queue_stats
@@ -114,7 +114,7 @@ class _GatewayCollector:
         for state, value in self._reader.pool_stats().items():
             pool.add_metric([state], value)
         yield pool
-        if self._cache is not None and hasattr(self._cache, "hits"):
+        if self._cache is not None:
             lookups = CounterMetricFamily(
                 metrics.GATEWAY_CACHE.name.removesuffix("_total"), metrics.GATEWAY_CACHE.help, labels=["result"]
             )

@@ -37,6 +37,7 @@ class AppendResult:
     offset: int
     duplicate: bool = False
     incarnation: str = ""  # the broker process that acknowledged it (a restart changes it)
+    released: int = 0  # the partition's log start then: below it every group had committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +66,17 @@ class FetchResult:
     data: Envelope | None = None
 
 
-# A streamer's resume state, stored on the queue after each acknowledged flush: the pass and position
-# of the next row to read (position None = the pass's start), the next sequence number, and the last
-# processing timestamp given (a resumed stream stamps above it). Functional syntax: "pass" is a keyword.
+# A streamer's resume state, stored before each flush is published and after the last: the pass and
+# position of the next row to read (position None = the pass's start), the next sequence number, the
+# last processing timestamp given (a resumed stream stamps above it), and "end": where the flush in
+# flight ends ([pass, position], None when none is in flight), so that a restart re-sends exactly that
+# flush under that number. Functional syntax: "pass" is a keyword.
 ProducerCheckpoint = TypedDict(
     "ProducerCheckpoint",
     {
         "pass": int,
         "position": "int | None",
+        "end": "list[int | None] | None",
         "seq": int,
         "stamp_us": int,
         "done": bool,

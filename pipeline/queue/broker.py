@@ -161,27 +161,33 @@ class Broker:
         key = (producer, partition) if producer is not None else None
         if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
             stats.duplicates += 1
-            return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
+            return self._duplicate(plog)
         while True:
             if self._over_budget(plog, nbytes):
                 await self._wait_for_budget(plog, nbytes)
                 # Another append of the same producer may have landed while this one waited.
                 if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                     stats.duplicates += 1
-                    return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
+                    return self._duplicate(plog)
             if self._write(partition, plog.end_offset, producer, seq, rows, nbytes, payload):
                 break
             await self._wait_for_disk(partition)
             if key is not None and seq is not None and seq <= self._last_seq.get(key, -1):  # type: ignore[arg-type]
                 stats.duplicates += 1
-                return AppendResult(partition, -1, duplicate=True, incarnation=self.incarnation)
+                return self._duplicate(plog)
         offset = plog.append(payload, rows, nbytes, self._clock(), producer, seq)
         if key is not None and seq is not None:
             self._last_seq[key] = seq  # type: ignore[index]
         stats.appends += 1
         async with self._data:
             self._data.notify_all()
-        return AppendResult(partition, offset, incarnation=self.incarnation)
+        return AppendResult(partition, offset, incarnation=self.incarnation, released=plog.start_offset)
+
+    def _duplicate(self, plog: PartitionLog) -> AppendResult:
+        """The answer to an append this producer had already stored."""
+        return AppendResult(
+            plog.partition, -1, duplicate=True, incarnation=self.incarnation, released=plog.start_offset
+        )
 
     async def _wait_for_budget(self, plog: PartitionLog, nbytes: int) -> None:
         partition = plog.partition

@@ -224,6 +224,16 @@ class Streamer:
         self._thread.join(timeout_s)
         return self.stats()
 
+    def resume(self) -> StreamerStatus:
+        """Drop a re-split's pass boundary and stream on (after ``pause``; its supervisor died before the
+        new layout was stored, so this layout goes on). A streamer that was stopped stays stopped."""
+        self._logic.stop_at_pass(None)
+        logic = self._logic
+        if not self._thread.is_alive() and not logic.stats.done and not logic.stopped and self._error is None:
+            log.warning("%s: resuming after a re-split that did not finish", logic.producer_id)
+            self._thread = self._start()
+        return self.stats()
+
     def stop(self, timeout_s: float = 30.0) -> StreamerStatus:
         """Stop streaming (the batch being published is finished first)."""
         self._logic.stop()

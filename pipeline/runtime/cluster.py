@@ -56,6 +56,10 @@ def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
         kwargs.pop("include_dashboard")
     else:
         kwargs["num_cpus"] = settings.ray.num_cpus or local_cpus(settings)
+        # Serve's proxies on this local Ray bound half-sent requests as on the Ray pods (kuberay/).
+        from pipeline.gateway.proxy_guard import PROXY_CALLBACK
+
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     context = ray.init(**kwargs)
     return {
         "dashboard_url": getattr(context, "dashboard_url", None),

@@ -49,6 +49,7 @@ class Progress:
     collectors: list[CollectorStatus] = field(default_factory=list)
     brokers: list[BrokerStats] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0  # wall time the deployment started
     at: float = field(default_factory=time.monotonic)
 
 
@@ -60,14 +61,17 @@ class Summary:
     stored: int
     rejected: int
     rejects_stored: int
+    seconds: float = 0.0  # from the deployment's start to its stop
 
-    def as_dict(self) -> dict[str, int]:
-        """The JSON form."""
+    def as_dict(self) -> dict[str, int | float]:
+        """The JSON form (``run`` and ``stop`` add where the database is)."""
         return {
             "produced": self.produced,
             "stored": self.stored,
             "rejected": self.rejected,
             "rejects_stored": self.rejects_stored,
+            "seconds": round(self.seconds, 2),
+            "rows_per_s": round(self.stored / self.seconds, 1) if self.seconds > 0 else 0.0,
         }
 
 
@@ -158,6 +162,7 @@ class Pipeline:
         p.streamers = fleet["streamers"]
         p.collectors = fleet["collectors"]
         p.status = fleet["status"]
+        p.started_at = float(fleet.get("started_at", 0.0))
         brokers = find_brokers(self.namespace, int(p.status.get("brokers", self.settings.queue.brokers)))
         p.brokers = ray.get([b.stats.remote() for b in brokers], timeout=120) if brokers else []
         p.produced = fleet["retired"]["produced"] + sum(int(s.get("produced", 0)) for s in p.streamers)
@@ -228,4 +233,5 @@ class Pipeline:
         final = self.drain(timeout_s, on_tick)
         stored, rejects = self.stored_totals()
         self.stop()
-        return Summary(final.produced, stored, final.rejected, rejects)
+        seconds = time.time() - final.started_at if final.started_at else 0.0
+        return Summary(final.produced, stored, final.rejected, rejects, seconds)

@@ -118,13 +118,19 @@ class Fleet:
         )
 
     def _adopt_streamer(self, index: int, count: int) -> ActorHandle:
-        """The running streamer ``index`` if it belongs to this layout; else a new one (an old one is removed)."""
+        """The running streamer ``index`` if it belongs to this layout; else a new one (an old one is removed).
+
+        One of this layout that a re-split had paused at its pass boundary (the supervisor died before
+        it stored the new layout) streams on: this layout is the one that goes on.
+        """
         handle = self._streamer(index, count)
         status = cast(StreamerStatus, ray.get(handle.stats.remote(), timeout=120))
         if status["id"] != str(ProducerId(index, count, self.epoch)):
             log.warning("streamer-%d runs %s, not the stored layout's: replacing it", index, status["id"])
             _kill(handle, streamer_name(index), self._namespace)
             handle = self._streamer(index, count)
+        else:
+            ray.get(handle.resume.remote(), timeout=120)
         return handle
 
     def _collector(self, index: int) -> ActorHandle:
@@ -263,6 +269,7 @@ class Fleet:
         start: ProducerCheckpoint = {
             "pass": int(r["boundary"]),
             "position": None,
+            "end": None,
             "seq": 0,
             "stamp_us": int(r["stamp_floor"]),
             "done": bool(r["done"]),
@@ -291,6 +298,7 @@ class Fleet:
             "collectors": collectors,
             "retired": Totals(**self.retired),
             "epoch": self.epoch,
+            "started_at": self.started_at,
         }
 
     def _all_stats(self, handles: list[ActorHandle], role: str) -> list[Any]:

@@ -69,3 +69,4 @@ class FleetStats(TypedDict):
     collectors: list[CollectorStatus]
     retired: Totals
     epoch: int
+    started_at: float  # wall time the deployment started (kept across supervisor restarts)

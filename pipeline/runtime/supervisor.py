@@ -12,20 +12,21 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import ray
 
 from pipeline import metrics
 from pipeline.config import Settings, collectors_problem
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, DatabaseUnavailable, PipelineError, QueueError
 from pipeline.queue.api import BrokerStats, lag_of
 from pipeline.runtime.desired import apply_spec, changes, spec_of
 from pipeline.runtime.instruments import Instruments
 from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, actor_options, spawn
 from pipeline.runtime.supervision import Supervision
 from pipeline.scaling import Autoscaler, ScalePolicy
-from pipeline.storage.deployments import DeploymentStore
+from pipeline.storage.deployments import Deployment, DeploymentStore
 from pipeline.storage.setup import compact_usage, maintain
 from pipeline.storage.time_partitions import PartitionReport
 from pipeline.storage.writer import TelemetryWriter
@@ -33,6 +34,7 @@ from pipeline.storage.writer import TelemetryWriter
 __all__ = ["Controller", "make_controller"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Controller:
@@ -53,9 +55,10 @@ class Controller:
         self._conninfo = conninfo
         self._namespace = settings.ray.namespace
         self._store = DeploymentStore(conninfo)
-        deployment = self._store.load(self._namespace)
-        if deployment is None:
-            deployment = self._store.create(self._namespace, spec_of(settings), _committed(conninfo, settings))
+        # Ray re-runs this constructor when it restarts the supervisor: a constructor that raised would
+        # leave the actor dead for good, with nothing to re-create it. The database or a broker being
+        # away is a state to wait out here too.
+        deployment = _wait_out("read the stored deployment", lambda: self._load_or_create(settings))
         self._settings = apply_spec(settings, deployment.spec)
         self.baseline = dict(deployment.baseline)
         self._supervision = Supervision(time.monotonic)
@@ -64,7 +67,7 @@ class Controller:
         self._maintain = ray.remote(num_cpus=0, max_retries=0)(maintain)  # a storage job, run as a Ray task
         self._compaction: ray.ObjectRef[Any] | None = None
         self._compact = ray.remote(num_cpus=0, max_retries=0)(compact_usage)
-        self._fleet.start(deployment.layout)
+        _wait_out("start the fleet", lambda: self._fleet.start(deployment.layout))
         self._scalers: dict[str, Autoscaler] = {}
         self._auto: dict[str, bool] = {}
         self._policies(self._settings)
@@ -90,6 +93,12 @@ class Controller:
         )
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
         self._thread.start()
+
+    def _load_or_create(self, settings: Settings) -> Deployment:
+        deployment = self._store.load(self._namespace)
+        if deployment is None:
+            deployment = self._store.create(self._namespace, spec_of(settings), _committed(self._conninfo, settings))
+        return deployment
 
     def _policies(self, settings: Settings) -> None:
         """Each role's autoscaler from the settings (pins are kept across a change of bounds)."""
@@ -319,6 +328,37 @@ class Controller:
     def stats(self) -> dict[str, Any]:
         """For uniform probing: the pid and status."""
         return {"pid": os.getpid(), **self.status()}
+
+
+# What a restarted supervisor waits out at start: the database or a broker away, an actor of the fleet
+# lost while it was being adopted (re-created on the next try). A ConfigError still ends the start.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    QueueError,
+    ray.exceptions.GetTimeoutError,
+    ray.exceptions.RayActorError,
+)
+
+
+def _wait_out(
+    what: str,
+    step: Callable[[], T],
+    sleep: Callable[[float], None] = time.sleep,
+    max_delay_s: float = 10.0,
+) -> T:
+    """``step()``, retried with backoff (0.5 s doubling to ``max_delay_s``) for as long as it fails transiently."""
+    delay = 0.5
+    attempt = 0
+    while True:
+        try:
+            return step()
+        except _TRANSIENT as exc:
+            attempt += 1
+            log.warning(
+                "supervisor start: cannot %s yet (attempt %d, retrying in %.1f s): %s", what, attempt, delay, exc
+            )
+            sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 def _committed(conninfo: str, settings: Settings) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The source contract: a replayable reader that yields Arrow batches of samples and their rejects."""
+"""The source contract: a reader of passes that yields Arrow batches of samples and their rejects."""
 
 from __future__ import annotations
 
@@ -41,11 +41,20 @@ class SourceBatch:
 
 @runtime_checkable
 class Source(Protocol):
-    """A replayable source of samples. One ``read_pass`` call reads the source once."""
+    """A source of samples. One ``read_pass`` call reads the source once."""
 
     @property
     def name(self) -> str:
         """Where the data comes from (a path or URL), recorded with rejects."""
+        ...
+
+    @property
+    def replayable(self) -> bool:
+        """True when reading a pass again from a position yields the same rows (a file); False for live reads.
+
+        A streamer that restarts re-sends the flush it had in flight: from a replayable source it
+        reads exactly that flush's rows again; from a live one it reads anew under a new number.
+        """
         ...
 
     def open(self) -> None:

@@ -81,6 +81,11 @@ class DcgmCsvSource:
         self._cache_complete: set[Shard] = set()
 
     @property
+    def replayable(self) -> bool:
+        """A file: the same rows at the same positions on every read."""
+        return True
+
+    @property
     def name(self) -> str:
         """The file's path."""
         return str(self._path)

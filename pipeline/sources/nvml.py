@@ -187,6 +187,11 @@ class NvmlSource:
         self._hasher = KeyHasher()
 
     @property
+    def replayable(self) -> bool:
+        """A live read: never the same twice."""
+        return False
+
+    @property
     def name(self) -> str:
         """``nvml:<hostname>``, recorded with rejects."""
         return f"nvml:{self._hostname}"

@@ -225,6 +225,11 @@ class PrometheusSource:
         self._health: dict[str, TargetHealth] = {}
 
     @property
+    def replayable(self) -> bool:
+        """A live scrape: never the same twice."""
+        return False
+
+    @property
     def name(self) -> str:
         """The targets as configured (rejects name the exact target URL instead)."""
         configured = self._targets.configured

@@ -98,6 +98,11 @@ class SyntheticFleet:
         self._rows: dict[tuple[int, int], pa.Array] = {}
 
     @property
+    def replayable(self) -> bool:
+        """Each pass is a new scrape: values drift from read to read."""
+        return False
+
+    @property
     def name(self) -> str:
         """A descriptive name recorded with rejects (a synthetic fleet has none)."""
         return f"synthetic:{self.hosts}x{self.gpus_per_host}"

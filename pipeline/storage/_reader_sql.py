@@ -6,6 +6,10 @@ constant (identifiers never come from a request).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
 GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.first_seen, g.last_seen"
 # With the attribution tables (sql/023): the GPU's facts, its current holder, its newest sample.
 FACT_COLUMNS = "g.driver_version, g.instance, g.parent_uuid, g.mig_instance, g.mig_profile"
@@ -73,3 +77,24 @@ AGG_ROLLUP: dict[str, str] = {
     "count": "sum(t.count)::float8",
     "last": "(array_agg(t.last ORDER BY t.bucket DESC))[1]",
 }
+
+
+def samples_where(
+    gpu_key: int,
+    start: datetime,
+    end: datetime,
+    metric_ids: Sequence[int] | None,
+    order: Literal["asc", "desc"],
+    after: tuple[datetime, int] | None,
+) -> tuple[str, dict[str, Any], str]:
+    """The WHERE clause, parameters and direction of one GPU's samples in a window, after a cursor."""
+    op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+    where = ["t.gpu_key = %(gpu)s", "t.ts >= %(start)s", "t.ts <= %(end)s"]
+    params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end}
+    if metric_ids is not None:
+        where.append("t.metric_id = ANY(%(metrics)s)")
+        params["metrics"] = list(metric_ids)
+    if after is not None:
+        where.append(f"(t.ts, t.metric_id) {op} (%(after_ts)s, %(after_metric)s)")
+        params.update(after_ts=after[0], after_metric=after[1])
+    return " AND ".join(where), params, direction

@@ -28,6 +28,7 @@ from pipeline.storage.rows import (
     HostRow,
     LatestRow,
     MetricRow,
+    SamplePage,
     SampleRow,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "LatestRow",
     "MetricRow",
     "Reader",
+    "SamplePage",
     "SampleRow",
 ]
 
@@ -281,16 +283,28 @@ class Reader(FleetQueries):
         after: tuple[datetime, int] | None = None,
     ) -> list[SampleRow]:
         """Samples of one GPU with ``start <= ts <= end``, ordered by (ts, metric), after a cursor."""
-        where, params, direction = _samples_where(gpu_key, start, end, metric_ids, order, after)
-        # Binary rows and names mapped here rather than joined: half the client-side cost per row.
-        rows = self._fetch(
+        rows = self._samples(gpu_key, start, end, limit, metric_ids, order, after)
+        names = self._metric_names({r[1] for r in rows})
+        return [SampleRow(ts, mid, names[mid], value) for ts, mid, value in rows]
+
+    def _samples(
+        self,
+        gpu_key: int,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        metric_ids: Sequence[int] | None,
+        order: Order,
+        after: tuple[datetime, int] | None,
+    ) -> list[tuple[datetime, int, float]]:
+        where, params, direction = q.samples_where(gpu_key, start, end, metric_ids, order, after)
+        # Binary rows and names mapped by the caller rather than joined: half the client-side cost per row.
+        return self._fetch(
             f"SELECT t.ts, t.metric_id, t.value FROM telemetry t "
             f"WHERE {where} ORDER BY t.ts {direction}, t.metric_id {direction} LIMIT %(limit)s",
             {**params, "limit": limit},
             binary=True,
         )
-        names = self._metric_names({r[1] for r in rows})
-        return [SampleRow(ts, mid, names[mid], value) for ts, mid, value in rows]
 
     def count_telemetry(
         self,
@@ -303,7 +317,7 @@ class Reader(FleetQueries):
         after: tuple[datetime, int] | None = None,
     ) -> int:
         """How many samples ``telemetry`` would walk, counting no further than ``at_most``."""
-        where, params, _ = _samples_where(gpu_key, start, end, metric_ids, order, after)
+        where, params, _ = q.samples_where(gpu_key, start, end, metric_ids, order, after)
         rows = self._fetch(
             f"SELECT count(*) FROM (SELECT 1 FROM telemetry t WHERE {where} LIMIT %(limit)s) x",
             {**params, "limit": at_most},
@@ -319,29 +333,29 @@ class Reader(FleetQueries):
         metric_ids: Sequence[int] | None = None,
         order: Order = "asc",
         after: tuple[datetime, int] | None = None,
-    ) -> tuple[list[SampleRow], bool]:
-        """A page of ``telemetry`` and whether more follow; the page never splits one (ts, metric).
+    ) -> SamplePage:
+        """A page of ``telemetry`` as fetched, and whether more follow; the page never splits one (ts, metric).
 
         Samples may share (ts, metric) (nothing forbids it), and a keyset cursor cannot point between
         them: when the page would end inside such a group, the whole group is in this page (which may
         then hold a few more than ``limit`` samples).
         """
-        rows = self.telemetry(gpu_key, start, end, limit + 1, metric_ids, order, after)
+        rows = self._samples(gpu_key, start, end, limit + 1, metric_ids, order, after)
         if len(rows) <= limit:
-            return rows, False
-        last = (rows[limit - 1].ts, rows[limit - 1].metric_id)
-        if (rows[limit].ts, rows[limit].metric_id) != last:
-            return rows[:limit], True
-        page = [r for r in rows[:limit] if (r.ts, r.metric_id) != last]
-        group = self._fetch(
+            return SamplePage(rows, self._metric_names({r[1] for r in rows}), False)
+        last = (rows[limit - 1][0], rows[limit - 1][1])
+        if (rows[limit][0], rows[limit][1]) != last:
+            del rows[limit:]
+            return SamplePage(rows, self._metric_names({r[1] for r in rows}), True)
+        page = [r for r in rows[:limit] if (r[0], r[1]) != last]
+        page += self._fetch(
             "SELECT t.ts, t.metric_id, t.value FROM telemetry t WHERE t.gpu_key = %(gpu)s AND t.ts = %(ts)s "
             "AND t.metric_id = %(metric)s",
             {"gpu": gpu_key, "ts": last[0], "metric": last[1]},
             binary=True,
         )
-        names = self._metric_names({last[1]})
-        page += [SampleRow(ts, mid, names[mid], value) for ts, mid, value in group]
-        return page, bool(self.telemetry(gpu_key, start, end, 1, metric_ids, order, last))
+        more = bool(self._samples(gpu_key, start, end, 1, metric_ids, order, last))
+        return SamplePage(page, self._metric_names({r[1] for r in page}), more)
 
     def stream_telemetry(
         self,
@@ -364,14 +378,14 @@ class Reader(FleetQueries):
         sent = 0
         more = True
         while more:
-            rows, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
+            rows, names, more = self.telemetry_page(gpu_key, start, end, chunk_rows, metric_ids, order, after)
             if not rows:
                 return
             sent += len(rows)
             if sent > max_rows:
                 raise InvalidParameter(f"the export grew past {max_rows} samples while it ran", param="end_time")
-            after = (rows[-1].ts, rows[-1].metric_id)
-            yield [(r.ts, r.metric, r.value) for r in rows]
+            after = (rows[-1][0], rows[-1][1])
+            yield [(ts, names[mid], value) for ts, mid, value in rows]
 
     def aggregate(
         self,
@@ -435,26 +449,6 @@ def _gpu_row(row: Sequence[Any]) -> GpuRow:
         mig_profile=profile,
         holder=holder,
     )
-
-
-def _samples_where(
-    gpu_key: int,
-    start: datetime,
-    end: datetime,
-    metric_ids: Sequence[int] | None,
-    order: Order,
-    after: tuple[datetime, int] | None,
-) -> tuple[str, dict[str, Any], str]:
-    op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
-    where = ["t.gpu_key = %(gpu)s", "t.ts >= %(start)s", "t.ts <= %(end)s"]
-    params: dict[str, Any] = {"gpu": gpu_key, "start": start, "end": end}
-    if metric_ids is not None:
-        where.append("t.metric_id = ANY(%(metrics)s)")
-        params["metrics"] = list(metric_ids)
-    if after is not None:
-        where.append(f"(t.ts, t.metric_id) {op} (%(after_ts)s, %(after_metric)s)")
-        params.update(after_ts=after[0], after_metric=after[1])
-    return " AND ".join(where), params, direction
 
 
 def _translate(exc: Exception) -> Exception:

@@ -20,6 +20,7 @@ __all__ = [
     "LatestRow",
     "MetricRow",
     "MissingGpu",
+    "SamplePage",
     "SampleRow",
     "SilentHost",
     "UsageRow",
@@ -96,6 +97,17 @@ class SampleRow(NamedTuple):
     metric_id: int
     metric: str
     value: float
+
+
+class SamplePage(NamedTuple):
+    """A page of samples as fetched: ``(ts, metric_id, value)`` tuples, the metric names by id, more or not.
+
+    No object per row: the gateway writes its JSON straight from these tuples.
+    """
+
+    rows: list[tuple[datetime, int, float]]
+    names: dict[int, str]
+    more: bool
 
 
 class AggregateRow(NamedTuple):

@@ -166,13 +166,15 @@ class Jobs:
         r.raise_for_status()
         return dict(r.json())
 
-    def wait(self, sid: str, states: tuple[str, ...], timeout_s: float = 300) -> dict[str, Any]:
+    def wait(
+        self, sid: str, states: tuple[str, ...], timeout_s: float = 300, allow_failure: bool = False
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.info(sid)
             if info["status"] in states:
                 return info
-            if info["status"] in ("FAILED", "STOPPED") and info["status"] not in states:
+            if info["status"] in ("FAILED", "STOPPED") and not allow_failure:
                 raise AssertionError(f"job {sid} {info['status']}: {self.logs(sid)[-3000:]}")
             assert time.monotonic() < deadline, f"job {sid} still {info['status']}"
             time.sleep(0.5)
@@ -261,6 +263,9 @@ def stop_and_compare(db: str, env: dict[str, str], before: int) -> dict[str, Any
     r = cli("stop", "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
+    # The summary `run --json` prints, key for key.
+    assert set(summary) == {"produced", "stored", "rejected", "rejects_stored", "seconds", "rows_per_s", "database"}
+    assert summary["seconds"] > 0 and summary["database"].startswith("PostgreSQL"), summary
     total, distinct = stored(db)
     assert summary["stored"] == summary["produced"] > 0, summary
     assert total == distinct == before + summary["produced"], (total, distinct, before, summary)
@@ -369,9 +374,14 @@ def run_phases(
         time.sleep(0.2)
     info = jobs.info(sid)
     pid = (info.get("driver_info") or {}).get("pid")
+    killed = False
     if info["status"] == "RUNNING" and pid:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), 9)
+            killed = True
+    # The fault happened only if the driver died mid-deploy: its job ends FAILED, not SUCCEEDED.
+    ended = jobs.wait(sid, ("FAILED", "STOPPED", "SUCCEEDED"), allow_failure=True)["status"]
+    killed = killed and ended != "SUCCEEDED"
     before = 0
     grown = wait_for_growth(db, before)
     api = httpx.get(f"http://127.0.0.1:{http_port}/api/v1/gpus", timeout=30, headers=_api_headers(objs))
@@ -383,7 +393,7 @@ def run_phases(
     wait_for_growth(db, grown)
     healthy(env)
     out["a"] = {
-        "driver_killed": bool(pid),
+        "driver_killed": killed,
         "resubmitted": attach_log.strip().splitlines()[-1],
         **stop_and_compare(db, env, before=0),
     }

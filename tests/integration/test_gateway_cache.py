@@ -60,18 +60,44 @@ def test_gpu_list_is_cached_for_its_ttl(fleet: str, prefix: str) -> None:  # noq
         add_gpu(fleet, "GPU-new")
         again = client.get("/api/v1/gpus")
         assert again.headers["x-cache"] == "hit" and again.content == first.content
+        assert cache.hits == 0, "the replica's own copy answers: no round trip to Redis"
         # Every parameter is part of the key.
         other = client.get("/api/v1/gpus", params={"limit": 10})
         assert other.headers["x-cache"] == "miss" and "GPU-new" in uuids(other.json())
         time.sleep(0.6)
         fresh = client.get("/api/v1/gpus")
         assert fresh.headers["x-cache"] == "miss" and "GPU-new" in uuids(fresh.json())
-        assert cache.hits == 1 and cache.errors == 0
+        assert cache.errors == 0
         exposition = client.get("/metrics").text
         assert 'pipeline_gateway_cache_requests_total{result="hit"} 1.0' in exposition
         assert 'pipeline_gateway_cache_requests_total{result="miss"} 3.0' in exposition
     reader.close()
     cache.close()
+
+
+def test_replicas_share_bodies_through_redis_and_keep_a_copy_until_its_ttl(fleet: str, prefix: str) -> None:  # noqa: F811
+    """Replica B is served what replica A stored; B keeps a copy, which expires when Redis' does."""
+    shared_a, shared_b = RedisCache(REDIS_URL, prefix=prefix), RedisCache(REDIS_URL, prefix=prefix)
+    a, reader_a = app_client(fleet, shared_a, ttl_s=1.0)
+    b, reader_b = app_client(fleet, shared_b, ttl_s=1.0)
+    with a, b:
+        stored = time.monotonic()
+        first = a.get("/api/v1/gpus")
+        assert first.headers["x-cache"] == "miss"
+        add_gpu(fleet, "GPU-new")
+        time.sleep(0.5)
+        from_redis = b.get("/api/v1/gpus")
+        assert from_redis.headers["x-cache"] == "hit" and from_redis.content == first.content
+        assert shared_b.hits == 1
+        local = b.get("/api/v1/gpus")
+        assert local.headers["x-cache"] == "hit" and local.content == first.content
+        assert shared_b.hits == 1, "the second lookup is B's own copy"
+        time.sleep(max(0.0, 1.1 - (time.monotonic() - stored)))
+        fresh = b.get("/api/v1/gpus")
+        assert fresh.headers["x-cache"] == "miss" and "GPU-new" in uuids(fresh.json()), "B's copy outlived A's TTL"
+    for reader, cache in ((reader_a, shared_a), (reader_b, shared_b)):
+        reader.close()
+        cache.close()
 
 
 def test_recent_windows_are_cached_and_old_ones_are_not(fleet: str, prefix: str) -> None:  # noqa: F811
@@ -103,10 +129,10 @@ def test_a_redis_outage_degrades_to_direct_queries(fleet: str) -> None:  # noqa:
     cache = RedisCache("redis://127.0.0.1:1/0", timeout_s=0.2, retry_after_s=60)
     client, reader = app_client(fleet, cache)
     with client:
-        for _ in range(3):
+        for expected in ("miss", "hit", "hit"):  # the replica's own copy still serves while Redis is away
             r = client.get("/api/v1/gpus")
             assert r.status_code == 200 and uuids(r.json()) == ["GPU-a", "GPU-b", "GPU-c"]
-            assert r.headers["x-cache"] == "miss"
+            assert r.headers["x-cache"] == expected
         body = client.get("/api/v1/gpus/GPU-b/telemetry", params={"start_time": iso(0)}).json()
         assert len(body["items"]) == 50
         assert cache.errors == 1, "the breaker should keep requests off a dead Redis"

@@ -233,3 +233,42 @@ def test_a_huge_url_and_a_body_on_a_get_are_refused(mig_db: str) -> None:
             base, b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n"
         )
         assert chunked.startswith(b"HTTP/1.1 413"), chunked[:200]
+
+
+def test_the_proxy_protocol_answers_408_to_a_request_that_never_arrives_whole() -> None:
+    """uvicorn with the proxy guard's protocol (as Serve's proxy runs it): half-sent requests get 408, then close."""
+    from pipeline.gateway.proxy_guard import TimedHttpProtocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=TimedHttpProtocol, timeout_keep_alive=1, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        half = [b"", b"GET / HTTP/1.1\r\nHost: x\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n"]
+        for sent in half:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(sent)
+                started, answer = time.monotonic(), b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+                assert time.monotonic() - started < 4, sent
+                assert answer.count(b"HTTP/1.1 ") == sent.count(b"\r\n\r\n") + 1 and b"408 Request Timeout" in answer, (
+                    sent
+                )
+        # A whole request on a kept-alive connection is answered as before.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert [client.get("/").text for _ in range(3)] == ["ok"] * 3
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -80,7 +80,8 @@ def test_lists_and_one_gpu(http: httpx.Client) -> None:
     assert gpus.json()["items"][2]["metrics"] == [POWER]
     hosts = http.get("/api/v1/hosts").json()["items"]
     assert [(h["hostname"], h["gpus"]) for h in hosts] == [("h1", 1), ("h2", 2)]
-    assert len(http.get("/api/v1/metrics/catalog").json()["items"]) == 10
+    catalog = [m["name"] for m in http.get("/api/v1/metrics/catalog").json()["items"]]
+    assert len(catalog) == 11 and "DCGM_FI_DEV_XID_ERRORS" in catalog  # the ten of the CSV, and XID events'
     c = http.get("/api/v1/gpus/GPU-c").json()
     assert c["latest"] == [{"metric": POWER, "unit": "W", "ts": "2026-01-01T00:00:59Z", "value": 159.0}]
 
@@ -144,3 +145,45 @@ def test_problems_and_metrics_through_serve(http: httpx.Client) -> None:
         'http_request_duration_seconds_count{method="GET",route="/api/v1/gpus/{uuid}/telemetry",status="404"}' in text
     )
     assert 'pipeline_gateway_pool_connections{state="size"}' in text
+
+
+def _closed_after(sock: socket.socket, limit_s: float) -> float | None:
+    """Seconds until the server closes ``sock`` (reading whatever it answers first), None if not within ``limit_s``."""
+    started = time.monotonic()
+    sock.settimeout(0.5)
+    while (elapsed := time.monotonic() - started) < limit_s:
+        try:
+            if sock.recv(65536) == b"":
+                return elapsed
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return elapsed
+    return None
+
+
+HALF_SENT = {
+    "nothing sent": b"",
+    "request line only": b"GET /health HTTP/1.1\r\n",
+    "headers never finished": b"GET /health HTTP/1.1\r\nHost: gateway\r\nAccept: application/json\r\n",
+    "body never finished": b'GET /api/v1/gpus HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000\r\n\r\n{"a":',
+}
+
+
+@pytest.mark.parametrize("sent", list(HALF_SENT))
+def test_a_half_sent_request_is_closed_within_the_proxys_timeout(served: str, sent: str) -> None:
+    """Serve's proxy (keep_alive_timeout_s) or the gateway (a body on a GET) closes the socket; none is held."""
+    from pipeline.gateway.serve import http_options
+
+    bound = http_options("127.0.0.1", 1)["keep_alive_timeout_s"]
+    host, port = served.removeprefix("http://").split(":")
+    sockets = [socket.create_connection((host, int(port)), timeout=10) for _ in range(5)]
+    try:
+        for s in sockets:
+            s.sendall(HALF_SENT[sent])
+        closed = [_closed_after(s, bound + 10) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    assert all(c is not None for c in closed), f"{sent}: held past {bound + 10} s: {closed}"
+    assert httpx.get(f"{served}/health", timeout=10).status_code == 200

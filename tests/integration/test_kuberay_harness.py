@@ -25,6 +25,7 @@ HARNESS = Path(__file__).with_name("kuberay_harness.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(1800)  # its own cluster and three faults; the default 600 s would orphan that cluster
 def test_the_dev_overlay_runs_on_a_multi_node_cluster_and_survives_three_faults(fresh_db: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PIPELINE_"))}
     proc = subprocess.Popen(

@@ -360,6 +360,24 @@ def test_no_literal_secrets_outside_dev(rendered: dict[str, list[dict[str, Any]]
             assert ref["key"] in secrets.get((namespace, ref["name"]), set()), f"dev {where}: {ref} missing"
 
 
+def test_the_runbook_creates_every_secret_staging_and_prod_reference(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Staging and prod render no Secret: a reference the runbook's step 4 never creates keeps pods from starting."""
+    runbook = (ROOT / "docs" / "kubernetes.md").read_text().replace("\\\n", " ")  # continuation lines
+    created: dict[tuple[str, str], set[str]] = {}
+    for namespace, name, rest in re.findall(r"kubectl -n (\S+) create secret generic (\S+)(.*)", runbook):
+        created.setdefault((namespace, name), set()).update(re.findall(r"--from-literal=([A-Za-z_][\w.-]*)=", rest))
+    for env in ("staging", "prod"):
+        for obj in rendered[env]:
+            namespace = obj["metadata"].get("namespace", "")
+            for where, ref in _secret_refs(obj):
+                if ref.get("optional"):
+                    continue
+                secret = f"{namespace}/{ref['name']}"
+                keys = created.get((namespace, ref["name"]))
+                assert keys is not None, f"{env} {obj['kind']} {where}: the runbook never creates {secret}"
+                assert ref["key"] in keys, f"{env} {where}: the runbook's {secret} lacks key {ref['key']}"
+
+
 def _secret_refs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
     for where, pod in pod_specs(obj):
         for c in pod.get("containers", []):
@@ -373,6 +391,11 @@ def _secret_refs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
             obj["spec"]["gcsFaultToleranceOptions"]["redisPassword"]["valueFrom"]["secretKeyRef"],
         )
         yield "authOptions", {"name": obj["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    if obj["kind"] in ("PodMonitor", "ServiceMonitor"):
+        for i, ep in enumerate(obj["spec"].get("podMetricsEndpoints") or obj["spec"].get("endpoints") or ()):
+            credentials = (ep.get("authorization") or {}).get("credentials")
+            if credentials:
+                yield f"endpoint {i} authorization", credentials
 
 
 def test_the_secret_check_catches_literals() -> None:
@@ -551,8 +574,40 @@ def test_dashboard_gpu_panels_query_the_pipeline_schema(rendered: dict[str, list
 # --- configuration shared with the pipeline --------------------------------------------------------
 
 
+def _serve_config(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(yaml.safe_load(one(objs, "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"]))
+
+
+def _replica_bounds(config: dict[str, Any]) -> set[tuple[int, int]]:
+    """Every (min, max) replica pair a Serve config states (the deployment's and the builder's args)."""
+    out = set()
+    for app in config["applications"]:
+        if "min_replicas" in app.get("args", {}):
+            out.add((app["args"]["min_replicas"], app["args"]["max_replicas"]))
+        for d in app.get("deployments", []):
+            auto = d.get("autoscaling_config", {})
+            out.add((auto.get("min_replicas", 1), auto.get("max_replicas", 1)))
+    return out
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_serve_replicas_scale_within_the_gateway_groups_bounds(
+    rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """One replica a gateway pod: Serve bounds wider than the group's leave pods idle or replicas pending."""
+    config = _serve_config(rendered[env])
+    gateway = {g["groupName"]: g for g in one(rendered[env], "RayCluster")["spec"]["workerGroupSpecs"]}["gateway"]
+    assert _replica_bounds(config) == {(gateway["minReplicas"], gateway["maxReplicas"])}, env
+    base = _serve_config(rendered["staging"])  # staging deploys the base config as it is
+    strip = json.dumps(config, sort_keys=True)
+    for (lo, hi), (blo, bhi) in zip(_replica_bounds(config), _replica_bounds(base), strict=True):
+        strip = strip.replace(f'"max_replicas": {hi}', f'"max_replicas": {bhi}')
+        strip = strip.replace(f'"min_replicas": {lo}', f'"min_replicas": {blo}')
+    assert json.loads(strip) == base, f"{env}'s Serve config differs from the base in more than its bounds"
+
+
 def test_serve_config_copy_equals_the_pipeline_serve_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    copy = yaml.safe_load(one(rendered["prod"], "ConfigMap", "pipeline-config")["data"]["serve_config.yaml"])
+    copy = _serve_config(rendered["staging"])
     app = copy["applications"][0]
     assert app["import_path"] == "pipeline.gateway.serve:build" and app["route_prefix"] == "/"
     service = one(rendered["prod"], "Service", "gpu-telemetry-gateway")

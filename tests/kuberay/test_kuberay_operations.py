@@ -9,14 +9,22 @@ Ray's stop grace, no disruption budget for the head, GCS state in an evicting ca
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import SecretStr
+from starlette.testclient import TestClient
 
+from pipeline.config import GatewaySettings
+from pipeline.gateway.auth import BearerAuth
 from tests.kuberay.conftest import ENVS, ROOT
 from tests.kuberay.rendered import env_of, of_kind, one, pipeline_yaml, quantity, ray_pods, worker_groups
 
@@ -127,6 +135,39 @@ def test_api_metrics_are_scraped_from_each_gateway_pod_not_through_the_service(r
         )
     ]
     assert allowed, f"{env}: Prometheus may not reach the gateway pods' port 8000"
+    # /metrics needs a `metrics` token: a scrape without one gets a 401 and the API alerts never fire.
+    endpoint = next(e for e in monitors[0]["spec"]["podMetricsEndpoints"] if e.get("path") == "/metrics")
+    credentials = (endpoint.get("authorization") or {}).get("credentials") or {}
+    assert credentials.get("name") and credentials.get("key"), f"{env}: the gateway scrape sends no bearer token"
+
+
+def test_prometheus_scrapes_the_gateway_with_a_token_the_gateway_accepts(rendered: Objects) -> None:
+    """Dev's throwaway Secrets end to end: the PodMonitor's token passes the gateway's own auth on /metrics."""
+    objs = rendered["dev"]
+    monitor = one(objs, "PodMonitor", "gpu-telemetry-gateway")
+    ref = next(e for e in monitor["spec"]["podMetricsEndpoints"] if e.get("path") == "/metrics")["authorization"]
+    credentials = ref["credentials"]
+    scrape_token = _secret(objs, monitor["metadata"]["namespace"], credentials["name"], credentials["key"])
+    env = env_of(worker_groups(objs)["gateway"]["template"]["spec"]["containers"][0])
+    api_ref = env["PIPELINE_GATEWAY__API_TOKENS"]["valueFrom"]["secretKeyRef"]
+    api_tokens = _secret(objs, SYSTEM, api_ref["name"], api_ref["key"])
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"metrics"})
+
+    app = BearerAuth(ok, GatewaySettings(api_tokens=SecretStr(api_tokens)).tokens())
+    client = TestClient(app)  # no lifespan: the stand-in app answers HTTP only
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {scrape_token}"}).status_code == 200
+    assert client.get("/metrics").status_code == 401  # the check is live: no token, no metrics
+
+
+def _secret(objs: list[dict[str, Any]], namespace: str, name: str, key: str) -> str:
+    found = [
+        s for s in of_kind(objs, "Secret") if s["metadata"]["name"] == name and s["metadata"]["namespace"] == namespace
+    ]
+    assert len(found) == 1, f"no Secret {namespace}/{name}"
+    return base64.b64decode(found[0]["data"][key]).decode()
 
 
 # --- NetworkPolicies that hold with NodeLocal DNSCache and on Cilium --------------------------------
@@ -189,6 +230,34 @@ def test_staging_and_prod_set_their_api_server_cidrs_in_the_overlay(rendered: Ob
     for env in ("staging", "prod"):
         text = (ROOT / "kuberay" / "overlays" / env / "kustomization.yaml").read_text()
         assert "ray-head-egress-apiserver" in text, f"{env}: the API server CIDR is not set per overlay"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_cilium_component_lets_only_the_head_reach_the_kube_apiserver_entity(
+    kubectl: str, rendered: Objects, env: str, tmp_path: Path
+) -> None:
+    """On Cilium an ipBlock never matches an in-cluster API server: the component adds the entity rule."""
+    overlay = os.path.relpath(ROOT / "kuberay" / "overlays" / env, tmp_path)
+    component = os.path.relpath(ROOT / "kuberay" / "components" / "cilium", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources:\n  - {overlay}\ncomponents:\n  - {component}\n")
+    done = subprocess.run(
+        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    objs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert len(objs) == len(rendered[env]) + 1  # the overlay as it is, plus the one policy
+    policy = one(objs, "CiliumNetworkPolicy")
+    assert policy["metadata"]["namespace"] == SYSTEM
+    selector = policy["spec"]["endpointSelector"]
+    assert _selects(selector, _pod_labels(objs, "head"))
+    assert not any(_selects(selector, _pod_labels(objs, g)) for g in worker_groups(objs))
+    (rule,) = policy["spec"]["egress"]
+    assert rule["toEntities"] == ["kube-apiserver"]
+    ports = {(int(p["port"]), p["protocol"]) for tp in rule["toPorts"] for p in tp["ports"]}
+    assert ports == {(443, "TCP"), (6443, "TCP")}
 
 
 # --- TimescaleDB init script beside the image's own ---------------------------------------------------

@@ -66,7 +66,7 @@ def holder(h: Holder | None) -> dict[str, Any] | None:
     "scan of the samples. `namespace`/`pod` filter by the current holder; `parent_uuid` lists a GPU's MIG devices.",
     responses=problems.responses(400, 422, 503),
 )
-def list_gpus(
+async def list_gpus(
     state: State,
     hostname: HostnameParam = None,
     model: ModelParam = None,
@@ -108,7 +108,7 @@ def list_gpus(
             nxt = state.cursors.encode("gpus", [last.hostname or "", index, last.uuid], binding)
         return {"items": [_gpu(r) for r in rows], "next_cursor": nxt}
 
-    return state.cached_json("gpus", key, state.settings.gpu_list_ttl_s, produce)
+    return await state.cached("gpus", key, state.settings.gpu_list_ttl_s, produce)
 
 
 @router.get(
@@ -117,7 +117,7 @@ def list_gpus(
     summary="One GPU, with the newest value of each metric it reports.",
     responses=problems.responses(400, 404, 422, 503),
 )
-def get_gpu(state: State, uuid: UuidParam) -> Response:
+async def get_gpu(state: State, uuid: UuidParam) -> Response:
     """One GPU and the newest sample of each of its metrics."""
     reject_nul(uuid=uuid)
 
@@ -130,4 +130,4 @@ def get_gpu(state: State, uuid: UuidParam) -> Response:
         ]
         return {**_gpu(row), "latest": latest}
 
-    return state.cached_json("gpu", {"uuid": uuid}, state.settings.recent_ttl_s, produce)
+    return await state.cached("gpu", {"uuid": uuid}, state.settings.recent_ttl_s, produce)

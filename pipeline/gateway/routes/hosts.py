@@ -38,7 +38,7 @@ router = APIRouter(prefix=API, tags=["gpus"], dependencies=[Depends(strict_query
     summary="List hosts with their GPU counts.",
     responses=problems.responses(400, 422, 503),
 )
-def list_hosts(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
+async def list_hosts(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
     """A page of hosts ordered by hostname."""
     n = state.page_limit(limit)
     after = state.cursors.decode("hosts", cursor, (str,))[0] if cursor is not None else None
@@ -58,7 +58,7 @@ def list_hosts(state: State, limit: LimitParam = None, cursor: CursorParam = Non
         ]
         return {"items": items, "next_cursor": nxt}
 
-    return state.cached_json("hosts", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)
+    return await state.cached("hosts", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)
 
 
 @router.get(

@@ -22,7 +22,7 @@ router = APIRouter(prefix=API, tags=["metrics"], dependencies=[Depends(strict_qu
     summary="The metric catalogue: names, units and help (Prometheus exposition is at /metrics).",
     responses=problems.responses(400, 422, 503),
 )
-def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
+async def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) -> Response:
     """A page of the catalogue ordered by name."""
     n = state.page_limit(limit)
     after = state.cursors.decode("metrics", cursor, (str,))[0] if cursor is not None else None
@@ -33,4 +33,4 @@ def catalog(state: State, limit: LimitParam = None, cursor: CursorParam = None) 
         items = [{"name": r.name, "unit": r.unit, "help": r.help} for r in rows[:n]]
         return {"items": items, "next_cursor": nxt}
 
-    return state.cached_json("catalog", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)
+    return await state.cached("catalog", {"limit": n, "cursor": cursor}, state.settings.gpu_list_ttl_s, produce)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.exceptions import HTTPException
 
 from pipeline.errors import InvalidParameter
-from pipeline.gateway import problems
+from pipeline.gateway import bodies, problems
 from pipeline.gateway.deps import GatewayState, State, strict_query
 from pipeline.gateway.export import export_response
 from pipeline.gateway.models import AggregatePage, TelemetryPage
@@ -98,14 +98,14 @@ def telemetry(
     n = state.page_limit(limit)
     params = {**binding, "order": order, "limit": n, "cursor": cursor}
 
-    def produce() -> dict[str, Any]:  # a TelemetryPage, built as plain data: 5x faster to serialise
+    def produce() -> bytes:  # a TelemetryPage, written from the fetched rows (see bodies)
         key, ids = state.gpu_key(uuid), state.metric_ids(metric)
-        rows, more = state.reader.telemetry_page(key, start, end, n, ids, order, after)
+        page = state.reader.telemetry_page(key, start, end, n, ids, order, after)
         nxt = None
-        if more:
-            nxt = state.cursors.encode(order, [ts_us(rows[-1].ts), rows[-1].metric_id], binding)
-        items = [{"ts": r.ts, "metric": r.metric, "value": r.value} for r in rows]
-        return {"uuid": uuid, "start_time": start, "end_time": end, "items": items, "next_cursor": nxt}
+        if page.more:
+            ts, metric_id, _ = page.rows[-1]
+            nxt = state.cursors.encode(order, [ts_us(ts), metric_id], binding)
+        return bodies.telemetry_page(uuid, start, end, page, nxt)
 
     key = params if state.is_recent(end_time) else None
     return state.cached_json("telemetry", key, state.settings.recent_ttl_s, produce)
