@@ -89,8 +89,14 @@ def heatmap(rows: Sequence[Row], scale: Scale, label: str, prefix: str = "hm", w
             parts.append(_cell(prefix, cell, bx + label_w + i * (size + gap), by, size, scale))
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} {height}", "width": width, "height": height, "role": "img", "aria-label": label,
-         "class": "chart heatmap"},
+        {
+            "viewBox": f"0 0 {width} {height}",
+            "width": width,
+            "height": height,
+            "role": "img",
+            "aria-label": label,
+            "class": "chart heatmap",
+        },
         Markup("".join(parts)),
     )
 
@@ -105,8 +111,14 @@ def grid(cells: Sequence[Cell], scale: Scale, label: str, prefix: str = "grid", 
         parts.append(_cell(prefix, cell, (n % per_line) * (size + gap), (n // per_line) * (size + gap), size, scale))
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} {height}", "width": width, "height": height, "role": "img", "aria-label": label,
-         "class": "chart grid"},
+        {
+            "viewBox": f"0 0 {width} {height}",
+            "width": width,
+            "height": height,
+            "role": "img",
+            "aria-label": label,
+            "class": "chart grid",
+        },
         Markup("".join(parts)),
     )
 
@@ -133,14 +145,21 @@ def legend(scale: Scale, label: str, prefix: str = "lg", marks: Sequence[str] = 
     width = x + 4
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} 36", "width": width, "height": 36, "role": "img", "class": "chart legend",
-         "aria-label": f"{label}: colour from {number(scale.lo, 1, scale.unit)} (dark) to "
-         f"{number(scale.hi, 1, scale.unit)} (light)"},
+        {
+            "viewBox": f"0 0 {width} 36",
+            "width": width,
+            "height": 36,
+            "role": "img",
+            "class": "chart legend",
+            "aria-label": f"{label}: colour from {number(scale.lo, 1, scale.unit)} (dark) to "
+            f"{number(scale.hi, 1, scale.unit)} (light)",
+        },
         Markup("".join(parts)),
     )
 
 
 # --- time series ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Series:
@@ -221,8 +240,9 @@ def line_chart(
     for v in ticks:
         y = y_of(v)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="gridline"/>')
-        parts.append(el("text", {"x": left - 6, "y": f"{y + 4:.1f}", "class": "tick", "text-anchor": "end"},
-                        number(v, 1, unit)))
+        parts.append(
+            el("text", {"x": left - 6, "y": f"{y + 4:.1f}", "class": "tick", "text-anchor": "end"}, number(v, 1, unit))
+        )
     for t in _time_ticks(start, end):
         x = x_of(t)
         text = t.strftime("%H:%M" if span <= 2 * 86400 else "%m-%d %H:%M")
@@ -241,16 +261,20 @@ def line_chart(
     summary = _summary(values, unit)
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} {height}", "width": width, "height": height, "role": "img", "class": "chart line",
-         "aria-label": f"{label}: {summary}"},
+        {
+            "viewBox": f"0 0 {width} {height}",
+            "width": width,
+            "height": height,
+            "role": "img",
+            "class": "chart line",
+            "aria-label": f"{label}: {summary}",
+        },
         el("title", None, f"{label}: {summary}"),
         Markup("".join(parts)),
     )
 
 
-def _runs(
-    points: Sequence[tuple[datetime, float | None]], gap: timedelta | None
-) -> list[list[tuple[datetime, float]]]:
+def _runs(points: Sequence[tuple[datetime, float | None]], gap: timedelta | None) -> list[list[tuple[datetime, float]]]:
     runs: list[list[tuple[datetime, float]]] = []
     current: list[tuple[datetime, float]] = []
     for t, v in points:
@@ -279,6 +303,7 @@ def _summary(values: list[float], unit: str | None) -> str:
 
 # --- bars and timelines -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Bar:
     """One horizontal bar: a label and the values of its stacked segments."""
@@ -288,9 +313,7 @@ class Bar:
     link: str | None = None
 
 
-def bars(
-    items: Sequence[Bar], segments: Sequence[str], unit: str | None, label: str, width: int = 720
-) -> Markup:
+def bars(items: Sequence[Bar], segments: Sequence[str], unit: str | None, label: str, width: int = 720) -> Markup:
     """Horizontal stacked bars, one per item, segments coloured far apart on viridis, with a legend row."""
     row, label_w, right = 22, 180, 90
     colours = [viridis(0.15 + 0.7 * i / max(1, len(segments) - 1)) for i in range(len(segments))]
@@ -319,12 +342,17 @@ def bars(
                 f"<title>{escape(tip)}</title></rect>"
             )
             x += w
-        parts.append(el("text", {"x": f"{x + 6:.1f}", "y": y + 13, "class": "tick"},
-                        number(sum(b.values), 2, unit)))
+        parts.append(el("text", {"x": f"{x + 6:.1f}", "y": y + 13, "class": "tick"}, number(sum(b.values), 2, unit)))
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} {height}", "width": width, "height": height, "role": "img", "class": "chart bars",
-         "aria-label": label},
+        {
+            "viewBox": f"0 0 {width} {height}",
+            "width": width,
+            "height": height,
+            "role": "img",
+            "class": "chart bars",
+            "aria-label": label,
+        },
         Markup("".join(parts)),
     )
 
@@ -365,11 +393,22 @@ def timeline(lanes: Sequence[Lane], start: datetime, end: datetime, label: str, 
     parts.append(f'<line x1="{label_w}" y1="{base}" x2="{width - right}" y2="{base}" class="axis"/>')
     for t in _time_ticks(start, end):
         x = x_of(t)
-        parts.append(el("text", {"x": f"{x:.1f}", "y": base + 16, "class": "tick", "text-anchor": "middle"},
-                        t.strftime("%H:%M" if span <= 2 * 86400 else "%m-%d %H:%M")))
+        parts.append(
+            el(
+                "text",
+                {"x": f"{x:.1f}", "y": base + 16, "class": "tick", "text-anchor": "middle"},
+                t.strftime("%H:%M" if span <= 2 * 86400 else "%m-%d %H:%M"),
+            )
+        )
     return el(
         "svg",
-        {"viewBox": f"0 0 {width} {height}", "width": width, "height": height, "role": "img",
-         "class": "chart timeline", "aria-label": label},
+        {
+            "viewBox": f"0 0 {width} {height}",
+            "width": width,
+            "height": height,
+            "role": "img",
+            "class": "chart timeline",
+            "aria-label": label,
+        },
         Markup("".join(parts)),
     )

@@ -117,14 +117,10 @@ def document(
     signed_in: bool = False,
 ) -> Markup:
     """A whole page: the navigation (``current`` marked), ``body`` in ``<main>``, the CSS and script."""
-    links = [
-        el("a", {"href": path, "aria-current": "page" if path == current else None}, name) for path, name in NAV
-    ]
+    links = [el("a", {"href": path, "aria-current": "page" if path == current else None}, name) for path, name in NAV]
     right: list[Node] = [
         el("span", {"id": "tz"}, "Times in UTC"),
-        el("label", None, void("input", {"type": "checkbox", "id": "pause"}), " pause refresh")
-        if refresh_s
-        else None,
+        el("label", None, void("input", {"type": "checkbox", "id": "pause"}), " pause refresh") if refresh_s else None,
     ]
     if signed_in:
         right.append(el("form", {"method": "post", "action": "/logout"}, el("button", {"type": "submit"}, "Sign out")))

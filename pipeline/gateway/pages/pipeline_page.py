@@ -95,8 +95,9 @@ class Rates:
 
 def _table(head: list[str], rows: list[list[Node]], numeric: set[int]) -> Markup:
     th = [el("th", {"scope": "col", "class": "n" if i in numeric else None}, h) for i, h in enumerate(head)]
-    body = [el("tr", None, [el("td", {"class": "n" if i in numeric else None}, c) for i, c in enumerate(r)])
-            for r in rows]
+    body = [
+        el("tr", None, [el("td", {"class": "n" if i in numeric else None}, c) for i, c in enumerate(r)]) for r in rows
+    ]
     return el("table", None, el("thead", None, el("tr", None, th)), el("tbody", None, body))
 
 
@@ -117,16 +118,19 @@ def render(reader: Reader, view: PipelineView | None, group: str, rates: Rates) 
     for b in brokers:
         for p, s in b.get("partitions", {}).items():
             lag_rows, lag_batches = lag_of(s, group)
-            partitions.append({"partition": int(p), "broker": b.get("broker"), "lag_rows": lag_rows,
-                               "lag_batches": lag_batches, **s})
+            partitions.append(
+                {"partition": int(p), "broker": b.get("broker"), "lag_rows": lag_rows, "lag_batches": lag_batches, **s}
+            )
             appended_total += s["rows_appended"]
             uptime_rate += s["rows_appended"] / max(float(b.get("uptime_s", 0.0)), 1.0)
     partitions.sort(key=lambda r: r["partition"])
     rows_stored = sum(c.rows for c in stored)
     rates.add(now, appended_total if brokers else None, rows_stored)
     rate_in, rate_stored = rates.current()
-    in_text = number(rate_in, 0) if rate_in is not None else (
-        f"{number(uptime_rate, 0)} (mean since start)" if brokers else "—"
+    in_text = (
+        number(rate_in, 0)
+        if rate_in is not None
+        else (f"{number(uptime_rate, 0)} (mean since start)" if brokers else "—")
     )
     counts = el(
         "dl",
@@ -141,8 +145,14 @@ def render(reader: Reader, view: PipelineView | None, group: str, rates: Rates) 
     )
     body: list[Node] = [el("h1", None, "Pipeline"), counts]
     if view is None:
-        body.append(el("p", {"class": "note"}, "This gateway does not see the pipeline's actors (it runs outside "
-                        "their Ray cluster): the queue, actors and scaling are not shown; what was stored is."))
+        body.append(
+            el(
+                "p",
+                {"class": "note"},
+                "This gateway does not see the pipeline's actors (it runs outside "
+                "their Ray cluster): the queue, actors and scaling are not shown; what was stored is.",
+            )
+        )
     else:
         body.append(el("p", {"class": "note"}, f"Ray namespace {view.namespace}, consumer group {group}."))
     series_in, series_stored = rates.series()
@@ -152,7 +162,10 @@ def render(reader: Reader, view: PipelineView | None, group: str, rates: Rates) 
             el("h2", None, "Rows per second"),
             line_chart(
                 [Series("in", series_in, 4), Series("stored", series_stored, 5)],
-                start, end, "rows/s", "Rows per second appended to the queue (blue) and stored (vermillion)",
+                start,
+                end,
+                "rows/s",
+                "Rows per second appended to the queue (blue) and stored (vermillion)",
             ),
         ]
     body += _lag(partitions, stored, brokers)
@@ -166,20 +179,58 @@ def _lag(partitions: list[dict[str, Any]], stored: list[views.Committed], broker
     out: list[Node] = [el("h2", {"id": "lag"}, "Lag per partition")]
     by_partition = {c.partition: c for c in stored}
     if brokers:
-        out.append(bars([Bar(f"partition {p['partition']}", [float(p["lag_rows"])]) for p in partitions], ["lag"],
-                        "rows", "Rows not yet stored, per partition"))
+        out.append(
+            bars(
+                [Bar(f"partition {p['partition']}", [float(p["lag_rows"])]) for p in partitions],
+                ["lag"],
+                "rows",
+                "Rows not yet stored, per partition",
+            )
+        )
         rows: list[list[Node]] = []
         for p in partitions:
             c = by_partition.get(p["partition"])
-            rows.append([str(p["partition"]), str(p["broker"]), number(p["end_offset"], 0),
-                         number(c.next_offset if c else None, 0), number(p["lag_rows"], 0),
-                         number(p["lag_batches"], 0), number(p["bytes_held"], 0), number(p["blocked_s"], 1),
-                         number(c.rows if c else None, 0)])
-        out.append(_table(["partition", "broker", "end offset", "stored offset", "lag rows", "lag batches",
-                           "bytes held", "producers blocked s", "rows stored"], rows, {2, 3, 4, 5, 6, 7, 8}))
+            rows.append(
+                [
+                    str(p["partition"]),
+                    str(p["broker"]),
+                    number(p["end_offset"], 0),
+                    number(c.next_offset if c else None, 0),
+                    number(p["lag_rows"], 0),
+                    number(p["lag_batches"], 0),
+                    number(p["bytes_held"], 0),
+                    number(p["blocked_s"], 1),
+                    number(c.rows if c else None, 0),
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "partition",
+                    "broker",
+                    "end offset",
+                    "stored offset",
+                    "lag rows",
+                    "lag batches",
+                    "bytes held",
+                    "producers blocked s",
+                    "rows stored",
+                ],
+                rows,
+                {2, 3, 4, 5, 6, 7, 8},
+            )
+        )
     elif stored:
-        rows = [[str(c.partition), number(c.next_offset, 0), number(c.rows, 0), number(c.rejects, 0),
-                 time_tag(c.updated_at)] for c in stored]
+        rows = [
+            [
+                str(c.partition),
+                number(c.next_offset, 0),
+                number(c.rows, 0),
+                number(c.rejects, 0),
+                time_tag(c.updated_at),
+            ]
+            for c in stored
+        ]
         out.append(_table(["partition", "stored offset", "rows stored", "rejects", "last commit"], rows, {1, 2, 3}))
     else:
         out.append(el("p", {"class": "note"}, "Nothing stored yet."))
@@ -191,13 +242,26 @@ def _rejects(rejects: list[views.RejectReason]) -> list[Node]:
     if not rejects:
         out.append(el("p", {"class": "note"}, "No rejects in the last hour."))
         return out
-    out.append(bars([Bar(r.reason, [float(r.count)]) for r in rejects[:10]], ["rejects"], None,
-                    "Rejects per reason in the last hour"))
-    rows: list[list[Node]] = [[r.reason, number(r.count, 0), time_tag(r.newest), el("code", None, r.example[:200])]
-                              for r in rejects]
+    out.append(
+        bars(
+            [Bar(r.reason, [float(r.count)]) for r in rejects[:10]],
+            ["rejects"],
+            None,
+            "Rejects per reason in the last hour",
+        )
+    )
+    rows: list[list[Node]] = [
+        [r.reason, number(r.count, 0), time_tag(r.newest), el("code", None, r.example[:200])] for r in rejects
+    ]
     out.append(_table(["reason", "count", "newest", "example"], rows, {1}))
-    out.append(el("p", {"class": "note"}, f"Counted over the newest {REJECTS_READ:,} rejects at most; quoted values "
-                  "are elided to group the same fault."))
+    out.append(
+        el(
+            "p",
+            {"class": "note"},
+            f"Counted over the newest {REJECTS_READ:,} rejects at most; quoted values "
+            "are elided to group the same fault.",
+        )
+    )
     return out
 
 
@@ -211,9 +275,17 @@ def _actors(supervisor: dict[str, Any] | None, view: PipelineView | None) -> lis
     rows: list[list[Node]] = []
     for name, a in supervisor.get("actors", {}).items():
         state = str(a.get("state"))
-        rows.append([name, str(a.get("role")), el("span", {"class": None if state == "running" else "bad"}, state),
-                     str(a.get("pid") or "—"), str(a.get("restarts", 0)), str(a.get("recreated", 0)),
-                     a.get("reason") or ""])
+        rows.append(
+            [
+                name,
+                str(a.get("role")),
+                el("span", {"class": None if state == "running" else "bad"}, state),
+                str(a.get("pid") or "—"),
+                str(a.get("restarts", 0)),
+                str(a.get("recreated", 0)),
+                a.get("reason") or "",
+            ]
+        )
     out.append(_table(["actor", "role", "state", "pid", "restarts", "re-created", "last reason"], rows, {4, 5}))
     return out
 
@@ -235,7 +307,14 @@ def _scaling(supervisor: dict[str, Any] | None) -> list[Node]:
     for d in decisions:
         wall = d.get("wall_time")
         at = time_tag(datetime.fromtimestamp(wall, UTC)) if isinstance(wall, int | float) else "—"
-        rows.append([at, str(d.get("role")), f"{d.get('current')} → {d.get('desired')}", str(d.get("direction")),
-                     str(d.get("reason"))])
+        rows.append(
+            [
+                at,
+                str(d.get("role")),
+                f"{d.get('current')} → {d.get('desired')}",
+                str(d.get("direction")),
+                str(d.get("reason")),
+            ]
+        )
     out.append(_table(["when", "role", "count", "direction", "reason"], rows, set()))
     return out

@@ -69,18 +69,46 @@ class PageRoute(APIRoute):
 def _prompt_body(why: str) -> list[Any]:
     return [
         el("h1", None, "Sign in"),
-        el("p", None, "This gateway needs an API token. Paste a token with the ", el("code", None, "read"),
-           " scope once: it is kept in an HttpOnly cookie for this browser session, never in the address bar."),
+        el(
+            "p",
+            None,
+            "This gateway needs an API token. Paste a token with the ",
+            el("code", None, "read"),
+            " scope once: it is kept in an HttpOnly cookie for this browser session, never in the address bar.",
+        ),
         el("p", {"class": "bad"}, "The saved token is no longer accepted; paste a current one.")
-        if why == "invalid" else None,
-        el("form", {"id": "login", "class": "prompt", "method": "post", "action": "/login"},
-           el("label", {"for": "token"}, "API token"),
-           void("input", {"type": "password", "id": "token", "name": "token", "autocomplete": "off",
-                          "required": True, "autofocus": True, "spellcheck": "false"}),
-           el("p", None, el("button", {"type": "submit"}, "Sign in"))),
+        if why == "invalid"
+        else None,
+        el(
+            "form",
+            {"id": "login", "class": "prompt", "method": "post", "action": "/login"},
+            el("label", {"for": "token"}, "API token"),
+            void(
+                "input",
+                {
+                    "type": "password",
+                    "id": "token",
+                    "name": "token",
+                    "autocomplete": "off",
+                    "required": True,
+                    "autofocus": True,
+                    "spellcheck": "false",
+                },
+            ),
+            el("p", None, el("button", {"type": "submit"}, "Sign in")),
+        ),
         el("p", {"id": "login-msg", "role": "status", "aria-live": "polite"}),
-        el("noscript", None, el("p", None, "Signing in needs JavaScript. Without it, call the API with ",
-                                el("code", None, "Authorization: Bearer <token>"), ".")),
+        el(
+            "noscript",
+            None,
+            el(
+                "p",
+                None,
+                "Signing in needs JavaScript. Without it, call the API with ",
+                el("code", None, "Authorization: Bearer <token>"),
+                ".",
+            ),
+        ),
         el("p", {"class": "note"}, "python -m pipeline run prints a token for its run (api token (this run only): …)."),
     ]
 
@@ -88,8 +116,9 @@ def _prompt_body(why: str) -> list[Any]:
 async def _prompt(scope: Scope, receive: Receive, send: Send) -> None:
     """The token prompt (401), clearing a cookie whose token is no longer valid."""
     why = str((scope.get("state") or {}).get("auth", "missing"))
-    response = html_response(document("Sign in", _prompt_body(why)), 401,
-                             headers={"WWW-Authenticate": 'Bearer realm="gpu-telemetry"'})
+    response = html_response(
+        document("Sign in", _prompt_body(why)), 401, headers={"WWW-Authenticate": 'Bearer realm="gpu-telemetry"'}
+    )
     if why == "invalid":
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     await response(scope, receive, send)
@@ -125,8 +154,9 @@ def page_router(view: PipelineView | None = None, group: str = "telemetry-collec
             return Response(status_code=204)
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
         response = Response(status_code=204, headers={"Cache-Control": "no-store"})
-        response.set_cookie(COOKIE, cookie_value(token), path="/", httponly=True, samesite="strict",
-                            secure=_https(request))
+        response.set_cookie(
+            COOKIE, cookie_value(token), path="/", httponly=True, samesite="strict", secure=_https(request)
+        )
         return response
 
     @router.post("/logout")
