@@ -223,7 +223,10 @@ def line_chart(
     left, right, top, bottom = 64, 12, 10, 24
     values = [v for s in series for _, v in s.points if v is not None and math.isfinite(v)]
     lo, hi = fixed if fixed is not None else (min(values, default=0.0), max(values, default=1.0))
-    if fixed is None and lo > 0 and lo < hi * 0.5:
+    if hi - lo < 1e-9:  # a flat line: a band around it, not a zoom into rounding noise
+        pad = max(1.0, abs(hi) * 0.1)
+        lo, hi = max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad
+    elif fixed is None and lo > 0 and lo < hi * 0.5:
         lo = 0.0
     ticks = _nice(lo, hi)
     lo, hi = ticks[0], ticks[-1] if ticks[-1] > ticks[0] else ticks[0] + 1

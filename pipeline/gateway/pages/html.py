@@ -107,5 +107,5 @@ def number(value: float | None, digits: int = 1, unit: str | None = None) -> str
     """A value as text: thousands separated, ``digits`` decimals (none for whole numbers), the unit after it."""
     if value is None:
         return "—"
-    text = f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:,.{digits}f}"
+    text = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.{digits}f}"
     return f"{text} {unit}" if unit else text

@@ -41,6 +41,7 @@ h1{font-size:20px;margin:8px 0 12px}h2{font-size:16px;margin:22px 0 8px}
 .counts{display:flex;flex-wrap:wrap;gap:10px;margin:0;padding:0}
 .counts div{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:6px 12px;min-width:96px}
 .counts dt{color:var(--muted);font-size:12px}.counts dd{margin:0;font-size:20px;font-weight:600}
+.facts dd{font-size:15px}figure{margin:0}figcaption{font-weight:600;margin:8px 0 2px}
 table{border-collapse:collapse;margin:4px 0 8px}
 th,td{padding:3px 10px;border-bottom:1px solid var(--line);text-align:left}
 th{font-weight:600;color:var(--muted)}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}

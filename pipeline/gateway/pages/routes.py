@@ -10,7 +10,7 @@ and stores it in the pages' cookie; ``POST /logout`` clears it.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -23,11 +23,14 @@ from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError
 from pipeline.gateway import auth
 from pipeline.gateway.auth import COOKIE, PageAccess, cookie_value
 from pipeline.gateway.deps import State, strict_query
-from pipeline.gateway.pages import pipeline_page
+from pipeline.gateway.pages import gpu_page, pipeline_page
+from pipeline.gateway.pages.catalog import parse_window
 from pipeline.gateway.pages.html import el, void
 from pipeline.gateway.pages.layout import document, html_response, message_page
 from pipeline.gateway.pages.pipeline_page import PipelineView, Rates
+from pipeline.gateway.params import EndParam, StartParam, UuidParam
 from pipeline.gateway.problems import Problem
+from pipeline.gateway.routes.telemetry import window_response
 
 __all__ = ["PAGE_ACCESS", "PageRoute", "is_page", "page_router"]
 
@@ -165,6 +168,25 @@ def page_router(view: PipelineView | None = None, group: str = "telemetry-collec
         response = Response(status_code=303, headers={"Location": "/", "Cache-Control": "no-store"})
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
+
+    @router.get("/gpus/{uuid:path}/export")
+    def gpu_export(
+        request: Request,
+        state: State,
+        uuid: UuidParam,
+        format: Literal["csv", "arrow", "json"],
+        start_time: StartParam = None,
+        end_time: EndParam = None,
+    ) -> Response:
+        """The GPU page's download links: the window as CSV, Arrow or the first JSON page, like the API's."""
+        return window_response(request, state, format, uuid, start_time, end_time, limit=state.settings.max_limit)
+
+    @router.get("/gpus/{uuid:path}")
+    def gpu(state: State, uuid: UuidParam, window: str | None = None) -> Response:
+        """One GPU over a window."""
+        name, _ = parse_window(window)
+        title, body = gpu_page.render(state, uuid, name)
+        return html_response(document(title, body, refresh_s=30, signed_in=auth.enabled(state.settings)))
 
     @router.get("/pipeline")
     def pipeline(state: State) -> Response:

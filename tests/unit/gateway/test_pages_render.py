@@ -151,7 +151,7 @@ def test_line_chart_breaks_at_gaps_and_summarises_in_words() -> None:
     )
     assert svg.count("<polyline") == 2  # no line drawn across the 3-minute silence
     label = dict(parse(svg).tags[0][1])["aria-label"]
-    assert label == "Temperature: min 0.0 C, mean 19.7 C, max 50 C, last 50 C"
+    assert label == "Temperature: min 0 C, mean 19.7 C, max 50 C, last 50 C"
     empty = line_chart([Series("avg", [])], T0, T0 + timedelta(hours=1), "W", "Power")
     assert "no samples in this window" in empty
 
@@ -160,7 +160,7 @@ def test_bars_and_timeline_scale_to_the_largest_and_label_everything() -> None:
     svg = bars([Bar("team-a", [3.0, 1.0]), Bar("team-b", [1.0, 0.0])], ["active", "idle"], "GPU-h", "Usage")
     widths = [float(w) for w in re.findall(r'<rect x="[\d.]+" y="\d+" width="([\d.]+)" height="16"', svg)]
     assert widths[0] == pytest.approx(3 * widths[2]) and widths[0] + widths[1] == pytest.approx(450.0)
-    assert "team-a: active 3 GPU-h" in svg and ">4 GPU-h<" in svg and "team-b: idle 0.00 GPU-h" in svg
+    assert "team-a: active 3 GPU-h" in svg and ">4 GPU-h<" in svg and "team-b: idle 0 GPU-h" in svg
     lanes = [Lane("pod-a", [(T0, T0 + timedelta(seconds=30))]), Lane("pod-b", [(T0 + timedelta(seconds=30), None)])]
     tl = timeline(lanes, T0, T0 + timedelta(seconds=120), "Allocations")
     assert "pod-a: 00:00:00 to 00:00:30 UTC" in tl and "pod-b: 00:00:30 to now" in tl
