@@ -70,16 +70,20 @@ def _cell(prefix: str, cell: Cell, x: float, y: float, size: float, scale: Scale
 
 
 def heatmap(rows: Sequence[Row], scale: Scale, label: str, prefix: str = "hm", width: int = 1120) -> Markup:
-    """Hosts as labelled strips of GPU cells, as many strips side by side as ``width`` holds."""
-    size, gap, label_w = 14, 3, 150
+    """Hosts as labelled strips of GPU cells, in as many columns as ``width`` holds, read down each column."""
+    size, gap, label_w, top = 14, 3, 150, 14
     columns = max((len(r.cells) for r in rows), default=1)
     block_w = label_w + columns * (size + gap) + 18
-    per_line = max(1, width // block_w)
+    per_line = max(1, min(width // block_w, len(rows)))
     lines = math.ceil(len(rows) / per_line) if rows else 1
-    height = lines * (size + gap) + 4
+    height = top + lines * (size + gap) + 4
     parts: list[str] = [_defs(prefix)]
+    for b in range(per_line):  # GPU indices above each column of strips
+        for i in range(columns):
+            x = b * block_w + label_w + i * (size + gap) + size / 2
+            parts.append(el("text", {"x": f"{x:.1f}", "y": 10, "class": "tick", "text-anchor": "middle"}, str(i)))
     for n, row in enumerate(rows):
-        bx, by = (n % per_line) * block_w, (n // per_line) * (size + gap) + 2
+        bx, by = (n // lines) * block_w, top + (n % lines) * (size + gap) + 2
         text = row.label if len(row.label) <= 22 else row.label[:21] + "…"
         name = el("text", {"x": bx + label_w - 6, "y": by + size - 3, "class": "label", "text-anchor": "end"}, text)
         if row.link is not None:

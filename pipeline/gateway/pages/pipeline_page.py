@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pipeline.gateway.pages.charts import Bar, Series, bars, line_chart
 from pipeline.gateway.pages.html import Markup, Node, el, join, number, time_tag
 from pipeline.queue.api import BrokerStats, lag_of
-from pipeline.storage import views
+from pipeline.storage import pages as views
 from pipeline.storage.reader import Reader
 
 __all__ = ["PipelineView", "Rates", "render"]

@@ -23,12 +23,12 @@ from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError
 from pipeline.gateway import auth
 from pipeline.gateway.auth import COOKIE, PageAccess, cookie_value
 from pipeline.gateway.deps import State, strict_query
-from pipeline.gateway.pages import gpu_page, pipeline_page
+from pipeline.gateway.pages import fleet_page, gpu_page, pipeline_page
 from pipeline.gateway.pages.catalog import parse_window
 from pipeline.gateway.pages.html import el, void
 from pipeline.gateway.pages.layout import document, html_response, message_page
 from pipeline.gateway.pages.pipeline_page import PipelineView, Rates
-from pipeline.gateway.params import EndParam, StartParam, UuidParam
+from pipeline.gateway.params import EndParam, StartParam, UuidParam, reject_nul
 from pipeline.gateway.problems import Problem
 from pipeline.gateway.routes.telemetry import window_response
 
@@ -168,6 +168,19 @@ def page_router(view: PipelineView | None = None, group: str = "telemetry-collec
         response = Response(status_code=303, headers={"Location": "/", "Cache-Control": "no-store"})
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
+
+    @router.get("/")
+    def fleet(
+        state: State,
+        metric: str | None = None,
+        view: str | None = None,
+        page: int | None = None,
+        hostname: str | None = None,
+    ) -> Response:
+        """The fleet now: counts, heatmap, top GPUs, the silent ones."""
+        reject_nul(metric=metric, view=view, hostname=hostname)
+        title, body = fleet_page.render(state, metric, view, page, hostname)
+        return html_response(document(title, body, current="/", refresh_s=10, signed_in=auth.enabled(state.settings)))
 
     @router.get("/gpus/{uuid:path}/export")
     def gpu_export(
