@@ -46,7 +46,7 @@ def render(
         raise InvalidParameter(f"metric `{metric[:64]}` is not one of {', '.join(FLEET_METRICS)}", param="metric")
     if view not in (None, "auto", "gpus", "hosts"):
         raise InvalidParameter(f"view `{view[:16]}` is not auto, gpus or hosts", param="view")
-    number_ = page or 1
+    number_ = 1 if page is None else page
     if number_ < 1:
         raise InvalidParameter("page must be 1 or more", param="page")
     now = now or datetime.now(UTC)
