@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-__all__ = ["UTIL", "hold", "load_fleet", "mark_blank", "mark_hot", "mark_missing", "uuid_of"]
+__all__ = ["UTIL", "hold", "load_fleet", "mark_blank", "mark_hot", "mark_missing", "use", "uuid_of"]
 
 UTIL, TEMP, POWER, FB = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED"
 
@@ -95,4 +95,61 @@ def hold(conninfo: str, uuid: str, namespace: str, pod: str, started: datetime, 
             "FROM gpus g, workloads w WHERE g.uuid = %s AND w.namespace = %s AND w.pod = %s AND w.container IS NULL "
             "AND w.job IS NULL",
             (started, ended, uuid, namespace, pod),
+        )
+
+
+def use(
+    conninfo: str,
+    uuid: str,
+    namespace: str | None,
+    pod: str | None,
+    start: datetime,
+    minutes: int,
+    util: float,
+    watts: float,
+    mem_idle: bool = False,
+) -> None:
+    """Usage rollup minutes: ``pod`` held ``uuid`` for ``minutes`` whole minutes from ``start`` at ``util`` %.
+
+    Active when ``util`` is above 5 %; ``mem_idle`` marks idle minutes that held memory. ``pod`` None:
+    nobody held the GPU (workload 0).
+    """
+    with psycopg.connect(conninfo) as c:
+        workload = 0
+        if pod is not None:
+            c.execute(
+                "INSERT INTO workloads (namespace, pod) VALUES (%s, %s) "
+                "ON CONFLICT ON CONSTRAINT workloads_key DO NOTHING",
+                (namespace, pod),
+            )
+            row = c.execute(
+                "SELECT workload_id FROM workloads WHERE namespace IS NOT DISTINCT FROM %s AND pod = %s "
+                "AND container IS NULL AND job IS NULL",
+                (namespace, pod),
+            ).fetchone()
+            assert row is not None
+            workload = row[0]
+        active = 60.0 if util > 5 else 0.0
+        c.execute(
+            "INSERT INTO usage_1m (bucket, gpu_key, workload_id, seconds, active_s, mem_idle_s, util_s, energy_j) "
+            "SELECT %(start)s + make_interval(mins => m), g.gpu_key, %(w)s, 60, %(active)s, %(mem)s, 60 * %(util)s, "
+            "60 * %(watts)s FROM generate_series(0, %(n)s - 1) m, gpus g WHERE g.uuid = %(uuid)s",
+            {
+                "start": start,
+                "w": workload,
+                "active": active,
+                "mem": 60.0 if mem_idle and not active else 0.0,
+                "util": util,
+                "watts": watts,
+                "n": minutes,
+                "uuid": uuid,
+            },
+        )
+        # usage_1h as the compaction keeps it on plain PostgreSQL: the sums of the hour's minutes.
+        c.execute(
+            "INSERT INTO usage_1h SELECT date_trunc('hour', bucket), gpu_key, workload_id, sum(seconds), "
+            "sum(active_s), sum(mem_idle_s), sum(util_s), sum(energy_j) FROM usage_1m GROUP BY 1, 2, 3 "
+            "ON CONFLICT (bucket, gpu_key, workload_id) DO UPDATE SET seconds = excluded.seconds, "
+            "active_s = excluded.active_s, mem_idle_s = excluded.mem_idle_s, util_s = excluded.util_s, "
+            "energy_j = excluded.energy_j"
         )

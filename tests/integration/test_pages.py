@@ -15,7 +15,7 @@ from pipeline.config import GatewaySettings
 from pipeline.gateway.app import build_app
 from pipeline.gateway.pages.scales import Scale
 from pipeline.storage.reader import Reader
-from tests.pages_data import UTIL, hold, load_fleet, mark_blank, mark_hot, mark_missing, uuid_of
+from tests.pages_data import UTIL, hold, load_fleet, mark_blank, mark_hot, mark_missing, use, uuid_of
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOT, SILENT, BLANK = uuid_of(3, 5), uuid_of(1, 2), uuid_of(2, 7)
@@ -188,3 +188,43 @@ def test_the_gpu_page_charts_each_metric_and_links_the_window(fleet: TestClient,
     assert bad.status_code == 400 and "15m, 1h, 6h, 24h, 7d" in bad.text
     missing = fleet.get("/gpus/GPU-nope")
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+
+
+# --- usage --------------------------------------------------------------------------------------------
+
+
+def test_usage_per_pod_and_namespace_is_the_hand_computed_sum(fresh_db: str) -> None:
+    """GPU X: pod a/train held it 30 min at 80 % and 300 W, then b/serve 90 min (60 at 50 %, 200 W; 30 idle
+    holding memory, 100 W); nobody held GPU Y for 15 min at 0 % and 50 W."""
+    load_fleet(fresh_db, 1, NOW)
+    x, y = uuid_of(0, 0), uuid_of(0, 1)
+    start = (NOW - timedelta(hours=2)).replace(second=0)
+    use(fresh_db, x, "team-a", "train", start, 30, 80.0, 300.0)
+    use(fresh_db, x, "team-b", "serve", start + timedelta(minutes=30), 60, 50.0, 200.0)
+    use(fresh_db, x, "team-b", "serve", start + timedelta(minutes=90), 30, 0.0, 100.0, mem_idle=True)
+    use(fresh_db, y, None, None, start, 15, 0.0, 50.0)
+    reader = Reader(fresh_db)
+    reader.open(wait=True)
+    with TestClient(build_app(reader, GatewaySettings(auth="off"))) as c:
+        pods = c.get("/usage?group_by=pod&window=6h").text
+        namespaces = c.get("/usage?window=24h").text
+        hosts = c.get("/usage?group_by=hostname&window=24h").text
+        last_hour = c.get("/usage?group_by=pod&window=1h").text  # from the minute rollups
+        assert c.get("/usage?group_by=user").status_code == 400
+    reader.close()
+
+    def row(page: str, label: str) -> list[str]:
+        table = page.split('id="usage"')[1].split("</table>")[0]
+        cells = re.search(rf"<tr><td>{re.escape(label)}</td>(.*?)</tr>", table)
+        assert cells is not None, (label, table)
+        return re.findall(r'<td class="n">([^<]*)</td>', cells.group(1))
+
+    # GPUs, GPU-h, active, idle, memory held idle, mean utilisation, kWh
+    assert row(pods, "team-a/train") == ["1", "0.50", "0.50", "0", "0", "80 %", "0.150"]
+    assert row(pods, "team-b/serve") == ["1", "1.50", "1", "0.50", "0.50", "33.3 %", "0.250"]
+    assert row(pods, "(no pod)") == ["1", "0.25", "0", "0.25", "0", "0 %", "0.013"]
+    assert row(namespaces, "team-b") == row(pods, "team-b/serve") and row(namespaces, "team-a")[1] == "0.50"
+    assert row(hosts, "host-00000") == ["2", "2.25", "1.50", "0.75", "0.50", "40 %", "0.412"]
+    # The last hour holds b/serve's last 60 minutes only: 30 at 50 % and 200 W, 30 idle at 100 W.
+    assert "(usage_1m)" in last_hour and "team-a/train" not in last_hour.split('id="usage"')[1]
+    assert row(last_hour, "team-b/serve") == ["1", "1", "0.50", "0.50", "0.50", "25 %", "0.150"]

@@ -23,7 +23,7 @@ from pipeline.errors import DatabaseUnavailable, InvalidParameter, PipelineError
 from pipeline.gateway import auth
 from pipeline.gateway.auth import COOKIE, PageAccess, cookie_value
 from pipeline.gateway.deps import State, strict_query
-from pipeline.gateway.pages import fleet_page, gpu_page, pipeline_page
+from pipeline.gateway.pages import fleet_page, gpu_page, pipeline_page, usage_page
 from pipeline.gateway.pages.catalog import parse_window
 from pipeline.gateway.pages.html import el, void
 from pipeline.gateway.pages.layout import document, html_response, message_page
@@ -200,6 +200,15 @@ def page_router(view: PipelineView | None = None, group: str = "telemetry-collec
         name, _ = parse_window(window)
         title, body = gpu_page.render(state, uuid, name)
         return html_response(document(title, body, refresh_s=30, signed_in=auth.enabled(state.settings)))
+
+    @router.get("/usage")
+    def usage(state: State, group_by: str | None = None, window: str | None = None) -> Response:
+        """GPU-hours and energy per group over a window."""
+        reject_nul(group_by=group_by, window=window)
+        title, body = usage_page.render(state, group_by, window)
+        return html_response(
+            document(title, body, current="/usage", refresh_s=60, signed_in=auth.enabled(state.settings))
+        )
 
     @router.get("/pipeline")
     def pipeline(state: State) -> Response:
