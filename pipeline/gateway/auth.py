@@ -157,7 +157,6 @@ class BearerAuth:
             found |= hmac.compare_digest(given, token)
         return found
 
-
     async def _prompt(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
         assert self._pages is not None
         state = dict(scope.get("state") or {})

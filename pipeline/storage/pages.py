@@ -16,15 +16,19 @@ from datetime import datetime, timedelta
 from pipeline.storage.reader import Reader
 
 __all__ = [
+    "Allocation",
     "Committed",
+    "Event",
     "FleetCounts",
     "GpuCell",
     "HostCell",
     "RejectReason",
     "TopRow",
     "UsageRow",
+    "allocations",
     "blank_codes",
     "committed",
+    "events",
     "fleet_counts",
     "gpu_cells",
     "host_cells",
@@ -267,3 +271,46 @@ def usage(reader: Reader, group_by: str, lo: datetime, hi: datetime, limit: int)
         {"lo": lo, "hi": hi, "limit": limit},
     )
     return source, [UsageRow(grp, n, *(float(x or 0.0) for x in rest)) for grp, n, *rest in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Who held a GPU over [started, ended) (ended None: still holds it)."""
+
+    namespace: str | None
+    pod: str | None
+    container: str | None
+    job: str | None
+    started: datetime
+    ended: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A health event of a GPU (an XID error: its code and what it means)."""
+
+    ts: datetime
+    kind: str
+    code: int
+    meaning: str | None
+
+
+def allocations(reader: Reader, gpu_key: int, lo: datetime, hi: datetime, limit: int = 200) -> list[Allocation]:
+    """The GPU's allocations that overlap [lo, hi], oldest first, at most ``limit`` (the newest kept)."""
+    rows = reader._fetch(
+        "SELECT * FROM (SELECT w.namespace, w.pod, w.container, w.job, a.started, a.ended FROM allocations a "
+        "JOIN workloads w USING (workload_id) WHERE a.gpu_key = %(gpu)s AND a.started <= %(hi)s "
+        "AND (a.ended IS NULL OR a.ended > %(lo)s) ORDER BY a.started DESC LIMIT %(limit)s) x ORDER BY started",
+        {"gpu": gpu_key, "lo": lo, "hi": hi, "limit": limit},
+    )
+    return [Allocation(*r) for r in rows]
+
+
+def events(reader: Reader, gpu_key: int, lo: datetime, hi: datetime, limit: int = 200) -> list[Event]:
+    """The GPU's events in [lo, hi], newest first, at most ``limit``."""
+    rows = reader._fetch(
+        "SELECT e.ts, e.kind, e.code, x.meaning FROM gpu_events e LEFT JOIN xid_codes x ON x.code = e.code "
+        "WHERE e.gpu_key = %(gpu)s AND e.ts >= %(lo)s AND e.ts <= %(hi)s ORDER BY e.ts DESC LIMIT %(limit)s",
+        {"gpu": gpu_key, "lo": lo, "hi": hi, "limit": limit},
+    )
+    return [Event(*r) for r in rows]

@@ -17,7 +17,6 @@ from pipeline.gateway.pages.scales import Scale
 from pipeline.storage.reader import Reader
 from tests.pages_data import UTIL, hold, load_fleet, mark_blank, mark_hot, mark_missing, use, uuid_of
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 HOT, SILENT, BLANK = uuid_of(3, 5), uuid_of(1, 2), uuid_of(2, 7)
 EVIL = "<script>alert(1)</script>"
 
@@ -60,13 +59,19 @@ def section(html: str, anchor: str) -> str:
 
 
 @pytest.fixture
-def fleet(fresh_db: str) -> Iterator[TestClient]:
+def now() -> datetime:
+    """The instant the test's data is stamped (the pages compare it with the clock: never import time)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def fleet(fresh_db: str, now: datetime) -> Iterator[TestClient]:
     """32 hosts x 8 GPUs; one hot (97 C, held by team-a), one silent for 10 min, one with a blank code."""
-    load_fleet(fresh_db, 32, NOW)
+    load_fleet(fresh_db, 32, now)
     mark_hot(fresh_db, HOT)
-    mark_missing(fresh_db, SILENT, timedelta(minutes=10), NOW)
-    mark_blank(fresh_db, BLANK, UTIL, "not supported", NOW)
-    hold(fresh_db, HOT, "team-a", "train-7", NOW - timedelta(minutes=30), None)
+    mark_missing(fresh_db, SILENT, timedelta(minutes=10), now)
+    mark_blank(fresh_db, BLANK, UTIL, "not supported", now)
+    hold(fresh_db, HOT, "team-a", "train-7", now - timedelta(minutes=30), None)
     reader = Reader(fresh_db)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings(auth="off"))) as c:
@@ -122,9 +127,9 @@ def test_the_hot_gpu_tops_the_hottest_table_with_its_holder(fleet: TestClient) -
     assert set(idle[:3]) == {uuid_of(0, 0), uuid_of(12, 4), uuid_of(25, 0)}  # the three at 0 %
 
 
-def test_a_large_fleet_is_drawn_by_host_and_paged(fresh_db: str) -> None:
-    load_fleet(fresh_db, 300, NOW)  # 2,400 GPUs: more than one page of GPU cells
-    mark_missing(fresh_db, uuid_of(7, 0), timedelta(hours=1), NOW)
+def test_a_large_fleet_is_drawn_by_host_and_paged(fresh_db: str, now: datetime) -> None:
+    load_fleet(fresh_db, 300, now)  # 2,400 GPUs: more than one page of GPU cells
+    mark_missing(fresh_db, uuid_of(7, 0), timedelta(hours=1), now)
     reader = Reader(fresh_db)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings(auth="off"))) as c:
@@ -144,12 +149,12 @@ def test_a_large_fleet_is_drawn_by_host_and_paged(fresh_db: str) -> None:
     reader.close()
 
 
-def test_user_controlled_text_is_escaped(fresh_db: str) -> None:
-    load_fleet(fresh_db, 1, NOW)
+def test_user_controlled_text_is_escaped(fresh_db: str, now: datetime) -> None:
+    load_fleet(fresh_db, 1, now)
     with psycopg.connect(fresh_db) as conn:
         conn.execute("UPDATE gpus SET hostname = %s, model = %s WHERE uuid = %s", (EVIL, EVIL, uuid_of(0, 0)))
         conn.execute("UPDATE gpus SET uuid = %s WHERE uuid = %s", (f'GPU-"{EVIL}', uuid_of(0, 1)))
-    hold(fresh_db, uuid_of(0, 2), EVIL, EVIL, NOW - timedelta(minutes=1), None)
+    hold(fresh_db, uuid_of(0, 2), EVIL, EVIL, now - timedelta(minutes=1), None)
     reader = Reader(fresh_db)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings(auth="off"))) as c:
@@ -163,18 +168,33 @@ def test_user_controlled_text_is_escaped(fresh_db: str) -> None:
 # --- one GPU ------------------------------------------------------------------------------------------
 
 
-def test_the_gpu_page_charts_each_metric_and_links_the_window(fleet: TestClient, fresh_db: str) -> None:
+def test_the_gpu_page_charts_each_metric_and_links_the_window(fleet: TestClient, fresh_db: str, now: datetime) -> None:
     with psycopg.connect(fresh_db) as conn:
         conn.execute(
             "INSERT INTO telemetry (ts, value, gpu_key, metric_id) SELECT %s - make_interval(secs => s), s %% 60, "
             "g.gpu_key, m.metric_id FROM generate_series(0, 3590, 10) s, gpus g, metrics m WHERE g.uuid = %s "
             "AND m.name IN ('DCGM_FI_DEV_GPU_UTIL', 'DCGM_FI_DEV_POWER_USAGE')",
-            (NOW, HOT),
+            (now, HOT),
         )
+        conn.execute(
+            "INSERT INTO gpu_events (gpu_key, ts, kind, code) SELECT gpu_key, %s, 'xid', 79 FROM gpus WHERE uuid = %s",
+            (now - timedelta(minutes=5), HOT),
+        )
+    hold(fresh_db, HOT, "team-c", "old", now - timedelta(hours=3), now - timedelta(minutes=50))
     page = fleet.get(f"/gpus/{HOT}").text
     assert f"<h1>GPU <code>{HOT}</code></h1>" in page and 'href="/?hostname=host-00003"' in page
     assert page.count("<polyline") >= 2 and "<figcaption>GPU utilisation" in page and "<figcaption>Power" in page
     assert "97 C" in page  # the newest temperature, from the latest-value table
+    held = page.split('id="allocations"')[1].split("</table>")[0]
+    assert "team-a/train-7: " in held and "to now" in held  # its bar in the timeline, open to the right
+    assert re.search(
+        r'<td>team-a/train-7</td><td><time [^>]+>[^<]+</time></td><td>still holds it</td><td class="n">30(\.0)? min',
+        held,
+    )
+    assert re.search(r'<td>team-c/old</td>.*?<td class="n">130(\.0)? min</td>', held)  # ended 50 min ago
+    events = page.split('id="events"')[1].split("</table>")[0]
+    assert '<td class="n">79</td><td>GPU has fallen off the bus</td>' in events
+    assert "team-c/old" not in fleet.get(f"/gpus/{HOT}?window=15m").text
     links = dict(
         re.findall(r'href="(/gpus/[^"]+/export\?format=(csv|arrow|json)[^"]*)"', page)[i][::-1] for i in range(3)
     )
@@ -194,15 +214,18 @@ def test_the_gpu_page_charts_each_metric_and_links_the_window(fleet: TestClient,
 
 
 def test_usage_per_pod_and_namespace_is_the_hand_computed_sum(fresh_db: str) -> None:
-    """GPU X: pod a/train held it 30 min at 80 % and 300 W, then b/serve 90 min (60 at 50 %, 200 W; 30 idle
-    holding memory, 100 W); nobody held GPU Y for 15 min at 0 % and 50 W."""
-    load_fleet(fresh_db, 1, NOW)
-    x, y = uuid_of(0, 0), uuid_of(0, 1)
-    start = (NOW - timedelta(hours=2)).replace(second=0)
+    """GPU X: pod team-a/train held it 30 min at 80 % and 300 W, then team-b/serve 90 min (60 at 50 %, 200 W;
+    30 idle holding memory, 100 W), all ending 2 h ago; nobody held GPU Y for 15 min at 0 % and 50 W; GPU Z:
+    team-c/recent for 30 min at 50 % and 200 W, ending 10 min ago (the only use in the last hour)."""
+    now = datetime.now(UTC)
+    load_fleet(fresh_db, 1, now)
+    x, y, z = uuid_of(0, 0), uuid_of(0, 1), uuid_of(0, 2)
+    start = (now - timedelta(hours=4)).replace(second=0, microsecond=0)
     use(fresh_db, x, "team-a", "train", start, 30, 80.0, 300.0)
     use(fresh_db, x, "team-b", "serve", start + timedelta(minutes=30), 60, 50.0, 200.0)
     use(fresh_db, x, "team-b", "serve", start + timedelta(minutes=90), 30, 0.0, 100.0, mem_idle=True)
     use(fresh_db, y, None, None, start, 15, 0.0, 50.0)
+    use(fresh_db, z, "team-c", "recent", (now - timedelta(minutes=40)).replace(second=0, microsecond=0), 30, 50, 200)
     reader = Reader(fresh_db)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings(auth="off"))) as c:
@@ -224,7 +247,6 @@ def test_usage_per_pod_and_namespace_is_the_hand_computed_sum(fresh_db: str) -> 
     assert row(pods, "team-b/serve") == ["1", "1.50", "1", "0.50", "0.50", "33.3 %", "0.250"]
     assert row(pods, "(no pod)") == ["1", "0.25", "0", "0.25", "0", "0 %", "0.013"]
     assert row(namespaces, "team-b") == row(pods, "team-b/serve") and row(namespaces, "team-a")[1] == "0.50"
-    assert row(hosts, "host-00000") == ["2", "2.25", "1.50", "0.75", "0.50", "40 %", "0.412"]
-    # The last hour holds b/serve's last 60 minutes only: 30 at 50 % and 200 W, 30 idle at 100 W.
+    assert row(hosts, "host-00000") == ["3", "2.75", "2", "0.75", "0.50", "41.8 %", "0.512"]
     assert "(usage_1m)" in last_hour and "team-a/train" not in last_hour.split('id="usage"')[1]
-    assert row(last_hour, "team-b/serve") == ["1", "1", "0.50", "0.50", "0.50", "25 %", "0.150"]
+    assert row(last_hour, "team-c/recent") == ["1", "0.50", "0.50", "0", "0", "50 %", "0.100"]

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pipeline.errors import ResourceNotFound
 from pipeline.gateway.deps import GatewayState
 from pipeline.gateway.pages.catalog import WINDOWS, bucket_for, shown
-from pipeline.gateway.pages.charts import Series, line_chart
+from pipeline.gateway.pages.charts import Lane, Series, line_chart, timeline
 from pipeline.gateway.pages.html import Markup, Node, el, gpu_path, href, join, number, time_tag
 from pipeline.gateway.params import API, floor_to
 from pipeline.gateway.params import shown as cut
+from pipeline.storage import pages as q
 from pipeline.storage.reader import LatestRow
 
 __all__ = ["render"]
@@ -83,6 +84,8 @@ def render(state: GatewayState, uuid: str, window_name: str, now: datetime | Non
             el("figure", None, el("figcaption", None, s.label, " ", el("span", {"class": "note"}, unit or "")), chart)
         )
     body.append(el("div", {"class": "cols charts"}, charts))
+    body += _allocations(q.allocations(state.reader, row.gpu_key, start, end), start, end, window_name)
+    body += _events(q.events(state.reader, row.gpu_key, start, end), window_name)
     body += _downloads(uuid, start, end)
     return f"GPU {cut(uuid, 48)}", join(body)
 
@@ -147,3 +150,57 @@ def _downloads(uuid: str, start: datetime, end: datetime) -> list[Node]:
             el("code", None, api),
         ),
     ]
+
+
+def _holder(a: q.Allocation) -> str:
+    parts = [p for p in (a.namespace, a.pod, a.container) if p]
+    text = "/".join(parts)
+    if a.job:
+        text = f"{text} (job {a.job})" if text else f"job {a.job}"
+    return text or "(unnamed workload)"
+
+
+def _allocations(rows: list[q.Allocation], start: datetime, end: datetime, window: str) -> list[Node]:
+    out: list[Node] = [el("h2", {"id": "allocations"}, f"Who held it, last {window}")]
+    if not rows:
+        out.append(el("p", {"class": "note"}, "No workload held this GPU in this window."))
+        return out
+    lanes: dict[str, Lane] = {}
+    for a in rows:
+        lanes.setdefault(_holder(a), Lane(_holder(a))).spans.append((a.started, a.ended))
+    out.append(timeline(list(lanes.values())[:20], start, end, f"Allocations of this GPU, last {window}"))
+    body = [
+        el(
+            "tr",
+            None,
+            el("td", None, _holder(a)),
+            el("td", None, time_tag(a.started)),
+            el("td", None, time_tag(a.ended) if a.ended else "still holds it"),
+            el("td", {"class": "n"}, number(((a.ended or end) - a.started).total_seconds() / 60, 1, "min")),
+        )
+        for a in reversed(rows)
+    ]
+    head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("workload", "from", "to", "held")])
+    out.append(el("table", None, el("thead", None, head), el("tbody", None, body)))
+    return out
+
+
+def _events(rows: list[q.Event], window: str) -> list[Node]:
+    out: list[Node] = [el("h2", {"id": "events"}, f"Events, last {window}")]
+    if not rows:
+        out.append(el("p", {"class": "note"}, "No XID errors or other events in this window."))
+        return out
+    body = [
+        el(
+            "tr",
+            None,
+            el("td", None, time_tag(e.ts)),
+            el("td", None, e.kind),
+            el("td", {"class": "n"}, str(e.code)),
+            el("td", None, e.meaning or "—"),
+        )
+        for e in rows
+    ]
+    head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("when", "kind", "code", "meaning")])
+    out.append(el("table", None, el("thead", None, head), el("tbody", None, body)))
+    return out
