@@ -173,7 +173,7 @@ def gpu_cells(reader: Reader, hosts: list[str], metric: int, stale_before: datet
     """Every GPU of ``hosts`` with its newest value of ``metric``, by host and index."""
     rows = reader._fetch(
         f"SELECT g.uuid, {_HOST}, g.gpu_index, {_VALUE}, l.ts, (l.ts IS NULL OR l.ts < %(stale)s) "
-        f"FROM gpus g LEFT JOIN gpu_latest l USING (gpu_key) WHERE {_HOST} = ANY(%(hosts)s) "
+        f"FROM unnest(%(hosts)s::text[]) p(h) JOIN gpus g ON {_HOST} = p.h LEFT JOIN gpu_latest l USING (gpu_key) "
         f"ORDER BY {_HOST}, g.gpu_index NULLS LAST, g.uuid",
         {"metric": metric, "stale": stale_before, "hosts": hosts},
     )
@@ -185,9 +185,9 @@ def host_cells(reader: Reader, hosts: list[str], metric: int, stale_before: date
     rows = reader._fetch(
         f"SELECT {_HOST}, count(*), avg(v.value), max(v.value), "
         "count(*) FILTER (WHERE l.ts IS NULL OR l.ts < %(stale)s) "
-        "FROM gpus g LEFT JOIN gpu_latest l USING (gpu_key) "
+        f"FROM unnest(%(hosts)s::text[]) p(h) JOIN gpus g ON {_HOST} = p.h LEFT JOIN gpu_latest l USING (gpu_key) "
         f"CROSS JOIN LATERAL (SELECT CASE WHEN l.ts >= %(stale)s THEN {_VALUE} END AS value) v "
-        f"WHERE {_HOST} = ANY(%(hosts)s) GROUP BY 1 ORDER BY 1",
+        "GROUP BY 1 ORDER BY 1",
         {"metric": metric, "stale": stale_before, "hosts": hosts},
     )
     return [HostCell(h, int(n), mean, peak, int(m)) for h, n, mean, peak, m in rows]
@@ -263,11 +263,14 @@ def usage(reader: Reader, group_by: str, lo: datetime, hi: datetime, limit: int)
     expr = _GROUPS[group_by]
     hourly = hi - lo >= timedelta(hours=6) and lo.minute == lo.second == hi.minute == hi.second == 0
     source = "usage_1h" if hourly else "usage_1m"
+    # Summed per (GPU, workload) first: the outer grouping then counts distinct GPUs over thousands of rows.
     rows = reader._fetch(
         f"SELECT {expr} AS grp, count(DISTINCT u.gpu_key)::int, sum(u.seconds), sum(u.active_s), "
-        f"sum(u.mem_idle_s), sum(u.util_s), sum(u.energy_j) FROM {source} u JOIN gpus g USING (gpu_key) "
+        "sum(u.mem_idle_s), sum(u.util_s), sum(u.energy_j) FROM (SELECT gpu_key, workload_id, sum(seconds) AS seconds, "
+        "sum(active_s) AS active_s, sum(mem_idle_s) AS mem_idle_s, sum(util_s) AS util_s, sum(energy_j) AS energy_j "
+        f"FROM {source} WHERE bucket >= %(lo)s AND bucket < %(hi)s GROUP BY 1, 2) u JOIN gpus g USING (gpu_key) "
         "LEFT JOIN workloads w ON w.workload_id = u.workload_id "
-        "WHERE u.bucket >= %(lo)s AND u.bucket < %(hi)s GROUP BY 1 ORDER BY 3 DESC, 1 NULLS LAST LIMIT %(limit)s",
+        "GROUP BY 1 ORDER BY 3 DESC, 1 NULLS LAST LIMIT %(limit)s",
         {"lo": lo, "hi": hi, "limit": limit},
     )
     return source, [UsageRow(grp, n, *(float(x or 0.0) for x in rest)) for grp, n, *rest in rows]
