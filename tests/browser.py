@@ -48,6 +48,11 @@ class Element:
     def text(self) -> str:
         return str(self._b.call("GET", f"element/{self.ref}/text"))
 
+    def find_all(self, css: str) -> list[Element]:
+        """Elements matching ``css`` inside this one."""
+        found = self._b.call("POST", f"element/{self.ref}/elements", {"using": "css selector", "value": css})
+        return [Element(self._b, e[_ELEMENT]) for e in found]
+
     def attribute(self, name: str) -> str | None:
         value = self._b.call("GET", f"element/{self.ref}/attribute/{name}")
         return None if value is None else str(value)

@@ -55,7 +55,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Deploy the pipeline, follow its progress, and on Ctrl-C or at its bound drain, stop and summarise."""
     local = not settings.ray.address
     if local and not args.no_serve:
-        _announce_pages(settings)
+        _announce_pages(settings, token_follows=settings.gateway.auth == "on" and settings.gateway.api_tokens is None)
     if local:
         _check_source(settings)  # locally the driver sees the same files as the streamers: fail fast
     db = open_database(settings)
@@ -90,10 +90,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce_pages(settings: Settings) -> None:
+def _announce_pages(settings: Settings, token_follows: bool) -> None:
     """The first line a person reads: where to look (the gateway's pages), before anything starts."""
     g = settings.gateway
-    signin = "; sign in with the api token printed below" if g.auth == "on" and g.api_tokens is None else ""
+    signin = "; sign in with the api token printed below" if token_follows else ""
     print(
         f"pages: http://{g.host}:{g.port}/ (fleet, GPUs, usage, pipeline, once the gateway is up{signin})",
         file=sys.stderr,
@@ -191,7 +191,7 @@ def _record_reject(settings: Settings, exc: SourceError) -> None:
 
 
 def serve(settings: Settings) -> int:
-    _announce_pages(settings)
+    _announce_pages(settings, token_follows=False)
     db = open_database(settings)
     from pipeline.runtime import local_gateway
     from pipeline.runtime.cluster import connect_ray, disconnect

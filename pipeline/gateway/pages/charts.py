@@ -76,6 +76,7 @@ def heatmap(rows: Sequence[Row], scale: Scale, label: str, prefix: str = "hm", w
     block_w = label_w + columns * (size + gap) + 18
     per_line = max(1, min(width // block_w, len(rows)))
     lines = math.ceil(len(rows) / per_line) if rows else 1
+    per_line = max(1, math.ceil(len(rows) / lines))  # columns read down: as many as the rows fill
     height = top + lines * (size + gap) + 4
     parts: list[str] = [_defs(prefix)]
     for b in range(per_line):  # GPU indices above each column of strips

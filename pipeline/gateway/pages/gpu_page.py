@@ -39,7 +39,7 @@ def render(state: GatewayState, uuid: str, window_name: str, now: datetime | Non
     lo, hi = floor_to(start, bucket), floor_to(end, bucket) + bucket
     latest = state.reader.latest(row.gpu_key)
     _, points = state.reader.aggregate(row.gpu_key, lo, hi, bucket, "avg")
-    units = {r.metric: r.unit for r in latest}
+    units = {m.name: m.unit for m in state.reader.metrics(limit=1000)}
     by_metric: dict[str, list[tuple[datetime, float | None]]] = defaultdict(list)
     for p in points:
         by_metric[p.metric].append((p.ts + bucket / 2, p.value))
@@ -63,7 +63,7 @@ def render(state: GatewayState, uuid: str, window_name: str, now: datetime | Non
         _latest_table(latest),
         el("h2", None, f"Last {window_name}, mean per {_span_text(bucket)}"),
     ]
-    metrics = sorted(set(by_metric) | set(units), key=lambda m: (shown(m).order, m))
+    metrics = sorted(set(by_metric) | {r.metric for r in latest}, key=lambda m: (shown(m).order, m))
     if not metrics:
         body.append(el("p", {"class": "note"}, "No samples in this window."))
     charts: list[Node] = []

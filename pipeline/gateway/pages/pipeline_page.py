@@ -179,14 +179,11 @@ def _lag(partitions: list[dict[str, Any]], stored: list[views.Committed], broker
     out: list[Node] = [el("h2", {"id": "lag"}, "Lag per partition")]
     by_partition = {c.partition: c for c in stored}
     if brokers:
-        out.append(
-            bars(
-                [Bar(f"partition {p['partition']}", [float(p["lag_rows"])]) for p in partitions],
-                ["lag"],
-                "rows",
-                "Rows not yet stored, per partition",
-            )
-        )
+        if any(p["lag_rows"] for p in partitions):
+            chart = [Bar(f"partition {p['partition']}", [float(p["lag_rows"])]) for p in partitions]
+            out.append(bars(chart, ["lag"], "rows", "Rows not yet stored, per partition"))
+        else:
+            out.append(el("p", {"class": "note"}, "Every partition is stored up to its end."))
         rows: list[list[Node]] = []
         for p in partitions:
             c = by_partition.get(p["partition"])
