@@ -54,7 +54,7 @@ def build_app(
         responses={422: problems.PROBLEM_RESPONSES[422]},
     )
     problems.install(app)
-    missing_after = cfg.missing_intervals * cfg.scrape_interval_s + cfg.health_grace_s
+    missing_after = cfg.missing_after_s()
     registry, recorder = request_metrics(reader, cache, queue_stats, missing_after)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
     # tokens are checked, HEAD becomes GET, then the request metrics see what the routes saw.

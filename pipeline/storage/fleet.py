@@ -136,11 +136,18 @@ class FleetQueries:
         return [EventRow(*r) for r in rows]
 
     def usage(
-        self, group_by: GroupBy, lo: datetime, hi: datetime, limit: int, after: str | None = None
+        self,
+        group_by: GroupBy,
+        lo: datetime,
+        hi: datetime,
+        limit: int,
+        after: str | None = None,
+        most_used: bool = False,
     ) -> list[UsageRow]:
         """Usage per group over the whole minutes ``[lo, hi)``, ordered by group (none first), after a cursor.
 
         Whole hours inside the window come from ``usage_1h``, the minutes at either edge from ``usage_1m``.
+        ``most_used``: the ``limit`` groups with the most GPU time instead, most first (no cursor).
         """
         hour = _UNIT["1h"]
         h_lo = _floor(lo + hour - timedelta(microseconds=1), hour)
@@ -154,10 +161,11 @@ class FleetQueries:
             ]
         group = GROUPS[group_by]
         having = "" if after is None else "HAVING coalesce(" + group + ", '') > %(after)s"
+        order = f"sum(u.seconds) DESC, coalesce({group}, '')" if most_used else f"coalesce({group}, '')"
         rows = self._fetch(
             f"SELECT {group} AS grp, {_USAGE_SUMS} FROM ({' UNION ALL '.join(parts)}) u "
             "JOIN gpus g USING (gpu_key) LEFT JOIN workloads w ON w.workload_id = u.workload_id "
-            f"GROUP BY 1 {having} ORDER BY coalesce({group}, '') LIMIT %(limit)s",
+            f"GROUP BY 1 {having} ORDER BY {order} LIMIT %(limit)s",
             {"lo": lo, "hi": hi, "h_lo": h_lo, "h_hi": h_hi, "after": after, "limit": limit},
         )
         return [UsageRow(r[0], r[1], *(float(x or 0.0) for x in r[2:])) for r in rows]

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from pipeline.errors import InvalidParameter
 
-__all__ = ["FLEET_METRICS", "WINDOWS", "Shown", "bucket_for", "parse_window", "shown"]
+__all__ = ["FLEET_METRICS", "WINDOWS", "Shown", "bucket_for", "parse_window", "shown", "workload_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +64,11 @@ def parse_window(text: str | None, default: str = "1h") -> tuple[str, timedelta]
 def bucket_for(span: timedelta) -> timedelta:
     """The narrowest bucket that draws ``span`` in at most ``MAX_POINTS`` points."""
     return next((b for b in _BUCKETS if span / b <= MAX_POINTS), _BUCKETS[-1])
+
+
+def workload_name(namespace: str | None, pod: str | None, container: str | None, job: str | None) -> str:
+    """How the pages name a workload: ``namespace/pod/container``, and its HPC job in brackets."""
+    text = "/".join(p for p in (namespace, pod, container) if p)
+    if job:
+        return f"{text} (job {job})" if text else f"job {job}"
+    return text or "(unnamed workload)"

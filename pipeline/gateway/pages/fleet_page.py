@@ -3,8 +3,10 @@
 Every GPU is a cell while a page of the fleet holds at most ``GPU_CELLS`` of them (``HOSTS_PER_PAGE``
 hosts); a larger fleet is drawn one cell per host (its GPUs' mean, ``HOST_CELLS`` hosts per page)
 unless ``view=gpus`` asks for GPUs, paged. A host's cell leads to that host's GPUs, a GPU's to its
-page. Everything is read from the latest-value table (``pipeline.storage.pages``): a handful of
-queries whose cost grows with the number of GPUs, never with the samples.
+page. Everything is read from the latest-value table: the API's fleet health and fleet/latest queries
+(the counts, the silent GPUs, the hottest and most idle) and the heatmap's own
+(``pipeline.storage.pages``), a handful of queries whose cost grows with the number of GPUs, never
+with the samples. A GPU is "not reporting" by the API's rule (``GatewaySettings.missing_after_s``).
 """
 
 from __future__ import annotations
@@ -14,22 +16,23 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.errors import InvalidParameter
 from pipeline.gateway.deps import GatewayState
-from pipeline.gateway.pages.catalog import FLEET_METRICS, shown
+from pipeline.gateway.pages.catalog import FLEET_METRICS, shown, workload_name
 from pipeline.gateway.pages.charts import Cell, Row, grid, heatmap, legend
 from pipeline.gateway.pages.html import Markup, Node, el, gpu_path, href, join, number, time_tag, void
 from pipeline.gateway.pages.scales import Scale
+from pipeline.gateway.routes.fleet import HEALTH_WINDOW
 from pipeline.storage import pages as q
+from pipeline.storage.rows import FleetLatestRow, Health
 
-__all__ = ["ACTIVE_ABOVE", "GPU_CELLS", "HOSTS_PER_PAGE", "HOST_CELLS", "MISSING_AFTER", "render"]
+__all__ = ["ACTIVE_ABOVE", "GPU_CELLS", "HOSTS_PER_PAGE", "HOST_CELLS", "render"]
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
 GPU_CELLS = 2048  # at most this many GPUs in one page of the GPU heatmap
 HOSTS_PER_PAGE = 256  # hosts per page of the GPU heatmap (8 GPUs each: 2,048 cells)
 HOST_CELLS = 1024  # hosts per page of the per-host heatmap
 TOP_N = 10
-MISSING_AFTER = timedelta(seconds=60)  # no sample for this long: "not reporting"
-BLANK_WINDOW = timedelta(minutes=15)  # a blank code reported this recently marks the GPU
-ACTIVE_ABOVE = 5.0  # utilisation (%) above which a GPU counts as active
+BLANK_WINDOW = HEALTH_WINDOW  # a blank code reported this recently marks the GPU (the API's health window)
+ACTIVE_ABOVE = 5.0  # utilisation (%) above which a GPU counts as active (attribution.active_above_percent's default)
 
 
 def render(
@@ -50,10 +53,12 @@ def render(
     if number_ < 1:
         raise InvalidParameter("page must be 1 or more", param="page")
     now = now or datetime.now(UTC)
-    stale = now - MISSING_AFTER
+    missing_after = state.settings.missing_after_s()
+    stale = now - timedelta(seconds=missing_after)
     ids = state.reader.metric_ids([metric, UTIL, TEMP])
     metric_id = ids.get(metric, -1)
     counts = q.fleet_counts(state.reader, ids.get(UTIL, -1), stale, ACTIVE_ABOVE)
+    health = state.reader.health(missing_after, 20, now - BLANK_WINDOW)
     by_host = hostname is None and (view == "hosts" or (view in (None, "auto") and counts.gpus > GPU_CELLS))
     per_page = HOST_CELLS if by_host else HOSTS_PER_PAGE
     hosts, total_hosts = q.host_page(state.reader, (number_ - 1) * per_page, per_page, hostname)
@@ -64,7 +69,7 @@ def render(
     s = shown(metric)
     units = {m.name: m.unit for m in state.reader.metrics(limit=1000)}
     unit = units.get(metric)
-    body: list[Node] = [el("h1", None, "Fleet" if hostname is None else f"Host {hostname}"), _counts(counts, blanks)]
+    body: list[Node] = [el("h1", None, "Fleet" if hostname is None else f"Host {hostname}"), _counts(counts, health)]
     body.append(_form(metric, view, hostname))
     if by_host:
         cells = q.host_cells(state.reader, hosts, metric_id, stale)
@@ -80,18 +85,18 @@ def render(
         rows = _rows(cells_g, scale, blanks, s.label)
         body += [legend(scale, s.label), heatmap(rows, scale, f"{s.label} of each GPU, one row per host")]
     body.append(_pager(metric, view, hostname, number_, pages, total_hosts, per_page))
-    hottest = q.top(state.reader, ids.get(TEMP, -1), "desc", TOP_N, stale)
-    idle = q.top(state.reader, ids.get(UTIL, -1), "asc", TOP_N, stale)
+    hottest = state.reader.fleet_latest(ids.get(TEMP, -1), "desc", TOP_N)
+    idle = state.reader.fleet_latest(ids.get(UTIL, -1), "asc", TOP_N)
     body.append(
         el(
             "div",
             {"class": "cols"},
-            el("section", None, el("h2", {"id": "hottest"}, "Hottest now"), _top(hottest, units.get(TEMP))),
-            el("section", None, el("h2", {"id": "idle"}, "Most idle now"), _top(idle, "%")),
+            el("section", None, el("h2", {"id": "hottest"}, "Hottest now"), _top(hottest, units.get(TEMP), stale)),
+            el("section", None, el("h2", {"id": "idle"}, "Most idle now"), _top(idle, "%", stale)),
         )
     )
-    body += _missing(q.not_reporting(state.reader, stale, 20), counts.missing)
-    body += _blanks(blanks)
+    body += _missing(health, missing_after)
+    body += _blanks(health)
     return ("Fleet" if hostname is None else f"Host {hostname}"), join(body)
 
 
@@ -100,7 +105,7 @@ def _stat(name: str, value: int, anchor: str | None = None) -> Markup:
     return el("div", None, el("dt", None, name), el("dd", None, shown_value))
 
 
-def _counts(c: q.FleetCounts, blanks: dict[str, tuple[str, str, int]]) -> Markup:
+def _counts(c: q.FleetCounts, h: Health) -> Markup:
     return el(
         "dl",
         {"class": "counts"},
@@ -108,8 +113,10 @@ def _counts(c: q.FleetCounts, blanks: dict[str, tuple[str, str, int]]) -> Markup
         _stat("hosts", c.hosts),
         _stat(f"active (> {ACTIVE_ABOVE:g} %)", c.active),
         _stat("idle", c.idle),
-        _stat("not reporting", c.missing, "#missing"),
-        _stat("blank codes", len(blanks), "#blank"),
+        _stat("not reporting", h.missing_count, "#missing"),
+        _stat("silent hosts", h.silent_count, "#missing"),
+        _stat("blank codes", h.blank_gpus, "#blank"),
+        _stat(f"XID events ({BLANK_WINDOW.seconds // 3600 or 1} h)", h.xid_events),
     )
 
 
@@ -145,9 +152,11 @@ def _rows(cells: list[q.GpuCell], scale: Scale, blanks: dict[str, tuple[str, str
             host, current = c.hostname, []
         where = f"{c.hostname} GPU {'?' if c.gpu_index is None else c.gpu_index} ({c.uuid})"
         blank = blanks.get(c.uuid)
-        if c.missing:
-            since = "never" if c.newest is None else f"since {c.newest.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if c.missing and c.newest is not None:
+            since = f"since {c.newest.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
             cell = Cell(f"{where}: not reporting ({since})", None, gpu_path(c.uuid), "missing")
+        elif c.newest is None:
+            cell = Cell(f"{where}: no value yet", None, gpu_path(c.uuid))
         elif c.value is None and blank is not None:
             cell = Cell(f"{where}: DCGM blank code {blank[0]} for {blank[1]}", None, gpu_path(c.uuid), "blank")
         else:
@@ -183,65 +192,83 @@ def _pager(
     return el("p", {"class": "pager"}, links) if hostname is None else el("p", {"class": "pager"})
 
 
-def _top(rows: list[q.TopRow], unit: str | None) -> Markup:
+def _top(rows: list[FleetLatestRow], unit: str | None, stale: datetime) -> Markup:
     if not rows:
         return el("p", {"class": "note"}, "No GPU reports this metric now.")
     head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("GPU", "host", "value", "held by")])
     body = []
     for r in rows:
-        holder = "/".join(x for x in (r.namespace, r.pod) if x) or "—"
+        h = r.holder
+        holder = workload_name(h.namespace, h.pod, h.container, h.job) if h else ""
+        value: Node = number(r.value, 1, unit)
+        if r.ts < stale:
+            value = [value, el("span", {"class": "bad"}, " (not reporting)")]
         body.append(
             el(
                 "tr",
                 None,
                 el("td", None, el("a", {"href": gpu_path(r.uuid)}, r.uuid)),
                 el("td", None, r.hostname or "—"),
-                el("td", {"class": "n"}, number(r.value, 1, unit)),
-                el("td", None, holder),
+                el("td", {"class": "n"}, value),
+                el("td", None, holder or "—"),
             )
         )
     return el("table", None, el("thead", None, head), el("tbody", None, body))
 
 
-def _missing(rows: list[q.GpuCell], total: int) -> list[Node]:
-    out: list[Node] = [el("h2", {"id": "missing"}, f"Not reporting ({total:,})")]
-    if not rows:
-        out.append(el("p", {"class": "note"}, f"Every GPU sent a sample in the last {MISSING_AFTER.seconds} s."))
-        return out
-    body = [
-        el(
-            "tr",
-            None,
-            el("td", None, el("a", {"href": gpu_path(r.uuid)}, r.uuid)),
-            el("td", None, r.hostname or "—"),
-            el("td", None, "—" if r.gpu_index is None else str(r.gpu_index)),
-            el("td", None, time_tag(r.newest) if r.newest else "never"),
-        )
-        for r in rows
-    ]
-    head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("GPU", "host", "index", "newest sample")])
-    out.append(el("table", None, el("thead", None, head), el("tbody", None, body)))
-    if total > len(rows):
-        out.append(el("p", {"class": "note"}, f"The {len(rows)} silent longest of {total:,}."))
+def _missing(h: Health, missing_after: float) -> list[Node]:
+    out: list[Node] = [el("h2", {"id": "missing"}, f"Not reporting ({h.missing_count:,})")]
+    if not h.missing:
+        out.append(el("p", {"class": "note"}, f"Every GPU sent a sample in the last {missing_after:g} s."))
+    else:
+        body = [
+            el(
+                "tr",
+                None,
+                el("td", None, el("a", {"href": gpu_path(r.uuid)}, r.uuid)),
+                el("td", None, r.hostname or "—"),
+                el("td", None, time_tag(r.last_seen)),
+            )
+            for r in h.missing
+        ]
+        head = el("tr", None, [el("th", {"scope": "col"}, t) for t in ("GPU", "host", "newest sample")])
+        out.append(el("table", None, el("thead", None, head), el("tbody", None, body)))
+        if h.missing_count > len(h.missing):
+            out.append(
+                el("p", {"class": "note"}, f"The {len(h.missing)} silent most recently, of {h.missing_count:,}.")
+            )
+    if h.silent:
+        hosts = [
+            el(
+                "tr",
+                None,
+                el("td", None, el("a", {"href": href("/", hostname=s.hostname)}, s.hostname)),
+                el("td", {"class": "n"}, str(s.gpus)),
+                el("td", None, time_tag(s.last_seen)),
+            )
+            for s in h.silent
+        ]
+        head = el("tr", None, [el("th", {"scope": "col"}, t) for t in ("silent host", "GPUs", "newest sample")])
+        out.append(el("table", {"id": "silent"}, el("thead", None, head), el("tbody", None, hosts)))
     return out
 
 
-def _blanks(blanks: dict[str, tuple[str, str, int]]) -> list[Node]:
+def _blanks(h: Health) -> list[Node]:
     out: list[Node] = [el("h2", {"id": "blank"}, f"DCGM blank codes, last {BLANK_WINDOW.seconds // 60} min")]
-    if not blanks:
+    if not h.blanks:
         out.append(el("p", {"class": "note"}, "No GPU reported a blank code."))
         return out
-    rows = sorted(blanks.items(), key=lambda kv: (-kv[1][2], kv[0]))[:20]
     body = [
         el(
             "tr",
             None,
-            el("td", None, el("a", {"href": gpu_path(u)}, u)),
-            el("td", None, code),
-            el("td", None, el("code", None, metric)),
-            el("td", {"class": "n"}, f"{n:,}"),
+            el("td", None, el("a", {"href": gpu_path(b.uuid)}, b.uuid) if b.uuid else "—"),
+            el("td", None, b.code),
+            el("td", None, el("code", None, b.metric or "")),
+            el("td", {"class": "n"}, f"{b.samples:,}"),
+            el("td", None, time_tag(b.last_seen)),
         )
-        for u, (code, metric, n) in rows
+        for b in h.blanks
     ]
-    head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("GPU", "code", "metric", "samples")])
+    head = el("tr", None, [el("th", {"scope": "col"}, t) for t in ("GPU", "code", "metric", "samples", "newest")])
     return [*out, el("table", None, el("thead", None, head), el("tbody", None, body))]

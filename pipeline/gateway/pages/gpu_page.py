@@ -12,15 +12,16 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.errors import ResourceNotFound
 from pipeline.gateway.deps import GatewayState
-from pipeline.gateway.pages.catalog import WINDOWS, bucket_for, shown
+from pipeline.gateway.pages.catalog import WINDOWS, bucket_for, shown, workload_name
 from pipeline.gateway.pages.charts import Lane, Series, line_chart, timeline
 from pipeline.gateway.pages.html import Markup, Node, el, gpu_path, href, join, number, time_tag
 from pipeline.gateway.params import API, floor_to
 from pipeline.gateway.params import shown as cut
-from pipeline.storage import pages as q
-from pipeline.storage.reader import LatestRow
+from pipeline.storage.rows import AllocationRow, EventRow, GpuRow, LatestRow
 
 __all__ = ["render"]
+
+LIST_LIMIT = 200  # allocations and events shown per window (the oldest allocations, the newest events first)
 
 
 def _iso(t: datetime) -> str:
@@ -52,7 +53,9 @@ def render(state: GatewayState, uuid: str, window_name: str, now: datetime | Non
         _fact("model", row.model or "—"),
         _fact("device", row.device or "—"),
         _fact("newest sample", time_tag(newest)),
-        _fact("first seen", time_tag(row.first_seen)),
+        _fact("status", _status(newest, end, state.settings.missing_after_s())),
+        _fact("held by", _held(row)),
+        *_extra_facts(row),
     )
     body: list[Node] = [
         el("p", None, el("a", {"href": "/"}, "← Fleet")),
@@ -84,8 +87,8 @@ def render(state: GatewayState, uuid: str, window_name: str, now: datetime | Non
             el("figure", None, el("figcaption", None, s.label, " ", el("span", {"class": "note"}, unit or "")), chart)
         )
     body.append(el("div", {"class": "cols charts"}, charts))
-    body += _allocations(q.allocations(state.reader, row.gpu_key, start, end), start, end, window_name)
-    body += _events(q.events(state.reader, row.gpu_key, start, end), window_name)
+    body += _allocations(state.reader.allocations(row.gpu_key, start, end, LIST_LIMIT), start, end, window_name)
+    body += _events(list(reversed(state.reader.events(row.gpu_key, start, end, LIST_LIMIT))), window_name)
     body += _downloads(uuid, start, end)
     return f"GPU {cut(uuid, 48)}", join(body)
 
@@ -152,31 +155,27 @@ def _downloads(uuid: str, start: datetime, end: datetime) -> list[Node]:
     ]
 
 
-def _holder(a: q.Allocation) -> str:
-    parts = [p for p in (a.namespace, a.pod, a.container) if p]
-    text = "/".join(parts)
-    if a.job:
-        text = f"{text} (job {a.job})" if text else f"job {a.job}"
-    return text or "(unnamed workload)"
+def _holder(a: AllocationRow) -> str:
+    return workload_name(a.namespace, a.pod, a.container, a.job)
 
 
-def _allocations(rows: list[q.Allocation], start: datetime, end: datetime, window: str) -> list[Node]:
+def _allocations(rows: list[AllocationRow], start: datetime, end: datetime, window: str) -> list[Node]:
     out: list[Node] = [el("h2", {"id": "allocations"}, f"Who held it, last {window}")]
     if not rows:
         out.append(el("p", {"class": "note"}, "No workload held this GPU in this window."))
         return out
     lanes: dict[str, Lane] = {}
     for a in rows:
-        lanes.setdefault(_holder(a), Lane(_holder(a))).spans.append((a.started, a.ended))
+        lanes.setdefault(_holder(a), Lane(_holder(a))).spans.append((a.start, a.end))
     out.append(timeline(list(lanes.values())[:20], start, end, f"Allocations of this GPU, last {window}"))
     body = [
         el(
             "tr",
             None,
             el("td", None, _holder(a)),
-            el("td", None, time_tag(a.started)),
-            el("td", None, time_tag(a.ended) if a.ended else "still holds it"),
-            el("td", {"class": "n"}, number(((a.ended or end) - a.started).total_seconds() / 60, 1, "min")),
+            el("td", None, time_tag(a.start)),
+            el("td", None, time_tag(a.end) if a.end else "still holds it"),
+            el("td", {"class": "n"}, number(((a.end or end) - a.start).total_seconds() / 60, 1, "min")),
         )
         for a in reversed(rows)
     ]
@@ -185,7 +184,7 @@ def _allocations(rows: list[q.Allocation], start: datetime, end: datetime, windo
     return out
 
 
-def _events(rows: list[q.Event], window: str) -> list[Node]:
+def _events(rows: list[EventRow], window: str) -> list[Node]:
     out: list[Node] = [el("h2", {"id": "events"}, f"Events, last {window}")]
     if not rows:
         out.append(el("p", {"class": "note"}, "No XID errors or other events in this window."))
@@ -204,3 +203,26 @@ def _events(rows: list[q.Event], window: str) -> list[Node]:
     head = el("tr", None, [el("th", {"scope": "col"}, h) for h in ("when", "kind", "code", "meaning")])
     out.append(el("table", None, el("thead", None, head), el("tbody", None, body)))
     return out
+
+
+def _status(newest: datetime | None, now: datetime, missing_after: float) -> Node:
+    if newest is None:
+        return "no value yet"
+    if (now - newest).total_seconds() > missing_after:
+        return el("span", {"class": "bad"}, "not reporting")
+    return "reporting"
+
+
+def _held(row: GpuRow) -> str:
+    h = row.holder
+    return "nobody" if h is None else workload_name(h.namespace, h.pod, h.container, h.job)
+
+
+def _extra_facts(row: GpuRow) -> list[Markup]:
+    facts = [_fact("driver", row.driver_version)] if row.driver_version else []
+    if row.parent_uuid:
+        profile = f" ({row.mig_profile})" if row.mig_profile else ""
+        parent = el("a", {"href": gpu_path(row.parent_uuid)}, row.parent_uuid)
+        facts.append(_fact("MIG instance", [f"{row.mig_instance}{profile} of ", parent]))
+    facts.append(_fact("first seen", time_tag(row.first_seen)))
+    return facts

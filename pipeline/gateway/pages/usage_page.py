@@ -1,21 +1,22 @@
 """``/usage``: GPU-hours active and idle, memory held idle and energy per namespace, pod, job, host or model.
 
-Read from the usage rollups the collectors maintain (``usage_1m``, ``usage_1h``), the same the API's
-usage endpoint reads: one grouped query over at most a window's minutes (hours for a day or more),
-never the samples. Windows end now and are widened to whole minutes (whole hours from 6 hours up).
+The API's usage query (``Reader.usage``), ordered by GPU time: whole hours inside the window from
+``usage_1h``, the minutes at its edges from ``usage_1m``, never the samples. Windows end now and are
+widened to whole minutes, like the API's.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import cast
 
 from pipeline.errors import InvalidParameter
 from pipeline.gateway.deps import GatewayState
 from pipeline.gateway.pages.catalog import WINDOWS
 from pipeline.gateway.pages.charts import Bar, bars
 from pipeline.gateway.pages.html import Markup, Node, el, join, number, time_tag
-from pipeline.gateway.params import floor_to
-from pipeline.storage import pages as q
+from pipeline.storage.fleet import GroupBy, usage_window
+from pipeline.storage.rows import UsageRow
 
 __all__ = ["GROUPS", "render"]
 
@@ -34,11 +35,9 @@ def render(
     name = window_name or "24h"
     if name not in _WINDOWS:
         raise InvalidParameter(f"window `{name[:16]}` is not one of {', '.join(_WINDOWS)}", param="window")
-    span = WINDOWS[name]
     end = now or datetime.now(UTC)
-    step = timedelta(hours=1) if span >= timedelta(hours=6) else timedelta(minutes=1)
-    lo, hi = floor_to(end - span, step), floor_to(end, step) + step
-    source, rows = q.usage(state.reader, group, lo, hi, LIMIT)
+    lo, hi = usage_window(end - WINDOWS[name], end)
+    rows = state.reader.usage(cast(GroupBy, group), lo, hi, LIMIT, most_used=True)
     body: list[Node] = [
         el("h1", None, "Usage"),
         _form(group, name),
@@ -49,8 +48,9 @@ def render(
             time_tag(lo),
             " to ",
             time_tag(hi),
-            f" ({source}). Each utilisation sample holds until the GPU's next one; a GPU is active above the "
-            "collectors' threshold (5 % by default) and holds memory idle when it is not active with memory in use.",
+            ". Each utilisation sample holds until the GPU's next one; a GPU is active above the collectors' "
+            "threshold (5 % by default) and holds memory idle when it is not active with memory in use; the "
+            "rollups trail ingest by the compaction period (30 s by default).",
         ),
     ]
     if not rows:
@@ -75,7 +75,7 @@ def render(
     return "Usage", join(body)
 
 
-def _label(r: q.UsageRow, group: str) -> str:
+def _label(r: UsageRow, group: str) -> str:
     if r.group is not None:
         return r.group
     return "(no host)" if group == "hostname" else "(no model)" if group == "model" else f"(no {group})"
@@ -93,8 +93,18 @@ def _form(group: str, window: str) -> Markup:
     )
 
 
-def _table(rows: list[q.UsageRow], labels: list[str], group: str) -> Markup:
-    head = [group, "GPUs", "GPU-h", "active GPU-h", "idle GPU-h", "memory held idle GPU-h", "mean util", "kWh"]
+def _table(rows: list[UsageRow], labels: list[str], group: str) -> Markup:
+    head = [
+        group,
+        "GPUs",
+        "GPU-h",
+        "allocated GPU-h",
+        "active GPU-h",
+        "idle GPU-h",
+        "memory held idle GPU-h",
+        "mean util",
+        "kWh",
+    ]
     th = el("tr", None, [el("th", {"scope": "col", "class": None if i == 0 else "n"}, h) for i, h in enumerate(head)])
     body = []
     for r, label in zip(rows, labels, strict=True):
@@ -102,6 +112,7 @@ def _table(rows: list[q.UsageRow], labels: list[str], group: str) -> Markup:
         values = [
             str(r.gpus),
             number(r.seconds / 3600, 2),
+            number(r.allocated_s / 3600, 2),
             number(r.active_s / 3600, 2),
             number((r.seconds - r.active_s) / 3600, 2),
             number(r.mem_idle_s / 3600, 2),
