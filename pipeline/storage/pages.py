@@ -180,4 +180,3 @@ def blank_codes(reader: Reader, since: datetime, at_most: int = 100_000) -> dict
         {"since": since, "at_most": at_most},
     )
     return {u: (code, metric or "", int(n)) for u, code, metric, n in rows}
-

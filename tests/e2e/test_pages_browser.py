@@ -3,7 +3,8 @@
 The browser signs in through the token prompt, reads the fleet, clicks a GPU and comes back, walks
 the heatmap with the keyboard, watches the pipeline page refresh itself, and checks that nothing
 broke the Content-Security-Policy. Screenshots go to ``test-artefacts/pages/`` (and, with
-``PIPELINE_UPDATE_SCREENSHOT=1``, the fleet's to ``docs/fleet-page.png`` for the README). A gateway
+``PIPELINE_UPDATE_SCREENSHOT=1``, the fleet's to ``docs/fleet-page.png`` for the README, made with
+``PIPELINE_PAGES_HOSTS=32``: the fleet ``make run`` streams). A gateway
 with authentication off (the same app on uvicorn, over the same database) shows the pages at once.
 """
 
@@ -32,7 +33,7 @@ from tests.e2e.test_cli import ROOT, free_port
 pytestmark = pytest.mark.e2e
 ARTEFACTS = ROOT / "test-artefacts" / "pages"
 DOCS_SHOT = ROOT / "docs" / "fleet-page.png"
-HOSTS = 4
+HOSTS = int(os.environ.get("PIPELINE_PAGES_HOSTS", "4"))  # 32 for the README's screenshot (make run's fleet)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ _KNOWN: dict[str, Shown] = {
     "DCGM_FI_DEV_MEM_CLOCK": Shown("Memory clock", None, 7),
     "DCGM_FI_DEV_ENC_UTIL": Shown("Encoder utilisation", (0.0, 100.0), 8),
     "DCGM_FI_DEV_DEC_UTIL": Shown("Decoder utilisation", (0.0, 100.0), 9),
+    "DCGM_FI_DEV_XID_ERRORS": Shown("Last XID error code", None, 10),
 }
 # The metrics the fleet heatmap offers to colour by, in the order of its menu.
 FLEET_METRICS = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED")

@@ -69,8 +69,19 @@ def _cell(prefix: str, cell: Cell, x: float, y: float, size: float, scale: Scale
     return f'<a href="{escape(cell.link)}" aria-label="{escape(cell.title)}">{body}</a>'
 
 
-def heatmap(rows: Sequence[Row], scale: Scale, label: str, prefix: str = "hm", width: int = 1120) -> Markup:
-    """Hosts as labelled strips of GPU cells, in as many columns as ``width`` holds, read down each column."""
+def heatmap(
+    rows: Sequence[Row],
+    scale: Scale,
+    label: str,
+    prefix: str = "hm",
+    width: int = 1120,
+    columns_named: bool = True,
+) -> Markup:
+    """Hosts as labelled strips of GPU cells, in as many columns as ``width`` holds, read down each column.
+
+    ``columns_named``: number the cell columns (0, 1, ...) above the strips, when a cell's position is
+    its GPU index.
+    """
     size, gap, label_w, top = 14, 3, 150, 14
     columns = max((len(r.cells) for r in rows), default=1)
     block_w = label_w + columns * (size + gap) + 18
@@ -79,7 +90,7 @@ def heatmap(rows: Sequence[Row], scale: Scale, label: str, prefix: str = "hm", w
     per_line = max(1, math.ceil(len(rows) / lines))  # columns read down: as many as the rows fill
     height = top + lines * (size + gap) + 4
     parts: list[str] = [_defs(prefix)]
-    for b in range(per_line):  # GPU indices above each column of strips
+    for b in range(per_line if columns_named else 0):  # GPU indices above each column of strips
         for i in range(columns):
             x = b * block_w + label_w + i * (size + gap) + size / 2
             parts.append(el("text", {"x": f"{x:.1f}", "y": 10, "class": "tick", "text-anchor": "middle"}, str(i)))

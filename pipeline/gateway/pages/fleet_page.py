@@ -83,7 +83,9 @@ def render(
         cells_g = q.gpu_cells(state.reader, hosts, metric_id, stale)
         scale = Scale.around([c.value for c in cells_g if c.value is not None and not c.missing], unit, s.fixed)
         rows = _rows(cells_g, scale, blanks, s.label)
-        body += [legend(scale, s.label), heatmap(rows, scale, f"{s.label} of each GPU, one row per host")]
+        named = _positions_are_indices(cells_g)
+        label = f"{s.label} of each GPU, one row per host"
+        body += [legend(scale, s.label), heatmap(rows, scale, label, columns_named=named)]
     body.append(_pager(metric, view, hostname, number_, pages, total_hosts, per_page))
     hottest = state.reader.fleet_latest(ids.get(TEMP, -1), "desc", TOP_N)
     idle = state.reader.fleet_latest(ids.get(UTIL, -1), "asc", TOP_N)
@@ -166,6 +168,17 @@ def _rows(cells: list[q.GpuCell], scale: Scale, blanks: dict[str, tuple[str, str
     if host is not None:
         rows.append(Row(host, current, href("/", hostname=host)))
     return rows
+
+
+def _positions_are_indices(cells: list[q.GpuCell]) -> bool:
+    """Whether each host's n-th cell is its GPU n (no MIG devices or gaps): the columns can be numbered."""
+    position: dict[str, int] = {}
+    for c in cells:
+        i = position.get(c.hostname, 0)
+        if c.gpu_index != i:
+            return False
+        position[c.hostname] = i + 1
+    return True
 
 
 def _host_cell(c: q.HostCell, scale: Scale, metric: str, label: str) -> Cell:
