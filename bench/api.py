@@ -26,8 +26,14 @@ authentication on and no cache: ``GET /api/v1/gpus?limit=1000`` (the first page)
 last whole hour, 24 whole hours, the last 60 minutes by the hour and by the minute (edges from
 ``usage_1m``), and by the day: p50 and p99 of each. ``--fleet-only`` runs that part alone.
 
+Then the HTML pages at fleet scale (``--gpus``, default 25,000: 3,125 hosts of 8) in a second database,
+``bench_pages``: the latest-value table filled as the collectors keep it, a workload per GPU and usage
+rollups for the last day (hours) and hour (minutes). Through the same Serve deployment, signed in once
+with the pages' cookie, it times the fleet page (one cell per host, and one page of 2,048 GPU cells),
+a GPU's page, the usage page (a day from usage_1h, an hour from usage_1m) and the pipeline page.
+
 Run by hand: ``python bench/api.py [--rows N] [--iterations N]``; ``--quick`` (1 M rows, 100
-requests, 5 walks, 3 s of load) for a check in a minute or two.
+requests, 5 walks, 3 s of load) for a check in a minute or two; ``--pages-only`` for the pages alone.
 """
 
 from __future__ import annotations
@@ -261,6 +267,78 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PAGES_DB = "bench_pages"
+PAGE_PATHS = (
+    ("fleet, by host", "/"),
+    ("fleet, GPU cells", "/?view=gpus&page=7"),
+    ("fleet, one host", "/?hostname=host-01234"),
+    ("GPU", "/gpus/GPU-h01234-g5"),
+    ("usage, 24 h", "/usage"),
+    ("usage, 1 h", "/usage?group_by=pod&window=1h"),
+    ("pipeline", "/pipeline"),
+)
+
+
+def build_pages(admin: str, gpus: int) -> str:
+    """bench_pages: ``gpus`` GPUs with newest values, one workload each, usage for the last day and hour."""
+    from tests.pages_data import load_fleet
+
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {PAGES_DB} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {PAGES_DB}")
+    url = with_db(admin, PAGES_DB)
+    migrate(url)
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    load_fleet(url, max(1, gpus // 8), now)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    minute = now.replace(second=0, microsecond=0)
+    with psycopg.connect(url) as c:
+        c.execute(
+            "INSERT INTO workloads (namespace, pod) SELECT format('team-%s', n % 40), format('job-%s', n) "
+            "FROM generate_series(0, 999) n"
+        )
+        c.execute(
+            "INSERT INTO allocations (gpu_key, workload_id, started) SELECT g.gpu_key, 1 + g.gpu_key %% 1000, "
+            "%s FROM gpus g",
+            (now - timedelta(hours=30),),
+        )
+        cell = "60 * {s}, 40 * {s}, 5 * {s}, 45 * 60 * {s}, 250 * 60 * {s}"
+        c.execute(
+            "INSERT INTO usage_1h SELECT %s - make_interval(hours => h), g.gpu_key, 1 + g.gpu_key %% 1000, "
+            + cell.format(s=60)
+            + " FROM gpus g, generate_series(1, 24) h",
+            (hour,),
+        )
+        c.execute(
+            "INSERT INTO usage_1m SELECT %s - make_interval(mins => m), g.gpu_key, 1 + g.gpu_key %% 1000, "
+            + cell.format(s=1)
+            + " FROM gpus g, generate_series(1, 60) m",
+            (minute,),
+        )
+        c.execute("ANALYZE")
+    print(
+        f"   {PAGES_DB}: {gpus:,} GPUs, 24 h of hourly and 1 h of minute usage in {time.perf_counter() - started:.1f} s"
+    )
+    return url
+
+
+def time_pages(http: httpx.Client, requests: int) -> dict[str, list[float]]:
+    """Each page ``requests`` times (after one warm-up), in ms; every answer must be a 200 HTML page."""
+    out: dict[str, list[float]] = {}
+    for name, path in PAGE_PATHS:
+        r = http.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), (path, r.status_code)
+        times = []
+        for _ in range(requests):
+            t = time.perf_counter()
+            r = http.get(path)
+            times.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200, (path, r.status_code)
+        out[name] = times
+    return out
+
+
 # Ray Serve 2.60's direct ingress: each ingress replica serves HTTP itself on a port of its own (from
 # 30000 up) besides the proxy; read by the controller and the replicas when they start.
 DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
@@ -305,6 +383,11 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
     serve.start(http_options=http_options("127.0.0.1", port))
     tokens = f"read:{TOKEN},metrics:{TOKEN}"
     settings = Settings(gateway=GatewaySettings(api_tokens=tokens, redis_url=args.redis_url))
+    if args.pages_only:
+        html = pages_on_serve(settings, args, port)
+        serve.shutdown()
+        ray.shutdown()
+        return (html,)
     serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="gateway", route_prefix="/")
     serve.run(trivial_app(), name="trivial", route_prefix="/trivial")
     base = bare_base = f"http://127.0.0.1:{port}"
@@ -318,9 +401,47 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
         http.get("/api/v1/gpus")
         cached = http.get("/api/v1/gpus").headers.get("x-cache")
     rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
+    serve.delete("gateway")
+    html = pages_on_serve(settings, args, port) if ingress == "proxy" else None
     serve.shutdown()
     ray.shutdown()
-    return pages, floor, bare, cached, rps, failed
+    return pages, floor, bare, cached, rps, failed, html
+
+
+def pages_on_serve(settings: Settings, args: argparse.Namespace, port: int) -> dict[str, list[float]]:
+    """The HTML pages over bench_pages on the running Serve, signed in once with the pages' cookie."""
+    from ray import serve
+
+    from pipeline.gateway.serve import gateway_app
+
+    url = build_pages(args.database_url, args.gpus)
+    serve.run(gateway_app(settings, url, min_replicas=1, max_replicas=1), name="pages", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the pages' gateway is not ready"
+            time.sleep(0.5)
+        assert http.get("/").status_code == 401  # the token prompt
+        assert http.post("/login", headers=AUTH).status_code == 204  # the cookie from here on
+        times = time_pages(http, args.page_requests)
+    serve.delete("pages")
+    if not args.keep:
+        with psycopg.connect(args.database_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {PAGES_DB} WITH (FORCE)")
+    return times
+
+
+def print_pages(times: dict[str, list[float]], gpus: int, requests: int) -> None:
+    print(f"\n== HTML pages through Serve, {gpus:,} GPUs, {requests} requests each (cookie auth)")
+    print(f"{'page':18} {'p50':>8} {'p99':>8} {'max':>8}   (ms)")
+    for name, t in times.items():
+        print(f"{name:18} {pct(t, 50):8.1f} {pct(t, 99):8.1f} {max(t):8.1f}")
+    fleet = times["fleet, by host"]
+    cells = times["fleet, GPU cells"]
+    print(
+        f"RESULT fleet_page_{gpus}_gpus_p50_ms={pct(fleet, 50):.1f} fleet_page_{gpus}_gpus_p99_ms={pct(fleet, 99):.1f} "
+        f"fleet_gpu_cells_p99_ms={pct(cells, 99):.1f}   (goal: fleet page p99 <= 1000 ms)"
+    )
 
 
 # --- the fleet views (issue 16) -------------------------------------------------------------------
@@ -561,12 +682,20 @@ def main() -> int:
         default="both",
         help="through Serve's HTTP proxy (the deployed default), Serve's direct ingress (replicas serve HTTP), or both",
     )
+    parser.add_argument("--gpus", type=int, default=25_000, help="fleet size of the pages' database")
+    parser.add_argument("--page-requests", type=int, default=50, help="requests per HTML page")
+    parser.add_argument("--pages-only", action="store_true", help="only the HTML pages (no telemetry database)")
     args = parser.parse_args()
     if args.fleet_only:
         print_fleet(fleet_phase(args), args.fleet_gpus, args.fleet_iterations)
         return 0
     if args.quick:
         args.rows, args.iterations, args.walks, args.load_seconds = 1_000_000, 100, 5, 3.0
+        args.page_requests = 20
+    if args.pages_only:
+        (html,) = serve_in_child("", [], [], args, "proxy")
+        print_pages(html, args.gpus, args.page_requests)
+        return 0
 
     print(f"== building {DB} ({args.rows:,} rows)" if not args.reuse else f"== reusing {DB}")
     if args.reuse:
@@ -608,7 +737,7 @@ def main() -> int:
     for name, (f, w) in results.items():
         print(f"{name:14} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
     df, dw = results["sql"]
-    for ingress, ((sf, sw), floor, bare, cached, rps, failed) in served.items():
+    for ingress, ((sf, sw), floor, bare, cached, rps, failed, _) in served.items():
         print(f"-- Serve, {ingress} ingress")
         print(f"   serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
         print(f"   bare FastAPI GET on Serve (same run):   p50 {pct(bare, 50):.1f} ms, p99 {pct(bare, 99):.1f} ms")
@@ -626,6 +755,8 @@ def main() -> int:
             f"health_p99_ms={pct(floor, 99):.1f} gpu_list_cached_rps_{CLIENTS}_clients={rps:.0f}   "
             "(goals: first page p99 <= 15 ms, >= 1000 req/s)"
         )
+    if "proxy" in served:
+        print_pages(served["proxy"][6], args.gpus, args.page_requests)
     if not args.keep:
         with psycopg.connect(args.database_url, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")

@@ -238,6 +238,10 @@ class GatewaySettings(BaseModel):
         _decode_tokens(value.get_secret_value())
         return value
 
+    def missing_after_s(self, intervals: int | None = None) -> float:
+        """Seconds without a sample after which a GPU counts as missing (``intervals`` scrape intervals + grace)."""
+        return (intervals or self.missing_intervals) * self.scrape_interval_s + self.health_grace_s
+
     def tokens(self) -> dict[str, tuple[bytes, ...]]:
         """The API tokens by scope (``read``, ``metrics``); empty when none are configured."""
         return _decode_tokens(self.api_tokens.get_secret_value()) if self.api_tokens is not None else {}

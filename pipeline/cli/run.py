@@ -54,6 +54,8 @@ class _Stop:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Deploy the pipeline, follow its progress, and on Ctrl-C or at its bound drain, stop and summarise."""
     local = not settings.ray.address
+    if local and not args.no_serve:
+        _announce_pages(settings, token_follows=settings.gateway.auth == "on" and settings.gateway.api_tokens is None)
     if local:
         _check_source(settings)  # locally the driver sees the same files as the streamers: fail fast
     db = open_database(settings)
@@ -86,6 +88,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         disconnect(before=local_gateway.remove if serving else None)
     report(summary.as_dict(), db.describe(), args.json, elapsed=time.monotonic() - started)
     return 0
+
+
+def _announce_pages(settings: Settings, token_follows: bool) -> None:
+    """The first line a person reads: where to look (the gateway's pages), before anything starts."""
+    g = settings.gateway
+    signin = "; sign in with the api token printed below" if token_follows else ""
+    print(
+        f"pages: http://{g.host}:{g.port}/ (fleet, GPUs, usage, pipeline, once the gateway is up{signin})",
+        file=sys.stderr,
+    )
 
 
 def _serve_locally(settings: Settings, conninfo: str) -> None:
@@ -178,6 +190,7 @@ def _record_reject(settings: Settings, exc: SourceError) -> None:
 
 
 def serve(settings: Settings) -> int:
+    _announce_pages(settings, token_follows=False)
     db = open_database(settings)
     from pipeline.runtime import local_gateway
     from pipeline.runtime.cluster import connect_ray, disconnect

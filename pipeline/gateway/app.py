@@ -1,9 +1,9 @@
-"""The REST gateway as a plain FastAPI app: ``build_app(reader, settings, cache=..., queue_stats=...)``.
+"""The REST gateway as a plain FastAPI app: ``build_app(reader, settings, cache=..., pipeline=...)``.
 
 Ray Serve hosts it (``pipeline.gateway.serve``); tests drive it with ``TestClient``. The routes live in
 ``routes`` (one module per resource), what they need in ``deps``, the request metrics in ``observe``
-and the problem handlers in ``problems``. Every list is bounded by ``limit`` (above the maximum: 400,
-never clamped) and paged with an opaque keyset cursor.
+and the problem handlers in ``problems``; the HTML pages for people in ``pages``. Every list is
+bounded by ``limit`` (above the maximum: 400, never clamped) and paged with an opaque keyset cursor.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pipeline.gateway.export import ExportSlots
 from pipeline.gateway.http import BoundedRequests, HeadAsGet
 from pipeline.gateway.models import ProblemModel
 from pipeline.gateway.observe import Observe, QueueStats, request_metrics
+from pipeline.gateway.pages import PAGE_ACCESS, PipelineView, page_router
 from pipeline.gateway.params import API
 from pipeline.gateway.routes import ROUTERS
 from pipeline.storage.reader import Reader
@@ -39,9 +40,11 @@ def build_app(
     settings: GatewaySettings | None = None,
     cache: Cache | None = None,
     queue_stats: QueueStats | None = None,
+    pipeline: PipelineView | None = None,
 ) -> FastAPI:
     """The gateway over a ``Reader``; ``cache`` (optional, shared by replicas: Redis) caches lists and recent
-    windows behind this app's own in-memory copy, ``queue_stats`` (optional) feeds the queue lag gauges."""
+    windows behind this app's own in-memory copy, ``queue_stats`` (optional) feeds the queue lag gauges,
+    ``pipeline`` (optional) shows the queue and actors on /pipeline."""
     cfg = settings or GatewaySettings()  # type: ignore[call-arg]
     app = FastAPI(
         title="GPU Telemetry API",
@@ -52,7 +55,7 @@ def build_app(
         responses={422: problems.PROBLEM_RESPONSES[422]},
     )
     problems.install(app)
-    missing_after = cfg.missing_intervals * cfg.scrape_interval_s + cfg.health_grace_s
+    missing_after = cfg.missing_after_s()
     responses = ResponseCache(cache) if cache is not None else None
     registry, recorder = request_metrics(reader, responses, queue_stats, missing_after)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
@@ -60,7 +63,7 @@ def build_app(
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
     app.add_middleware(HeadAsGet)
     if auth.enabled(cfg):
-        app.add_middleware(BearerAuth, tokens=cfg.tokens())  # type: ignore[arg-type]
+        app.add_middleware(BearerAuth, tokens=cfg.tokens(), pages=PAGE_ACCESS)  # type: ignore[arg-type]
     elif cfg.auth == "on":
         log.warning("no API tokens configured: the gateway serves its API without authentication")
     app.add_middleware(BoundedRequests, max_url_bytes=cfg.max_url_bytes)  # type: ignore[arg-type]
@@ -83,6 +86,7 @@ def build_app(
     install_state(app, state)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(page_router(pipeline))
     app.openapi_schema = None
     _complete_openapi(app, bearer=cfg.auth == "on")
     return app

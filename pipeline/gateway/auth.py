@@ -7,16 +7,26 @@ with every configured token of its scope in constant time (``hmac.compare_digest
 unknown token is a 401 with ``WWW-Authenticate: Bearer``; a valid token of the wrong scope a 403;
 both are problem+json.
 
+Pages (``pipeline.gateway.pages``) also take the token from a cookie: the token prompt sends it once
+in an ``Authorization`` header to ``POST /login``, which stores it in an HttpOnly, SameSite=Strict
+cookie (``COOKIE``); the cookie counts on page paths only (``PageAccess.is_page``), never on
+``/api/v1`` or ``/metrics``. A page request without a valid token gets the prompt (``PageAccess.prompt``)
+instead of a problem, and a cookie that no longer matches a token is cleared.
+
 ``gateway.auth: off`` turns authentication off explicitly. On a cluster, a gateway with authentication
 on and no tokens refuses to start (``require_tokens``); on a laptop ``local_token`` makes one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import SecretStr
@@ -25,7 +35,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipeline.config import GatewaySettings, Settings
 from pipeline.errors import ConfigError
 
-__all__ = ["OPEN_PATHS", "SCOPES", "BearerAuth", "LocalToken", "local_token", "require_tokens"]
+__all__ = [
+    "COOKIE",
+    "OPEN_PATHS",
+    "SCOPES",
+    "BearerAuth",
+    "LocalToken",
+    "PageAccess",
+    "cookie_value",
+    "local_token",
+    "require_tokens",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +53,7 @@ ScopeName = Literal["read", "metrics"]
 SCOPES: tuple[ScopeName, ...] = ("read", "metrics")
 OPEN_PATHS = frozenset({"/health", "/ready"})
 _PROBLEM = b"application/problem+json"
+COOKIE = "gpu_telemetry_token"
 
 
 def enabled(settings: GatewaySettings) -> bool:
@@ -79,24 +100,50 @@ def local_token(settings: Settings) -> LocalToken | None:
     return LocalToken(settings.model_copy(update={"gateway": gateway}), token)
 
 
+@dataclass(frozen=True, slots=True)
+class PageAccess:
+    """Where the token cookie counts, and the ASGI app that answers a page request without a valid token.
+
+    ``prompt`` is called with ``scope["state"]["auth"]`` set to ``"missing"`` or ``"invalid"``.
+    """
+
+    is_page: Callable[[str], bool]
+    prompt: ASGIApp
+
+
+def cookie_value(token: str) -> str:
+    """The cookie's value for ``token`` (base64url: a token may hold characters a cookie cannot)."""
+    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
 class BearerAuth:
     """ASGI middleware: the token a path needs (see the module docstring), or a 401/403 problem."""
 
-    def __init__(self, app: ASGIApp, tokens: dict[str, tuple[bytes, ...]]) -> None:
+    def __init__(self, app: ASGIApp, tokens: dict[str, tuple[bytes, ...]], pages: PageAccess | None = None) -> None:
         self._app = app
         self._tokens = tokens
+        self._pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self._app(scope, receive, send)
             return
         needed: ScopeName = "metrics" if scope["path"] == "/metrics" else "read"
+        page = self._pages is not None and self._pages.is_page(scope["path"])
         given = _bearer(scope)
+        if given is None and page:
+            given = _cookie(scope)
         if given is None:
+            if page and self._pages is not None:
+                await self._prompt(scope, receive, send, "missing")
+                return
             await _deny(send, 401, "Unauthorized", f"this path needs a `{needed}` bearer token", "")
             return
         if self._matches(given, needed):
             await self._app(scope, receive, send)
+            return
+        if page and self._pages is not None:
+            await self._prompt(scope, receive, send, "invalid")
             return
         if any(self._matches(given, other) for other in SCOPES if other != needed):
             await _deny(send, 403, "Forbidden", f"the token does not grant the `{needed}` scope", "insufficient_scope")
@@ -109,6 +156,27 @@ class BearerAuth:
         for token in self._tokens.get(scope, ()):
             found |= hmac.compare_digest(given, token)
         return found
+
+    async def _prompt(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        assert self._pages is not None
+        state = dict(scope.get("state") or {})
+        state["auth"] = why
+        await self._pages.prompt({**scope, "state": state}, receive, send)
+
+
+def _cookie(scope: Scope) -> bytes | None:
+    """The token in the pages' cookie, or None (absent, or not base64url)."""
+    for name, value in scope["headers"]:
+        if name != b"cookie":
+            continue
+        for part in bytes(value).split(b";"):
+            key, _, raw = part.strip().partition(b"=")
+            if key == COOKIE.encode() and raw:
+                try:
+                    return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+                except (binascii.Error, ValueError):
+                    return None
+    return None
 
 
 def _bearer(scope: Scope) -> bytes | None:

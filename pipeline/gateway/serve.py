@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 from fastapi import FastAPI
@@ -27,7 +27,8 @@ from pipeline.errors import ConfigError
 from pipeline.gateway.app import build_app
 from pipeline.gateway.auth import require_tokens
 from pipeline.gateway.cache import RedisCache
-from pipeline.runtime.names import find_brokers
+from pipeline.queue.api import BrokerStats
+from pipeline.runtime.names import CONTROLLER_NAME, find, find_brokers
 from pipeline.storage.reader import Reader
 
 __all__ = ["Gateway", "build", "gateway_app", "http_options", "replica_settings", "write_secrets"]
@@ -57,6 +58,38 @@ class _BrokerStats:
         self._value = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
         self._at = time.monotonic()
         return self._value
+
+
+class _PipelineView:
+    """What the /pipeline page shows of the running pipeline: its brokers and its supervisor's status."""
+
+    def __init__(self, namespace: str, group: str, brokers: _BrokerStats, ttl_s: float = 2.0) -> None:
+        self.namespace = namespace
+        self.group = group
+        self._brokers = brokers
+        self._ttl = ttl_s
+        self._at = 0.0
+        self._status: dict[str, Any] | None = None
+
+    def brokers(self) -> list[BrokerStats]:
+        try:
+            return cast(list[BrokerStats], self._brokers())
+        except (ray.exceptions.RayError, ValueError):  # a broker restarting: the page shows none this time
+            log.info("broker stats unavailable for the pipeline page", exc_info=True)
+            return []
+
+    def supervisor(self) -> dict[str, Any] | None:
+        if time.monotonic() - self._at < self._ttl:
+            return self._status
+        controller = find(CONTROLLER_NAME, self.namespace)
+        try:
+            status: Any = None if controller is None else ray.get(controller.status.remote(), timeout=5)
+            self._status = cast(dict[str, Any] | None, status)
+        except ray.exceptions.RayError:
+            log.info("the supervisor did not answer for the pipeline page", exc_info=True)
+            self._status = None
+        self._at = time.monotonic()
+        return self._status
 
 
 _SECRETS = ("redis_url", "api_tokens", "cursor_secret")
@@ -118,6 +151,7 @@ class Gateway:
         self._reader = Reader(conninfo, min_size=1, max_size=pool_max)
         self._reader.open(wait=False)
         self._namespace = namespace
+        self._group = settings.queue.group
         self._cache: RedisCache | None = None
         if self._settings.redis_url is not None:
             # Keys are scoped to the Ray namespace and the database, never shared between deployments.
@@ -126,7 +160,9 @@ class Gateway:
             self._cache = RedisCache(self._settings.redis_url.get_secret_value(), prefix=prefix)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self._reader, self._settings, cache=self._cache, queue_stats=_BrokerStats(self._namespace))
+        brokers = _BrokerStats(self._namespace)
+        view = _PipelineView(self._namespace, self._group, brokers)
+        return build_app(self._reader, self._settings, cache=self._cache, queue_stats=brokers, pipeline=view)
 
     def check_health(self) -> None:
         """Serve's health check: fails while the database is unreachable."""

@@ -182,11 +182,13 @@ class FleetQueries:
         limit: int,
         after: str | None = None,
         resolution: Resolution = "hour",
+        most_used: bool = False,
     ) -> list[UsageRow]:
         """Usage per group over ``[lo, hi)`` (whole units of ``resolution``), ordered by group (none first).
 
         Each stretch is read from the coarsest rollup that covers it whole (days from ``usage_1d``, the
-        hours at the edges from ``usage_1h``, the minutes from ``usage_1m``).
+        hours at the edges from ``usage_1h``, the minutes from ``usage_1m``). ``most_used``: the ``limit``
+        groups with the most GPU time instead, most first (no cursor).
         """
         parts: list[str] = []
         params: dict[str, Any] = {"after": after, "limit": limit}
@@ -198,10 +200,18 @@ class FleetQueries:
         group = GROUPS[group_by]
         gpus = "JOIN gpus g ON g.gpu_key = u.gpu_key " if group.startswith("g.") else ""
         having = "" if after is None else f"HAVING coalesce({group}, '') > %(after)s"
+        order = f"sum(u.seconds) DESC, coalesce({group}, '')" if most_used else f"coalesce({group}, '')"
+        # Summed per (GPU, workload) first: the grouping by name then joins over thousands of rows, not
+        # over every minute or hour row of the window (about 2x faster at 25,000 GPUs).
+        cells = (
+            "SELECT gpu_key, workload_id, sum(seconds) AS seconds, sum(active_s) AS active_s, "
+            "sum(mem_idle_s) AS mem_idle_s, sum(util_s) AS util_s, sum(energy_j) AS energy_j "
+            f"FROM ({' UNION ALL '.join(parts)}) x GROUP BY 1, 2"
+        )
         rows = self._fetch(
-            f"SELECT {group} AS grp, {_USAGE_SUMS} FROM ({' UNION ALL '.join(parts)}) u {gpus}"
+            f"SELECT {group} AS grp, {_USAGE_SUMS} FROM ({cells}) u {gpus}"
             "LEFT JOIN workloads w ON w.workload_id = u.workload_id "
-            f"GROUP BY 1 {having} ORDER BY coalesce({group}, '') LIMIT %(limit)s",
+            f"GROUP BY 1 {having} ORDER BY {order} LIMIT %(limit)s",
             params,
         )
         return [UsageRow(r[0], *(float(x or 0.0) for x in r[1:])) for r in rows]

@@ -110,7 +110,7 @@ def fleet_health(
         since = utc(start_time) if start_time is not None else datetime.now(UTC) - HEALTH_WINDOW
     except OverflowError:
         raise InvalidParameter(f"start_time {start_time} is out of range", param="start_time") from None
-    threshold = (intervals or cfg.missing_intervals) * cfg.scrape_interval_s + cfg.health_grace_s
+    threshold = cfg.missing_after_s(intervals)
 
     def produce() -> dict[str, Any]:  # a FleetHealth
         h = state.reader.health(threshold, n, since)

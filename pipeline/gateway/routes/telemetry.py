@@ -40,7 +40,7 @@ from pipeline.gateway.params import (
     window,
 )
 
-__all__ = ["aggregate_window", "router"]
+__all__ = ["aggregate_window", "router", "window_response"]
 
 router = APIRouter(prefix=API, tags=["telemetry"], dependencies=[Depends(strict_query)])
 
@@ -83,6 +83,25 @@ def telemetry(
     media = negotiate(request.headers.get("accept"))
     if media is None:
         raise HTTPException(406, f"Accept offers none of {MEDIA_JSON}, {MEDIA_CSV}, {MEDIA_ARROW}")
+    return window_response(request, state, media, uuid, start_time, end_time, metric, order, limit, cursor)
+
+
+def window_response(
+    request: Request,
+    state: GatewayState,
+    media: Media,
+    uuid: str,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    metric: list[str] | None = None,
+    order: Literal["asc", "desc"] = "asc",
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Response:
+    """One GPU's samples in a window as ``media``: a JSON page, or the whole window as CSV or Arrow.
+
+    The API's telemetry route and the GPU page's download links both answer with it.
+    """
     reject_nul(uuid=uuid, metric=metric)
     q = request.query_params
     start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
