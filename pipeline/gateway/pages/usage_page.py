@@ -18,7 +18,7 @@ from pipeline.gateway.pages.catalog import WINDOWS
 from pipeline.gateway.pages.charts import Bar, bars
 from pipeline.gateway.pages.html import Markup, Node, el, join, number, time_tag
 from pipeline.gateway.params import floor_to
-from pipeline.storage.fleet import GroupBy, usage_window
+from pipeline.storage.fleet import GroupBy, Resolution, usage_window
 from pipeline.storage.rows import UsageRow
 
 __all__ = ["GROUPS", "render"]
@@ -40,12 +40,14 @@ def render(
         raise InvalidParameter(f"window `{name[:16]}` is not one of {', '.join(_WINDOWS)}", param="window")
     end = now or datetime.now(UTC)
     span = WINDOWS[name]
+    resolution: Resolution = "hour"
     if span >= timedelta(hours=6):  # whole hours (to the end of this one): the hour rollups alone
         hi = floor_to(end, timedelta(hours=1)) + timedelta(hours=1)
         lo = hi - span
-    else:
-        lo, hi = usage_window(end - span, end)
-    rows = state.reader.usage(cast(GroupBy, group), lo, hi, LIMIT, most_used=True)
+    else:  # whole minutes, the hours inside from the hour rollups
+        resolution = "minute"
+        lo, hi = usage_window(end - span, end, resolution)
+    rows = state.reader.usage(cast(GroupBy, group), lo, hi, LIMIT, resolution=resolution, most_used=True)
     body: list[Node] = [
         el("h1", None, "Usage"),
         _form(group, name),
