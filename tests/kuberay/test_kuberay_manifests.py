@@ -542,7 +542,9 @@ def test_ray_dashboard_embeds_grafana(rendered: dict[str, list[dict[str, Any]]])
 def _sql_tables(sql_dir: Path) -> dict[str, set[str]]:
     tables: dict[str, set[str]] = {}
     for path in sorted(sql_dir.glob("*.sql")):
-        for name, body in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\s*\((.*?)\n\);", path.read_text(), re.S):
+        for name, body in re.findall(
+            r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\s*\((.*?)\n\)[^;]*;", path.read_text(), re.S
+        ):
             cols = {m.group(1) for m in re.finditer(r"^\s*(\w+)\s+\w", body, re.M)}
             tables[name] = cols - {"PRIMARY", "UNIQUE", "CONSTRAINT", "CHECK", "FOREIGN"}
     return tables
