@@ -377,10 +377,12 @@ class PartitionReplica:
                 log.truncate(cut)
         first = request.first_offset
         end = log.end_offset
-        if first <= end < first + len(entries):
-            for entry in entries[end - first :]:
-                log.append_entry(entry)
-        self.history = leader_history.truncated(log.end_offset)
+        try:
+            if first <= end < first + len(entries):
+                for entry in entries[end - first :]:
+                    log.append_entry(entry)
+        finally:  # an append that raised (a full disk) leaves the history of what was appended
+            self.history = leader_history.truncated(log.end_offset)
         self.high_water = max(log.start_offset, min(request.high_water, log.end_offset))
         if log.end_offset >= request.high_water:
             self.fresh = False  # holds everything committed: may vouch for it in an election
