@@ -352,9 +352,10 @@ class PartitionReplica:
         """Take a leader's request: fence, cut a diverging tail, append what continues the log."""
         if request.epoch < self.promised:
             return Reply(self.log.end_offset, self.promised, "fenced")
-        if self.promised == 0:
-            # Restarted without its log and never told the epoch: it might otherwise help an old
-            # leader the rest of the replicas fenced to reach its quorum.
+        if self.promised == 0 or self.role == "unattached":
+            # Restarted and not told yet whom to follow: without its log it might otherwise help an
+            # old leader the others fenced reach its quorum; with it, take no entries from a leader
+            # that may be gone already (the supervisor attaches it to the current one).
             return Reply(self.log.end_offset, self.promised, "unattached")
         if request.epoch == self.epoch and self.leader not in (None, request.leader):
             return Reply(self.log.end_offset, self.promised, "fenced")  # one leader per epoch, the first heard

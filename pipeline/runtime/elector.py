@@ -89,10 +89,25 @@ class Elector:
                         follow.setdefault(b, {})[p] = (epoch, leader)
                 continue
             since = self._leaderless.setdefault(p, now)
-            if epoch == 0 or now - since >= self._queue.failover_s:
+            if (epoch == 0 or now - since >= self._queue.failover_s) and self._electable(p, live):
                 due.append(p)
         self._order("follow", follow)
         return self._elect(due) if due else []
+
+    def _electable(self, partition: int, live: dict[int, ReplicaStatus]) -> bool:
+        """Whether enough replicas answer for an election to succeed (else no epoch is spent on it)."""
+        members = self.replicas[partition]
+        remembering = sum(not s["fresh"] for s in live.values())
+        if len(live) == len(members) or remembering >= election_quorum(len(members), self._queue.min_insync):
+            return True
+        why = (
+            f"partition {partition}: no leader can be elected yet: {remembering} of {len(members)} replicas "
+            f"that remember the log answer, {election_quorum(len(members), self._queue.min_insync)} needed"
+        )
+        if self._refused.get(partition) != why:
+            log.warning(why)
+            self._refused[partition] = why
+        return False
 
     def settle(self, timeout_s: float = 60.0) -> None:
         """Rounds until every partition has a leader (a first start elects at once)."""
