@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
@@ -28,6 +27,7 @@ from pipeline.gateway.app import build_app
 from pipeline.gateway.auth import require_tokens
 from pipeline.gateway.cache import RedisCache
 from pipeline.runtime.names import find_brokers
+from pipeline.runtime.replicas import answering_stats
 from pipeline.storage.reader import Reader
 
 __all__ = ["Gateway", "build", "gateway_app", "http_options", "replica_settings", "write_secrets"]
@@ -54,7 +54,8 @@ class _BrokerStats:
         if time.monotonic() - self._at < self._ttl:
             return self._value
         handles = find_brokers(self._namespace)
-        self._value = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
+        # The brokers that answer: a broker away (its node lost) must not blank every queue metric.
+        self._value = [dict(s) for s in answering_stats(handles, timeout_s=5)] if handles else []
         self._at = time.monotonic()
         return self._value
 

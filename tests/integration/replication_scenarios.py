@@ -39,6 +39,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipeline.config import Settings  # noqa: E402
+from pipeline.runtime.attach import collect, render  # noqa: E402
 from pipeline.runtime.driver import Pipeline  # noqa: E402
 from pipeline.runtime.names import call_once, find_brokers  # noqa: E402
 from pipeline.storage.database import Database  # noqa: E402
@@ -234,6 +235,7 @@ def scenario_follower(run: Run) -> dict[str, Any]:
         "both partitions reported under-replicated", lambda: run.replication()["under_replicated"] == [0, 1], 60
     )
     under_s = time.monotonic() - removed
+    status_text = render(collect(run.namespace, GROUP, sample_s=0.1))  # what `python -m pipeline status` prints
     run.restore(2)
     back = time.monotonic()
     wait("repaired", lambda: run.replication()["under_replicated"] == [], 120)
@@ -245,6 +247,7 @@ def scenario_follower(run: Run) -> dict[str, Any]:
         "under_replicated": under,
         "under_replicated_after_s": under_s,
         "repaired_after_s": repaired_s,
+        "status_text": status_text,
         "rebuilt": {p: {k: s[k] for k in ("role", "fresh", "end_offset", "leader")} for p, s in rebuilt.items()},
         **run.finish(),
     }

@@ -70,6 +70,8 @@ def test_a_followers_node_lost_stalls_nothing_is_reported_and_repaired_when_a_no
     during = report["stored_during"]
     assert during[-1] > report["stored_before"] and during[-1] > during[0], report  # commits went on
     assert report["under_replicated"]
+    status = report["status_text"]  # `python -m pipeline status` names the leader, replicas and in-sync set
+    assert "partition 0: leader 0, epoch" in status and "UNDER-REPLICATED" in status, status
     rebuilt = report["rebuilt"]
     assert {s["role"] for s in rebuilt.values()} == {"follower"} and not any(s["fresh"] for s in rebuilt.values())
     assert_exact(report)
