@@ -414,6 +414,10 @@ class ReplicatedBroker(Broker):
         """Partitions led here: their epoch and lineage (producers and consumers route by it)."""
         return {p: (r.epoch, r.lineage) for p, r in self.replicas.items() if r.is_leader}
 
+    def probe(self) -> dict[str, Any]:
+        """What the supervisor watches: the incarnation and every replica's state (cheap: no stats)."""
+        return {"incarnation": self.incarnation, "replicas": self.replication_state()}
+
     def replication_state(self) -> dict[int, ReplicaStatus]:
         """Every replica held here: role, epochs, offsets; leaders add the in-sync set and lags."""
         now = self._clock()

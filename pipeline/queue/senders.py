@@ -2,8 +2,8 @@
 
 Each task keeps one call in flight to its follower: what accumulates while it waits goes in the next
 shipment (so a follower that keeps up gets one call per flush, a slow one bigger calls). A shipment
-carries every partition the follower holds that lacks entries, has not heard the newest high-water
-mark, trims or commits, or is due a heartbeat (which keeps a caught-up follower in the in-sync set).
+carries every partition the follower holds that lacks entries or is due a heartbeat (which keeps a
+caught-up follower in the in-sync set and brings it the newest high-water mark, trims and commits).
 A follower that does not answer, or refuses (restarted and not yet attached), is retried with backoff.
 """
 
@@ -54,8 +54,8 @@ class Senders:
         self._on_fatal = on_fatal
         self._wakeups: dict[int, asyncio.Event] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self._shipped: dict[tuple[int, int], tuple[int, int, int, float]] = {}
-        self._commits = 0
+        self._shipped: dict[tuple[int, int], float] = {}  # (follower, partition) -> when last shipped
+        self._last: tuple[tuple[tuple[int, int, int, int], ...], Shipment] | None = None
 
     def start(self) -> None:
         """A task for every follower of a partition led here (those that ended are started again)."""
@@ -75,9 +75,7 @@ class Senders:
             event.set()
 
     def committed(self) -> None:
-        """A group committed: followers get the new offsets with the next shipment."""
-        self._commits += 1
-        self.wake()
+        """A group committed: followers get the new offsets with the next shipment (or heartbeat)."""
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -145,13 +143,21 @@ class Senders:
                     break
                 taken.append(e)
                 budget -= e.nbytes
-            known = (request.high_water, request.start_offset, self._commits)
+            # A new high-water mark, trim or commit rides with the next entries, or with the heartbeat
+            # when none come: a call of its own per change would double the calls per flush.
             last = self._shipped.get((target, p))
-            due = last is None or last[:3] != known or now - last[3] >= self._heartbeat_s
+            due = last is None or now - last >= self._heartbeat_s
             if taken or due or not rep.followers[target].answered:
                 parts.append((p, request, taken))
-                self._shipped[(target, p)] = (*known, now)
+                self._shipped[(target, p)] = now
         if not parts:
             return None
+        # Followers that keep up lack the same entries: they get the same shipment object, packed
+        # once (and, over Ray, put in the object store once: see pipeline.runtime.replicas.RayPeers).
+        key = tuple((p, r.epoch, r.first_offset, len(entries)) for p, r, entries in parts)
+        if self._last is not None and self._last[0] == key and self._last[1].entries:
+            return self._last[1]
         committed: dict[int, dict[str, int]] = {p: owner.committed_of(p) for p, _, _ in parts}
-        return pack(owner.broker_id, parts, committed)
+        shipment = pack(owner.broker_id, parts, committed)
+        self._last = (key, shipment)
+        return shipment

@@ -55,6 +55,15 @@ class RayPeers:
         self._namespace = namespace
         self._timeout = timeout_s
         self._handles: dict[int, ActorHandle] = {}
+        self._put: tuple[Shipment, Any] | None = None
+
+    def _argument(self, shipment: Shipment) -> Any:
+        """The shipment, or a reference to one copy in the object store shared by every follower it goes to."""
+        if not shipment.entries:
+            return shipment  # small: it travels inline with the call
+        if self._put is None or self._put[0] is not shipment:
+            self._put = (shipment, ray.put(shipment))
+        return self._put[1]
 
     def _handle(self, target: int) -> ActorHandle:
         handle = self._handles.get(target)
@@ -68,7 +77,7 @@ class RayPeers:
     async def replicate(self, target: int, shipment: Shipment) -> dict[int, Reply]:
         """One shipment to ``target`` with a deadline; ``QueueError`` when it does not answer."""
         handle = self._handle(target)
-        ref = call_once(handle, "replicate", shipment)
+        ref = call_once(handle, "replicate", self._argument(shipment))
         try:
             replies: dict[int, Reply] = await asyncio.wait_for(ref, self._timeout)  # type: ignore[arg-type]
             return replies
@@ -145,8 +154,8 @@ class Broker(ReplicatedBroker):
         return out
 
     def probe(self) -> dict[str, Any]:
-        """What the supervisor watches: pid, incarnation and every replica's state (cheap, no stats)."""
-        return {"pid": os.getpid(), "incarnation": self.incarnation, "replicas": self.replication_state()}
+        """What the supervisor watches, with the process id."""
+        return {**super().probe(), "pid": os.getpid()}
 
 
 def answering_stats(handles: Sequence[ActorHandle], timeout_s: float = 5.0) -> list[BrokerStats]:
