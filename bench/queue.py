@@ -163,7 +163,7 @@ def run_clients(brokers: list[Any], partitions: int, rows: int, batch_rows: int,
     total = per_partition * partitions * batch_rows
     ray.get([p.__ray_ready__.remote() for p in producers] + [c.__ray_ready__.remote() for c in consumers])
     started = time.perf_counter()
-    consumed = [c.run.remote(total // partitions) for c in consumers]
+    consumed = [c.run.remote(total // partitions, total) for c in consumers]
     produced = ray.get([p.run.remote(per_partition) for p in producers])
     got = sum(ray.get(consumed))
     elapsed = time.perf_counter() - started
