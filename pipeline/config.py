@@ -84,6 +84,28 @@ class QueueSettings(BaseModel):
     retention_bytes: int | None = Field(128 * MiB, ge=1 * MiB)  # committed data kept, besides retention_s
     disk_budget_bytes: int | None = Field(256 * MiB, ge=1 * MiB)  # producers wait when it is full
     fsync: bool = True  # fsync every append before acknowledging it (with dir)
+    # Replication (docs/architecture.md, "Replicated partitions"): each partition on this many brokers
+    # (a leader and followers on different nodes); a flush is acknowledged once `min_insync` of them
+    # hold it. 1 keeps the single-copy path. An election needs `replication_factor - min_insync + 1`
+    # live replicas, producing needs `min_insync`: 3 and 2 tolerate one broker lost for both.
+    replication_factor: int = Field(1, ge=1, le=7)
+    min_insync: int = Field(1, ge=1, le=7)
+    failover_s: float = Field(3.0, gt=0)  # a leader silent this long is replaced by the supervisor
+    replica_lag_s: float = Field(10.0, gt=0)  # a follower not caught up for this long leaves the in-sync set
+
+    @model_validator(mode="after")
+    def _replication(self) -> QueueSettings:
+        if self.min_insync > self.replication_factor:
+            raise ValueError(
+                f"min_insync ({self.min_insync}) exceeds replication_factor ({self.replication_factor}) "
+                "[PIPELINE_QUEUE__MIN_INSYNC]"
+            )
+        if self.replication_factor > self.brokers:
+            raise ValueError(
+                f"replication_factor ({self.replication_factor}) needs at least as many brokers "
+                f"(queue.brokers is {self.brokers}) [PIPELINE_QUEUE__REPLICATION_FACTOR, PIPELINE_QUEUE__BROKERS]"
+            )
+        return self
 
 
 class StreamerSettings(BaseModel):

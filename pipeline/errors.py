@@ -15,6 +15,7 @@ __all__ = [
     "DatabaseUnavailable",
     "FencedError",
     "InvalidParameter",
+    "NotLeader",
     "OffsetMismatch",
     "OffsetOutOfRange",
     "PipelineError",
@@ -152,7 +153,21 @@ class BrokerRestarted(QueueError):
     is the broker's new one: send with it from now on).
     """
 
-    def __init__(self, message: str, *, broker: int = 0, incarnation: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, broker: int = 0, incarnation: str = "", partition: int | None = None) -> None:
+        super().__init__(message, partition=partition)
         self.broker = broker
         self.incarnation = incarnation
+
+
+class NotLeader(QueueError):
+    """A call reached a replica that does not lead ``partition`` (any more): ask the leader.
+
+    ``leader`` is the broker this replica follows, when it knows one; ``epoch`` the epoch it knows.
+    """
+
+    def __init__(
+        self, message: str, *, partition: int | None = None, leader: int | None = None, epoch: int = 0
+    ) -> None:
+        super().__init__(message, partition=partition)
+        self.leader = leader
+        self.epoch = epoch

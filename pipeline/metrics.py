@@ -162,6 +162,20 @@ CONSUMER_LAG_BATCHES = MetricDef(
     ("group", "partition"),
     "gateway",
 )
+UNDER_REPLICATED = MetricDef(
+    "message_queue_under_replicated_partitions",
+    "gauge",
+    "Partitions with fewer in-sync replicas than replication_factor (one without a leader counts too).",
+    (),
+    "gateway",
+)
+REPLICA_LAG = MetricDef(
+    "message_queue_replica_lag",
+    "gauge",
+    "Entries a follower replica lacks of its partition's leader log.",
+    ("partition", "replica"),
+    "gateway",
+)
 GATEWAY_POOL = MetricDef(
     "pipeline_gateway_pool_connections",
     "gauge",
@@ -217,6 +231,8 @@ GATEWAY: tuple[MetricDef, ...] = (
     HTTP_REQUESTS,
     CONSUMER_LAG,
     CONSUMER_LAG_BATCHES,
+    UNDER_REPLICATED,
+    REPLICA_LAG,
     GATEWAY_POOL,
     GATEWAY_CACHE,
     GPUS_MISSING,

@@ -72,6 +72,10 @@ def _pipeline_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--partitions", type=_positive_int, help="queue partitions (default 16)")
     run.add_argument("--brokers", type=_positive_int, help="broker actors (default 1)")
     run.add_argument(
+        "--replication-factor", type=_positive_int, help="copies of each partition, on different brokers (default 1)"
+    )
+    run.add_argument("--min-insync", type=_positive_int, help="copies holding a flush before its ack (default 1)")
+    run.add_argument(
         "--interval",
         "--scrape-interval",
         type=_positive_float,
@@ -179,7 +183,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "duration_s": args.duration,
         }
         overrides["collector"] = {"count": args.collectors}
-        overrides["queue"] = {"partitions": args.partitions, "brokers": args.brokers, "dir": args.queue_dir}
+        overrides["queue"] = {
+            "partitions": args.partitions,
+            "brokers": args.brokers,
+            "dir": args.queue_dir,
+            "replication_factor": args.replication_factor,
+            "min_insync": args.min_insync,
+        }
         overrides["gateway"] = {"port": getattr(args, "port", None)}
         overrides["scaling"] = {
             "collectors_min": args.collectors_min,

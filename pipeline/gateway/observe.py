@@ -140,6 +140,7 @@ class _GatewayCollector:
                     lag_b.add_metric([group, str(partition)], g["lag_batches"])
         yield lag
         yield lag_b
+        yield from _replication_metrics(brokers)
 
     def _fleet(self) -> Iterable[Any]:
         """GPUs missing and hosts silent (nothing when the database is away or lacks the table)."""
@@ -156,3 +157,25 @@ class _GatewayCollector:
             gauge = GaugeMetricFamily(metric.name, metric.help)
             gauge.add_metric([], value)
             yield gauge
+
+
+def _replication_metrics(brokers: list[dict[str, Any]]) -> Iterable[Any]:
+    """Under-replicated partitions and each follower's lag, from the leaders' reports (none: one copy)."""
+    leaders: dict[int, dict[str, Any]] = {}
+    partitions: set[int] = set()
+    for b in brokers:
+        for partition, s in b.get("replication", {}).items():
+            partitions.add(int(partition))
+            if s["role"] == "leader" and s["epoch"] >= leaders.get(int(partition), s)["epoch"]:
+                leaders[int(partition)] = s
+    if not partitions:
+        return
+    under = GaugeMetricFamily(metrics.UNDER_REPLICATED.name, metrics.UNDER_REPLICATED.help)
+    short = [p for p in partitions if p not in leaders or len(leaders[p]["in_sync"]) < len(leaders[p]["replicas"])]
+    under.add_metric([], len(short))
+    yield under
+    lag = GaugeMetricFamily(metrics.REPLICA_LAG.name, metrics.REPLICA_LAG.help, labels=["partition", "replica"])
+    for p, s in sorted(leaders.items()):
+        for replica, behind in sorted(s["lag"].items()):
+            lag.add_metric([str(p), str(replica)], behind)
+    yield lag

@@ -29,6 +29,7 @@ from pipeline.gateway.auth import require_tokens
 from pipeline.gateway.cache import RedisCache
 from pipeline.queue.api import BrokerStats
 from pipeline.runtime.names import CONTROLLER_NAME, find, find_brokers
+from pipeline.runtime.replicas import answering_stats
 from pipeline.storage.reader import Reader
 
 __all__ = ["Gateway", "build", "gateway_app", "http_options", "replica_settings", "write_secrets"]
@@ -55,7 +56,8 @@ class _BrokerStats:
         if time.monotonic() - self._at < self._ttl:
             return self._value
         handles = find_brokers(self._namespace)
-        self._value = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
+        # The brokers that answer: a broker away (its node lost) must not blank every queue metric.
+        self._value = [dict(s) for s in answering_stats(handles, timeout_s=5)] if handles else []
         self._at = time.monotonic()
         return self._value
 

@@ -25,6 +25,7 @@ __all__ = [
     "PartitionStats",
     "Producer",
     "ProducerCheckpoint",
+    "ReplicaStatus",
     "lag_of",
 ]
 
@@ -111,11 +112,34 @@ class PartitionStats(TypedDict):
     groups: dict[str, GroupLag]
 
 
+class ReplicaStatus(TypedDict):
+    """One replica of one partition, as its broker reports it (leaders add the in-sync set and lags)."""
+
+    role: str  # leader, follower, unattached (restarted, not told yet whom to follow)
+    epoch: int
+    promised: int
+    leader: int | None
+    replicas: list[int]
+    in_sync: list[int]
+    lag: dict[int, int]  # follower -> entries it lacks (leaders only)
+    start_offset: int
+    end_offset: int
+    high_water: int
+    lineage: str
+    fresh: bool
+    truncated: int
+
+
 class BrokerStats(TypedDict, total=False):
-    """What ``Broker.stats()`` returns (``pid`` is added by the actor)."""
+    """What ``Broker.stats()`` returns (``pid`` is added by the actor).
+
+    With replication, ``partitions`` holds the partitions this broker leads and ``replication``
+    every replica it holds.
+    """
 
     broker: int
     partitions: dict[int, PartitionStats]
+    replication: dict[int, ReplicaStatus]
     budget_bytes: int
     groups: dict[str, Any]
     uptime_s: float

@@ -370,6 +370,9 @@ class Broker:
             except OffsetOutOfRange:
                 result.out_of_range[partition] = (plog.start_offset, plog.end_offset)
                 continue
+            visible = self._visible_end(partition)
+            if entries and entries[-1].offset >= visible:
+                entries = [e for e in entries if e.offset < visible]
             for e in entries:
                 result.messages.append(Fetched(partition, e.offset, e.rows, e.payload.num_rejects, e.producer, e.seq))
                 payloads.append(e.payload)
@@ -377,6 +380,10 @@ class Broker:
             self._stats[partition].fetched_rows += sum(e.rows for e in entries)
         result.data = pack_envelopes(payloads)
         return result
+
+    def _visible_end(self, partition: int) -> int:
+        """Where consumers stop reading: the log's end (a replicated broker: its high-water mark)."""
+        return self._logs[partition].end_offset
 
     async def commit(self, group: str, member: str, generation: int, offsets: Mapping[int, int]) -> None:
         """Record offsets a consumer committed to the database; releases data every group has passed."""

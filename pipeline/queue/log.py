@@ -2,7 +2,7 @@
 
 Offsets count messages (each message is a batch of rows). The log keeps messages from
 ``start_offset`` (the oldest retained) to ``end_offset`` (the next to be written); ``trim`` drops
-the prefix every consumer group has committed.
+the prefix every consumer group has committed; ``truncate_tail`` drops a replica's diverging tail.
 """
 
 from __future__ import annotations
@@ -113,6 +113,19 @@ class PartitionLog:
             dropped += 1
         if not self._entries and up_to > self._start:
             self._start = min(up_to, self._end)
+        return dropped
+
+    def truncate_tail(self, end: int) -> list[Entry]:
+        """Drop the messages at ``end`` and above (a replica's diverging tail); returns them."""
+        dropped: list[Entry] = []
+        while self._entries and self._end > max(end, self._start):
+            entry = self._entries.pop()
+            self._rows_before.pop()
+            self.bytes_held -= entry.nbytes
+            self.rows_held -= entry.rows
+            self.rows_appended -= entry.rows
+            self._end -= 1
+            dropped.append(entry)
         return dropped
 
     def entries(self) -> list[Entry]:

@@ -174,6 +174,41 @@ class SegmentStore:
         self._file_size += len(frame)
         return len(frame)
 
+    def truncate(self, end: int) -> int:
+        """Cut the log at offset ``end``: that frame and every later one go (a replica's diverging tail).
+
+        Returns the bytes removed. The next ``append`` writes offset ``end`` (a new segment when the
+        cut emptied every one).
+        """
+        self.close()
+        self._active_base = None
+        removed = 0
+        for base, path in reversed(self.segments()):
+            size = path.stat().st_size
+            if base >= end:
+                path.unlink()
+                removed += size
+                continue
+            with pa.memory_map(str(path), "r") as mm:
+                data = mm.read_buffer()
+                pos, offset = 0, base
+                while pos < data.size and offset < end:
+                    length = _prefix_length(data, pos)
+                    if length is None:
+                        break
+                    pos += _PREFIX.size + length
+                    offset += 1
+            if pos < size:
+                with path.open("r+b") as f:
+                    f.truncate(pos)
+                    if self._fsync:
+                        os.fsync(f.fileno())
+                removed += size - pos
+            break
+        if self._fsync:
+            _fsync_dir(self.directory)
+        return removed
+
     def seal_active(self, next_offset: int) -> None:
         """Start a new, empty active segment at ``next_offset`` so the old one can be deleted."""
         if self._file is not None and self._file_size == 0:

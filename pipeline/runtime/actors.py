@@ -26,7 +26,9 @@ from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats
 from pipeline.queue.broker import Broker as BrokerLogic
 from pipeline.queue.broker import Persistence
-from pipeline.runtime.instruments import Instruments
+from pipeline.runtime import replicas
+from pipeline.runtime.instruments import BrokerMetrics, Instruments
+from pipeline.runtime.leaders import queue_client
 from pipeline.runtime.names import (
     COLLECTOR_MEMORY,
     STREAMER_MEMORY,
@@ -39,14 +41,14 @@ from pipeline.runtime.names import (
     spawn,
     streamer_name,
 )
+from pipeline.runtime.replicas import committed_state
 from pipeline.runtime.reports import CollectorStatus, StreamerStatus
-from pipeline.runtime.transport import DurableProducer, RayQueue
+from pipeline.runtime.transport import DurableProducer
 from pipeline.sources import Shard, source_for
 from pipeline.sources.prometheus import PrometheusSource
 from pipeline.storage.checkpoints import CheckpointStore
 from pipeline.storage.setup import writer_for
 from pipeline.storage.sink import WriteResult
-from pipeline.storage.writer import TelemetryWriter
 from pipeline.streamer import Streamer as StreamerLogic
 
 __all__ = ["make_broker", "make_collector", "make_streamer", "run_worker"]
@@ -77,7 +79,7 @@ class Broker(BrokerLogic):
     """
 
     def __init__(self, broker_id: int, queue: QueueSettings, hosted: list[int], conninfo: str) -> None:
-        offsets, sequences = _committed_state(conninfo, queue.group, hosted)
+        offsets, sequences = committed_state(conninfo, queue.group, hosted)
         persistence = None
         if queue.dir is not None:
             persistence = Persistence(
@@ -98,41 +100,13 @@ class Broker(BrokerLogic):
             persistence=persistence,
             start_sequences=sequences,
         )
-        self._instruments: Instruments | None = None
-        self._reported: dict[int, tuple[float, int, int]] = {}
+        self._metrics = BrokerMetrics()
 
     def stats(self) -> BrokerStats:
         """Stats, also exported as Ray metrics."""
         out = super().stats()
         out["pid"] = os.getpid()
-        if self._instruments is None:
-            self._instruments = Instruments(
-                (
-                    metrics.QUEUE_LOG_END,
-                    metrics.QUEUE_BYTES_HELD,
-                    metrics.QUEUE_BLOCKED_SECONDS,
-                    metrics.QUEUE_APPENDED_ROWS,
-                    metrics.QUEUE_FETCHED_ROWS,
-                    metrics.CONSUMER_LAG,
-                    metrics.QUEUE_DISK_FULL,
-                )
-            )
-        ins = self._instruments
-        for p, s in out["partitions"].items():
-            tag = str(p)
-            blocked, appended, fetched = self._reported.get(p, (0.0, 0, 0))
-            ins.set(metrics.QUEUE_LOG_END, s["end_offset"], partition=tag)
-            ins.set(metrics.QUEUE_BYTES_HELD, s["bytes_held"], partition=tag)
-            ins.inc(metrics.QUEUE_BLOCKED_SECONDS, s["blocked_s"] - blocked, partition=tag)
-            ins.inc(metrics.QUEUE_APPENDED_ROWS, s["rows_appended"] - appended, partition=tag)
-            ins.inc(metrics.QUEUE_FETCHED_ROWS, s["rows_fetched"] - fetched, partition=tag)
-            self._reported[p] = (s["blocked_s"], s["rows_appended"], s["rows_fetched"])
-            for group, g in s["groups"].items():
-                ins.set(metrics.CONSUMER_LAG, g["lag_rows"], group=group, partition=tag)
-            for reason in ("budget", "enospc"):
-                ins.set(
-                    metrics.QUEUE_DISK_FULL, 1.0 if s.get("disk_full") == reason else 0.0, partition=tag, reason=reason
-                )
+        self._metrics.export(out)
         return out
 
 
@@ -154,9 +128,7 @@ class Streamer:
         self._logic = StreamerLogic(
             producer,
             source,
-            DurableProducer(
-                RayQueue(brokers, queue.call_timeout_s, namespace=namespace), CheckpointStore(conninfo, namespace)
-            ),
+            DurableProducer(queue_client(brokers, queue, namespace), CheckpointStore(conninfo, namespace)),
             queue.partitions,
             Shard(*shard),
             settings.interval_s,
@@ -272,7 +244,7 @@ class Collector:
         self._logic = CollectorLogic(
             self._member,
             queue.group,
-            RayQueue(brokers, queue.call_timeout_s, namespace=namespace),
+            queue_client(brokers, queue, namespace),
             self._writer,
             settings.max_rows,
             settings.poll_timeout_s,
@@ -323,20 +295,6 @@ class Collector:
         return self.stats()
 
 
-def _committed_state(
-    conninfo: str, group: str, hosted: Sequence[int]
-) -> tuple[dict[int, int], dict[tuple[str, int], int]]:
-    """Where the group's stored offsets stand for these partitions, and the producers' stored sequences."""
-    writer = TelemetryWriter(conninfo)
-    writer.open()
-    try:
-        stored = writer.offsets(group)
-        sequences = writer.sequences(group, hosted)
-    finally:
-        writer.close()
-    return {p: stored[p]["next_offset"] for p in hosted if p in stored}, sequences
-
-
 def make_broker(
     index: int,
     queue: QueueSettings,
@@ -349,17 +307,21 @@ def make_broker(
     """Start broker ``index`` (an async actor; Ray restarts it on failure)."""
     # Calls in flight when a broker dies are retried on its next incarnation: appends are
     # deduplicated by sequence, fetches and commits are idempotent.
+    replicated = queue.replication_factor > 1
+    held = len(replicas.hosted_replicas(index, queue)) if replicated else len(hosted)
     opts = actor_options(
         broker_name(index),
         namespace,
         num_cpus,
-        memory_bytes=min(len(hosted) * queue.partition_budget_bytes, 4 << 30) + (256 << 20),
+        memory_bytes=min(held * queue.partition_budget_bytes, 4 << 30) + (256 << 20),
         max_concurrency=1000,
         max_task_retries=-1,
         # Brokers hold the data: spread them over nodes so one node's loss takes as few as possible.
         scheduling_strategy="SPREAD",
         **role_resources("broker", index, placement),
     )
+    if replicated:  # every broker holds replicas; the supervisor's elector decides who leads
+        return spawn(replicas.Broker, opts, index, queue, namespace, conninfo)
     return spawn(Broker, opts, index, queue, list(hosted), conninfo)
 
 

@@ -17,6 +17,7 @@ import ray
 from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats, lag_of
 from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, find, find_role
+from pipeline.runtime.replicas import answering_stats
 
 __all__ = ["attached", "collect", "mode", "pin", "render"]
 
@@ -82,8 +83,19 @@ def _stats(handles: list[ActorHandle], role: str) -> list[dict[str, Any]]:
 def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]:
     """Stats of every broker, streamer and collector in ``namespace``; rates over ``sample_s``."""
     brokers = find_role("broker", namespace, tolerate_gaps=0)
-    first: list[BrokerStats] = ray.get([b.stats.remote() for b in brokers], timeout=60)
-    before = {b["broker"]: b for b in first}
+    controller = find(CONTROLLER_NAME, namespace)
+    scaling: dict[str, Any] | None = None
+    if controller is not None:
+        scaling = cast(dict[str, Any], ray.get(controller.status.remote(), timeout=10))
+    replicated = scaling is not None and scaling.get("replication") is not None
+
+    def broker_stats() -> list[BrokerStats]:
+        if replicated:  # a lost broker's partitions are led elsewhere: those that answer
+            return answering_stats(brokers, timeout_s=10)
+        stats: list[BrokerStats] = ray.get([b.stats.remote() for b in brokers], timeout=60)
+        return stats
+
+    before = {b["broker"]: b for b in broker_stats()}
     started = time.monotonic()
     time.sleep(sample_s)
     streamers = find_role("streamer", namespace)
@@ -91,7 +103,7 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
     report: dict[str, Any] = {
         "namespace": namespace,
         "group": group,
-        "brokers": ray.get([b.stats.remote() for b in brokers], timeout=60),
+        "brokers": broker_stats(),
         "streamers": _stats(streamers, "streamer"),
         "collectors": _stats(collectors, "collector"),
     }
@@ -124,9 +136,26 @@ def collect(namespace: str, group: str, sample_s: float = 1.0) -> dict[str, Any]
                 }
             )
     report["partitions"] = sorted(partitions, key=lambda r: r["partition"])
-    controller = find(CONTROLLER_NAME, namespace)
-    report["scaling"] = None if controller is None else ray.get(controller.status.remote(), timeout=10)
+    report["scaling"] = scaling
+    report["replication"] = None if scaling is None else scaling.get("replication")
     return report
+
+
+def _render_replication(replication: dict[str, Any]) -> list[str]:
+    """Per partition its leader, epoch, replicas and in-sync set; the last elections."""
+    lines = [f"replication factor {replication['factor']}, min in-sync {replication['min_insync']}"]
+    for p, r in sorted(replication["partitions"].items(), key=lambda kv: int(kv[0])):
+        leader = "none (electing)" if r["leader"] is None else str(r["leader"])
+        flag = "  UNDER-REPLICATED" if r["under_replicated"] else ""
+        lags = ", ".join(f"{b}: {n}" for b, n in sorted(r.get("lag", {}).items())) or "-"
+        lines.append(
+            f"partition {p}: leader {leader}, epoch {r['epoch']}, replicas {r['replicas']}, "
+            f"in-sync {r['in_sync']}, follower lag {lags}{flag}"
+        )
+    for e in replication["elections"][-5:]:
+        kind = "unclean election" if e["unclean"] else "election"
+        lines.append(f"{kind}: partition {e['partition']} -> broker {e['leader']} (epoch {e['epoch']})")
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
@@ -152,6 +181,8 @@ def render(report: dict[str, Any]) -> str:
             f"collector {c['id']}: rows {c['rows']} partitions {c['partitions']} generation "
             f"{c['generation']} retries {c['retries']}" + (f" error {c['error']}" if c.get("error") else "")
         )
+    if report.get("replication"):
+        lines.extend(_render_replication(report["replication"]))
     scaling = report.get("scaling")
     if scaling:
         for role, r in scaling["roles"].items():

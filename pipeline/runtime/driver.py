@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.queue.api import BrokerStats, lag_of
 from pipeline.runtime.desired import spec_of
 from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, collector_name, find, find_brokers, streamer_name
+from pipeline.runtime.replicas import answering_stats
 from pipeline.runtime.reports import CollectorStatus, StreamerStatus
 from pipeline.runtime.supervisor import make_controller
 from pipeline.storage.database import Database
@@ -164,17 +165,25 @@ class Pipeline:
         p.status = fleet["status"]
         p.started_at = float(fleet.get("started_at", 0.0))
         brokers = find_brokers(self.namespace, int(p.status.get("brokers", self.settings.queue.brokers)))
-        p.brokers = ray.get([b.stats.remote() for b in brokers], timeout=120) if brokers else []
+        replicated = p.status.get("replication") is not None
+        if replicated:  # a lost broker's partitions are led elsewhere: read those that answer
+            p.brokers = answering_stats(brokers)
+        else:
+            p.brokers = ray.get([b.stats.remote() for b in brokers], timeout=120) if brokers else []
         p.produced = fleet["retired"]["produced"] + sum(int(s.get("produced", 0)) for s in p.streamers)
         p.rejected = fleet["retired"]["rejected"] + sum(int(s.get("rejected", 0)) for s in p.streamers)
         p.streamers_done = all(s.get("done") or not s.get("running", True) for s in p.streamers)
         p.errors = [f"{s['id']}: {s['error']}" for s in [*p.streamers, *p.collectors] if s.get("error")]
         group = self.settings.queue.group
+        reported = set()
         for b in p.brokers:
-            for part in b["partitions"].values():
+            for partition, part in b["partitions"].items():
                 rows, batches = lag_of(part, group)
                 p.lag_rows += rows
                 p.lag_batches += batches
+                reported.add(int(partition))
+        if replicated:  # a partition no leader reports is not drained (its leader is being elected)
+            p.lag_batches += len({int(k) for k in p.status["replication"]["partitions"]} - reported)
         p.stored = sum(int(c.get("rows", 0)) for c in p.collectors)
         p.stored_rejects = sum(int(c.get("rejects", 0)) for c in p.collectors)
         return p

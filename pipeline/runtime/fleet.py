@@ -27,6 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.queue.api import ProducerCheckpoint
 from pipeline.queue.routing import broker_of
 from pipeline.runtime import actors
+from pipeline.runtime.elector import Elector
 from pipeline.runtime.names import ActorHandle, ProducerId, broker_name, collector_name, find, streamer_name
 from pipeline.runtime.reports import CollectorStatus, FleetStats, StreamerStatus, Totals
 from pipeline.runtime.supervision import Supervision
@@ -57,6 +58,8 @@ class Fleet:
         self.retired: Totals = {"produced": 0, "rejected": 0}
         self.started_at = time.time()
         self._last: dict[str, Any] = {}
+        # With replication the supervisor elects partition leaders (pipeline.runtime.elector).
+        self.elector = Elector(settings.queue, lambda: self.brokers) if settings.queue.replication_factor > 1 else None
 
     # --- layout -------------------------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Fleet:
         with self._lock:
             self.brokers = [self._broker(b) for b in range(self._settings.queue.brokers)]
             ray.get([b.stats.remote() for b in self.brokers], timeout=600)  # recovery of a queue dir may take long
+            if self.elector is not None:
+                self.elector.settle()  # every partition has a leader before anyone produces or consumes
             self._checkpoints = CheckpointStore(self._conninfo, self._namespace)
             if layout.get("resplit"):
                 self._finish_resplit(layout)

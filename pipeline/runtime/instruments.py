@@ -9,7 +9,7 @@ from ray.util import metrics as ray_metrics
 
 from pipeline import metrics
 
-__all__ = ["Instruments"]
+__all__ = ["BrokerMetrics", "Instruments"]
 
 
 class Instruments:
@@ -37,3 +37,42 @@ class Instruments:
     def observe(self, d: metrics.MetricDef, value: float, **tags: str) -> None:
         """Record one observation of a histogram."""
         self._m[d.name].observe(value, tags=tags)
+
+
+class BrokerMetrics:
+    """The queue's per-partition metrics of one broker, exported from its stats."""
+
+    DEFS = (
+        metrics.QUEUE_LOG_END,
+        metrics.QUEUE_BYTES_HELD,
+        metrics.QUEUE_BLOCKED_SECONDS,
+        metrics.QUEUE_APPENDED_ROWS,
+        metrics.QUEUE_FETCHED_ROWS,
+        metrics.CONSUMER_LAG,
+        metrics.QUEUE_DISK_FULL,
+    )
+
+    def __init__(self) -> None:
+        self._instruments: Instruments | None = None  # made on first use: an actor's constructor stays light
+        self._reported: dict[int, tuple[float, int, int]] = {}
+
+    def export(self, stats: Any) -> None:
+        """Set gauges and add counter increments since the last call (``stats``: a ``BrokerStats``)."""
+        if self._instruments is None:
+            self._instruments = Instruments(self.DEFS)
+        ins = self._instruments
+        for p, s in stats["partitions"].items():
+            tag = str(p)
+            blocked, appended, fetched = self._reported.get(p, (0.0, 0, 0))
+            ins.set(metrics.QUEUE_LOG_END, s["end_offset"], partition=tag)
+            ins.set(metrics.QUEUE_BYTES_HELD, s["bytes_held"], partition=tag)
+            ins.inc(metrics.QUEUE_BLOCKED_SECONDS, s["blocked_s"] - blocked, partition=tag)
+            ins.inc(metrics.QUEUE_APPENDED_ROWS, s["rows_appended"] - appended, partition=tag)
+            ins.inc(metrics.QUEUE_FETCHED_ROWS, s["rows_fetched"] - fetched, partition=tag)
+            self._reported[p] = (s["blocked_s"], s["rows_appended"], s["rows_fetched"])
+            for group, g in s["groups"].items():
+                ins.set(metrics.CONSUMER_LAG, g["lag_rows"], group=group, partition=tag)
+            for reason in ("budget", "enospc"):
+                ins.set(
+                    metrics.QUEUE_DISK_FULL, 1.0 if s.get("disk_full") == reason else 0.0, partition=tag, reason=reason
+                )

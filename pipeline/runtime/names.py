@@ -23,6 +23,7 @@ __all__ = [
     "ProducerId",
     "actor_options",
     "broker_name",
+    "call_once",
     "collector_name",
     "find",
     "find_brokers",
@@ -117,6 +118,11 @@ def role_resources(role: str, index: int, placement: bool) -> dict[str, Any]:
 def spawn(cls: type, options: dict[str, Any], *args: Any, **kwargs: Any) -> ActorHandle:
     """Start ``cls`` as a Ray actor with ``options`` (the one call that turns a plain class into an actor)."""
     return cast("ActorHandle", ray.remote(**options)(cls).remote(*args, **kwargs))
+
+
+def call_once(handle: ActorHandle, method: str, *args: Any) -> Any:
+    """Call ``method`` on an actor without Ray's retries (a call parked on a restart must not stall failover)."""
+    return getattr(handle, method).options(max_task_retries=0).remote(*args)
 
 
 def find(name: str, namespace: str) -> ActorHandle | None:

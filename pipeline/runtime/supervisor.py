@@ -24,6 +24,7 @@ from pipeline.queue.api import BrokerStats, lag_of
 from pipeline.runtime.desired import apply_spec, changes, spec_of
 from pipeline.runtime.instruments import Instruments
 from pipeline.runtime.names import CONTROLLER_NAME, ActorHandle, actor_options, spawn
+from pipeline.runtime.replicas import answering_stats
 from pipeline.runtime.supervision import Supervision
 from pipeline.scaling import Autoscaler, ScalePolicy
 from pipeline.storage.deployments import Deployment, DeploymentStore
@@ -35,6 +36,7 @@ __all__ = ["Controller", "make_controller"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+REPLICATION_PERIOD_S = 0.5
 
 
 class Controller:
@@ -93,6 +95,8 @@ class Controller:
         )
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
         self._thread.start()
+        if self._fleet.elector is not None:
+            threading.Thread(target=self._replication_loop, name="elector", daemon=True).start()
 
     def _load_or_create(self, settings: Settings) -> Deployment:
         deployment = self._store.load(self._namespace)
@@ -137,6 +141,16 @@ class Controller:
             except Exception:  # one bad round must not end supervision; it is logged with its traceback
                 log.exception("supervisor round failed")
 
+    def _replication_loop(self) -> None:
+        """Watch the replicas and elect leaders, twice a second (failover must not wait for a heal round)."""
+        elector = self._fleet.elector
+        assert elector is not None
+        while not self._stop.wait(REPLICATION_PERIOD_S):
+            try:
+                elector.round()
+            except Exception:  # one bad round must not end the elections; it is logged with its traceback
+                log.exception("replication round failed")
+
     def _heal(self) -> None:
         """Re-create actors gone for good; count the restarts Ray made."""
         if self._stop.is_set():
@@ -176,7 +190,11 @@ class Controller:
     def _signals(self) -> dict[str, float]:
         group = self._settings.queue.group
         lag = 0.0
-        brokers: list[BrokerStats] = ray.get([b.stats.remote() for b in self._fleet.brokers], timeout=30)
+        brokers: list[BrokerStats]
+        if self._fleet.elector is not None:  # a lost broker's partitions are led elsewhere
+            brokers = answering_stats(self._fleet.brokers)
+        else:
+            brokers = ray.get([b.stats.remote() for b in self._fleet.brokers], timeout=30)
         for b in brokers:
             for part in b["partitions"].values():
                 lag += lag_of(part, group)[0]
@@ -296,6 +314,22 @@ class Controller:
             "namespace": self._namespace,
             "actors": self._supervision.report(),
             "brokers": len(self._fleet.brokers),
+            "replication": self._replication(),
+        }
+
+    def _replication(self) -> dict[str, Any] | None:
+        """Per partition its leader, replicas, in-sync set and epoch; the last elections (None: one copy)."""
+        elector = self._fleet.elector
+        if elector is None:
+            return None
+        q = self._settings.queue
+        partitions = elector.report()
+        return {
+            "factor": q.replication_factor,
+            "min_insync": q.min_insync,
+            "partitions": partitions,
+            "under_replicated": sorted(p for p, r in partitions.items() if r["under_replicated"]),
+            "elections": elector.recent(),
         }
 
     def progress(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from pipeline.errors import BrokerRestarted, QueueError
-from pipeline.queue.api import AppendResult, BrokerStats, FetchResult
+from pipeline.queue.api import AppendResult, BrokerStats, FetchResult, Producer
 from pipeline.queue.group import Assignment
 from pipeline.queue.routing import merge_results, per_broker, split_for_brokers
 from pipeline.records import Envelope
@@ -172,7 +172,7 @@ class DurableProducer:
     A database that is away raises ``DatabaseUnavailable``, which the streamer waits out.
     """
 
-    def __init__(self, queue: RayQueue, store: CheckpointStore) -> None:
+    def __init__(self, queue: Producer, store: CheckpointStore) -> None:
         self._queue = queue
         self._store = store
 

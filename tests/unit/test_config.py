@@ -31,12 +31,38 @@ def test_settings_sources_in_order(tmp_path: Path) -> None:
         ({"PIPELINE_QUEUE__PARTITIONS": "0"}, "queue.partitions [PIPELINE_QUEUE__PARTITIONS]"),
         ({"PIPELINE_STREAMER__INTERVAL_S": "soon"}, "streamer.interval_s [PIPELINE_STREAMER__INTERVAL_S]"),
         ({"PIPELINE_GATEWAY__DEFAULT_LIMIT": "50000"}, "default_limit 50000 exceeds max_limit"),
+        (
+            {
+                "PIPELINE_QUEUE__BROKERS": "3",
+                "PIPELINE_QUEUE__REPLICATION_FACTOR": "2",
+                "PIPELINE_QUEUE__MIN_INSYNC": "3",
+            },
+            "min_insync (3) exceeds replication_factor (2) [PIPELINE_QUEUE__MIN_INSYNC]",
+        ),
+        (
+            {"PIPELINE_QUEUE__BROKERS": "2", "PIPELINE_QUEUE__REPLICATION_FACTOR": "3"},
+            "replication_factor (3) needs at least as many brokers (queue.brokers is 2)",
+        ),
+        ({"PIPELINE_QUEUE__REPLICATION_FACTOR": "0"}, "queue.replication_factor [PIPELINE_QUEUE__REPLICATION_FACTOR]"),
     ],
 )
 def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(errors.ConfigError) as info:
         Settings.load(environ=environ)
     assert message in str(info.value)
+
+
+def test_replication_defaults_to_one_copy_and_takes_three_with_two_in_sync() -> None:
+    s = Settings.load(environ={})
+    assert (s.queue.replication_factor, s.queue.min_insync) == (1, 1)
+    s = Settings.load(
+        environ={
+            "PIPELINE_QUEUE__BROKERS": "3",
+            "PIPELINE_QUEUE__REPLICATION_FACTOR": "3",
+            "PIPELINE_QUEUE__MIN_INSYNC": "2",
+        }
+    )
+    assert (s.queue.replication_factor, s.queue.min_insync) == (3, 2)
 
 
 def test_config_file_errors(tmp_path: Path) -> None:

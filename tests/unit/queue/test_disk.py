@@ -96,3 +96,17 @@ def test_default_disk_settings_fit_the_smallest_overlay_volume() -> None:
     assert q.partitions * q.disk_budget_bytes <= 0.8 * dev_volume
     assert q.segment_bytes * 4 <= q.disk_budget_bytes  # retention can free space segment by segment
     assert q.retention_bytes <= q.disk_budget_bytes
+
+
+@pytest.mark.parametrize("segment_bytes", [1, 1 << 20], ids=["a-segment-per-frame", "one-segment"])
+def test_a_cut_tail_is_gone_from_disk_and_the_log_continues_at_the_cut(tmp_path: Path, segment_bytes: int) -> None:
+    store = SegmentStore(tmp_path, segment_bytes=segment_bytes)
+    for i in range(6):
+        store.append(i, {"i": i}, envelope())
+    assert store.truncate(3) > 0
+    store.append(3, {"i": "new"}, envelope())
+    frames, next_offset, _ = SegmentStore(tmp_path, segment_bytes=segment_bytes).recover(0)
+    assert [f.offset for f in frames] == [0, 1, 2, 3] and next_offset == 4
+    assert frames[3].header["i"] == "new"
+    assert store.truncate(0) > 0  # a replica rebuilt from its leader starts empty
+    assert SegmentStore(tmp_path, segment_bytes=segment_bytes).recover(0)[0] == []

@@ -1,0 +1,90 @@
+"""What a partition leader sends a follower in one call: requests for several partitions, one Arrow batch.
+
+A leader broker ships to each follower broker in one call per round: one ``Replicate`` request per
+partition the follower holds (with the entries from the request's first offset), the committed
+offsets of each, and every entry's rows packed into ONE envelope (``pack_envelopes``), as a fetch
+does: an Arrow slice pickles with its parent's whole buffers, so slices never travel on their own.
+``unpack`` cuts the packed envelope back into one envelope per entry (zero-copy slices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pipeline.queue.log import Entry
+from pipeline.queue.replication import Replicate
+from pipeline.records import Envelope, empty_wire, pack_envelopes
+
+__all__ = ["EntryMeta", "Mirrored", "Shipment", "pack", "unpack"]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """One entry's bookkeeping (its rows travel in ``Shipment.data``)."""
+
+    rows: int
+    rejects: int
+    nbytes: int
+    producer: str | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mirrored:
+    """An entry as a follower appends it (and as a new leader appends its marker)."""
+
+    payload: Envelope
+    rows: int
+    nbytes: int
+    producer: str | None = None
+    seq: int | None = None
+
+
+@dataclass(slots=True)
+class Shipment:
+    """One leader-to-follower call: per partition a request and its entries' metadata."""
+
+    source: int
+    requests: list[tuple[int, Replicate, list[EntryMeta]]] = field(default_factory=list)
+    committed: dict[int, dict[str, int]] = field(default_factory=dict)
+    data: Envelope | None = None
+
+    @property
+    def entries(self) -> int:
+        """Entries carried, over every partition."""
+        return sum(len(metas) for _, _, metas in self.requests)
+
+
+def pack(
+    source: int, parts: Sequence[tuple[int, Replicate, Sequence[Entry]]], committed: dict[int, dict[str, int]]
+) -> Shipment:
+    """A shipment of these requests and log entries (their payloads packed as one envelope)."""
+    shipment = Shipment(source, committed=committed)
+    payloads: list[Envelope] = []
+    for partition, request, entries in parts:
+        metas = [EntryMeta(e.rows, e.payload.num_rejects, e.nbytes, e.producer, e.seq) for e in entries]
+        shipment.requests.append((partition, request, metas))
+        payloads.extend(e.payload for e in entries)
+    shipment.data = pack_envelopes(payloads)
+    return shipment
+
+
+def unpack(shipment: Shipment) -> list[list[Mirrored]]:
+    """Per request, its entries as a follower appends them."""
+    data = shipment.data
+    samples = data.samples if data is not None else empty_wire()
+    rejects = data.rejects if data is not None else None
+    at = rat = 0
+    out: list[list[Mirrored]] = []
+    for _, _, metas in shipment.requests:
+        mine = []
+        for m in metas:
+            piece_rejects = rejects.slice(rat, m.rejects) if rejects is not None and m.rejects else None
+            mine.append(
+                Mirrored(Envelope(samples.slice(at, m.rows), piece_rejects), m.rows, m.nbytes, m.producer, m.seq)
+            )
+            at += m.rows
+            rat += m.rejects
+        out.append(mine)
+    return out
