@@ -10,7 +10,9 @@ What the operator does and what this script does instead:
   ``gcsFaultToleranceOptions`` (Redis) -> RAY_REDIS_ADDRESS (the machine's Redis) and a namespace;
 * ConfigMap and Secret volumes -> their files, written under a scratch root at their mount paths
   (paths in the mounted files and the entrypoint are rewritten to that root); the database a
-  Secret names -> the test's PostgreSQL (DATABASE_URL), as every pod's env has it;
+  Secret names -> the test's PostgreSQL (DATABASE_URL): the owner's Secret (the head's) -> the test's
+  URL, another login's (the gateway group's read-only gateway_reader) -> a login made here with the
+  group roles the TimescaleDB init script gives it, in that group's nodes' environment only;
 * the pipeline RayJob -> its own ``entrypoint``, submitted through the Ray Jobs REST API with the
   cluster's token; the gateway's serveConfigV2 -> ``PUT /api/serve/applications/`` on the
   dashboard, as RayService does (HTTP on a free port, one proxy: every node here shares one IP).
@@ -33,6 +35,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -42,10 +45,12 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "kuberay" / "overlays" / "dev"
@@ -128,8 +133,12 @@ def _pod_specs(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
-def node_args(group: dict[str, Any]) -> dict[str, Any]:
-    """``Cluster.add_node`` arguments for one pod of a group, from its rayStartParams and limits."""
+def node_args(group: dict[str, Any], databases: dict[str, str] | None = None) -> dict[str, Any]:
+    """``Cluster.add_node`` arguments for one pod of a group, from its rayStartParams and limits.
+
+    With ``databases`` (``database_urls``), a group whose pods get another DATABASE_URL than the head's
+    gets it in its node's environment (the raylet's, which its workers inherit).
+    """
     params = group["rayStartParams"]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     args: dict[str, Any] = {
@@ -138,7 +147,40 @@ def node_args(group: dict[str, Any]) -> dict[str, Any]:
     }
     if "resources" in params:
         args["resources"] = json.loads(json.loads(params["resources"]))
+    url = (databases or {}).get(group["groupName"])
+    if url is not None and url != (databases or {}).get("head"):
+        args["env_vars"] = {"DATABASE_URL": url}
     return args
+
+
+def database_urls(objs: list[dict[str, Any]], admin: str) -> dict[str, str]:
+    """The DATABASE_URL of each Ray pod group ("head" and the worker groups) on the test's PostgreSQL.
+
+    The head's Secret (the owner's) -> ``admin``; a Secret that names another login -> a login made here
+    (``harness_<login>_<hex>``), a member of the roles the TimescaleDB init script makes that login one of.
+    """
+    cluster = by_kind(objs, "RayCluster")
+    script = by_kind(objs, "ConfigMap", "timescaledb-init")["data"]["10-roles.sh"]
+    member_of = dict(re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD :'\w+' IN ROLE (\w+);", script))
+    groups = [("head", cluster["spec"]["headGroupSpec"])]
+    groups += [(g["groupName"], g) for g in cluster["spec"]["workerGroupSpecs"]]
+
+    def secret_of(group: dict[str, Any]) -> tuple[str, str]:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0].get("env", [])}
+        ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        return ref["name"], ref["key"]
+
+    owner = secret_of(groups[0][1])
+    made: dict[tuple[str, str], str] = {owner: admin}
+    for _, group in groups:
+        secret = secret_of(group)
+        if secret not in made:
+            user = urlsplit(secret_value(objs, *secret)).username or ""
+            login = f"harness_{user}_{uuid.uuid4().hex[:6]}"
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute(f"CREATE ROLE {login} LOGIN IN ROLE {member_of[user]}")
+            made[secret] = make_conninfo(admin, user=login)
+    return {name: made[secret_of(group)] for name, group in groups}
 
 
 class Jobs:
@@ -318,8 +360,10 @@ def main() -> int:
         },
     )
     report: dict[str, Any] = {}
+    databases: dict[str, str] = {}
     try:
-        report = run_phases(objs, mat, cluster, dashboard_port, token, args.database_url)
+        databases = database_urls(objs, args.database_url)
+        report = run_phases(objs, mat, cluster, dashboard_port, token, databases)
         print(json.dumps(report))
         return 0
     except BaseException as exc:
@@ -327,11 +371,21 @@ def main() -> int:
         raise
     finally:
         cluster.shutdown()
+        with psycopg.connect(args.database_url, autocommit=True) as c:
+            for url in set(databases.values()) - {args.database_url}:
+                with contextlib.suppress(psycopg.Error):
+                    c.execute(f"DROP ROLE {_user(url)}")
 
 
 def run_phases(
-    objs: list[dict[str, Any]], mat: Materialised, cluster: Any, dashboard_port: int, token: str, db: str
+    objs: list[dict[str, Any]],
+    mat: Materialised,
+    cluster: Any,
+    dashboard_port: int,
+    token: str,
+    databases: dict[str, str],
 ) -> dict[str, Any]:
+    db = databases["head"]
     cluster_obj = by_kind(objs, "RayCluster")
     serve_config = yaml.safe_load(mat.path("/etc/pipeline").joinpath("serve_config.yaml").read_text())
     serve_min = max(
@@ -344,7 +398,7 @@ def run_phases(
         count = max(int(group.get("minReplicas", 1)), int(group.get("replicas") or 0), 1)
         if group["groupName"] == "gateway":
             count = max(count, min(serve_min, int(group.get("maxReplicas", count))))
-        nodes[group["groupName"]] = [cluster.add_node(**node_args(group)) for _ in range(count)]
+        nodes[group["groupName"]] = [cluster.add_node(**node_args(group, databases)) for _ in range(count)]
     cluster.wait_for_nodes()
     address = cluster.address
     env = {
@@ -386,6 +440,16 @@ def run_phases(
     grown = wait_for_growth(db, before)
     api = httpx.get(f"http://127.0.0.1:{http_port}/api/v1/gpus", timeout=30, headers=_api_headers(objs))
     assert api.status_code == 200 and api.json()["items"], api.text[:500]
+    # Who is connected to the database: the gateway replicas' pools log in as the gateway group's login.
+    with psycopg.connect(db) as c:
+        sessions = c.execute(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() ORDER BY 1"
+        ).fetchall()
+    logins = {
+        "gateway_login": _user(databases["gateway"]),
+        "owner_login": _user(db),
+        "sessions": [u for (u,) in sessions],
+    }
     again = jobs.submit(entrypoint)
     jobs.wait(again, ("SUCCEEDED",))
     attach_log = jobs.logs(again)
@@ -393,6 +457,7 @@ def run_phases(
     wait_for_growth(db, grown)
     healthy(env)
     out["a"] = {
+        "logins": logins,
         "driver_killed": killed,
         "resubmitted": attach_log.strip().splitlines()[-1],
         **stop_and_compare(db, env, before=0),
@@ -408,7 +473,7 @@ def run_phases(
             cluster.remove_node(node, allow_graceful=False)
     spec = {g["groupName"]: g for g in cluster_obj["spec"]["workerGroupSpecs"]}
     for group in ("streamers", "collectors"):
-        nodes[group] = [cluster.add_node(**node_args(spec[group])) for _ in nodes[group]]
+        nodes[group] = [cluster.add_node(**node_args(spec[group], databases)) for _ in nodes[group]]
     wait_for_growth(db, grown + 200, timeout_s=300)
     after = _worker_pids(healthy(env))
     moved = {n: int(after[n] != pids[n]) for n in pids}  # a new process: it lost its node and came back
@@ -430,6 +495,10 @@ def run_phases(
     healthy(env)
     out["c"] = stop_and_compare(db, env, before)
     return out
+
+
+def _user(conninfo: str) -> str:
+    return str(conninfo_to_dict(conninfo).get("user") or "")
 
 
 def _api_headers(objs: list[dict[str, Any]]) -> dict[str, str]:

@@ -3,7 +3,8 @@
 The harness (``kuberay_harness.py``, in a subprocess: it runs its own multi-node cluster, which cannot
 share a process with this session's ``ray_local``) renders the overlay, starts a head and one node per
 worker group with their rayStartParams, submits the pipeline RayJob's own entrypoint through the Jobs
-API with the cluster's token, deploys the Serve config through the dashboard, then drives three faults:
+API with the cluster's token, deploys the Serve config through the dashboard (its replicas on the gateway
+node, whose DATABASE_URL is a read-only login as the gateway group's Secret says), then drives three faults:
 the job's driver SIGKILLed (a resubmitted job attaches), the streamer and collector nodes removed, the
 GCS killed and restarted. Each ends with ``stop --json`` and an exact produced/stored comparison.
 """
@@ -48,6 +49,10 @@ def test_the_dev_overlay_runs_on_a_multi_node_cluster_and_survives_three_faults(
     assert proc.returncode == 0 and "error" not in report, f"{report}\n{err[-8000:]}"
     assert report["entrypoint"].split()[:4] == ["python", "-m", "pipeline", "deploy"]
     assert report["a"]["driver_killed"] and "nothing changed" in report["a"]["resubmitted"]
+    # The gateway group's pods connect as the read-only login (gpu-telemetry-gateway-db), not the owner.
+    logins = report["a"]["logins"]
+    assert logins["gateway_login"].startswith("harness_gateway_reader_"), logins
+    assert logins["gateway_login"] in logins["sessions"] and logins["owner_login"] in logins["sessions"], logins
     assert report["b"]["moved"] == {"streamer-0": 1, "collector-0": 1}, report["b"]  # they lost their nodes
     for phase in ("a", "b", "c"):
         r = report[phase]
