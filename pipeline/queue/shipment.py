@@ -4,13 +4,21 @@ A leader broker ships to each follower broker in one call per round: one ``Repli
 partition the follower holds (with the entries from the request's first offset), the committed
 offsets of each, and every entry's rows packed into ONE envelope (``pack_envelopes``), as a fetch
 does: an Arrow slice pickles with its parent's whole buffers, so slices never travel on their own.
-``unpack`` cuts the packed envelope back into one envelope per entry (zero-copy slices).
+
+The packed rows travel as an Arrow IPC stream with LZ4-compressed buffers (``data``): telemetry
+compresses about 5x (a 10,000-row flush: 426 kB of buffers, 79 kB compressed), which keeps a
+shipment of a flush or two under Ray's inline limit for call arguments (100 KiB), so it goes with
+the call itself instead of through the object store (a put on the leader's node and a transfer by
+the raylets to each follower's: measured, that was most of what replication cost). ``unpack``
+decodes once and cuts the batch back into one envelope per entry (zero-copy slices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from pipeline.queue.log import Entry
 from pipeline.queue.replication import Replicate
@@ -48,12 +56,32 @@ class Shipment:
     source: int
     requests: list[tuple[int, Replicate, list[EntryMeta]]] = field(default_factory=list)
     committed: dict[int, dict[str, int]] = field(default_factory=dict)
-    data: Envelope | None = None
+    data: bytes | None = None  # the entries' samples, one compressed Arrow IPC stream
+    rejects: bytes | None = None  # their rejects, likewise (None: none)
 
     @property
     def entries(self) -> int:
         """Entries carried, over every partition."""
         return sum(len(metas) for _, _, metas in self.requests)
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the encoded rows (what decides whether the shipment travels inline)."""
+        return len(self.data or b"") + len(self.rejects or b"")
+
+
+_IPC = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
+
+
+def _encode(batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=_IPC) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode(data: bytes) -> pa.RecordBatch:
+    return pa.ipc.open_stream(data).read_next_batch()
 
 
 def pack(
@@ -66,15 +94,17 @@ def pack(
         metas = [EntryMeta(e.rows, e.payload.num_rejects, e.nbytes, e.producer, e.seq) for e in entries]
         shipment.requests.append((partition, request, metas))
         payloads.extend(e.payload for e in entries)
-    shipment.data = pack_envelopes(payloads)
+    packed = pack_envelopes(payloads)
+    if packed is not None:
+        shipment.data = _encode(packed.samples)
+        shipment.rejects = None if packed.rejects is None else _encode(packed.rejects)
     return shipment
 
 
 def unpack(shipment: Shipment) -> list[list[Mirrored]]:
     """Per request, its entries as a follower appends them."""
-    data = shipment.data
-    samples = data.samples if data is not None else empty_wire()
-    rejects = data.rejects if data is not None else None
+    samples = _decode(shipment.data) if shipment.data is not None else empty_wire()
+    rejects = _decode(shipment.rejects) if shipment.rejects is not None else None
     at = rat = 0
     out: list[list[Mirrored]] = []
     for _, _, metas in shipment.requests:

@@ -38,6 +38,11 @@ __all__ = ["Broker", "RayPeers", "answering_stats", "committed_state", "hosted_r
 log = logging.getLogger(__name__)
 
 
+# Ray sends a call's arguments with the call up to 100 KiB serialized (``max_direct_call_object_size``),
+# through the object store above: this leaves room for the shipment's requests and offsets.
+INLINE_BYTES = 90_000
+
+
 def hosted_replicas(index: int, queue: QueueSettings) -> dict[int, tuple[int, ...]]:
     """The partitions broker ``index`` holds a replica of, each with its replica brokers (leader first)."""
     out = {}
@@ -59,8 +64,8 @@ class RayPeers:
 
     def _argument(self, shipment: Shipment) -> Any:
         """The shipment, or a reference to one copy in the object store shared by every follower it goes to."""
-        if not shipment.entries:
-            return shipment  # small: it travels inline with the call
+        if not shipment.entries or shipment.data_bytes <= INLINE_BYTES:
+            return shipment  # small: it travels inline with the call (no put, no transfer by the raylets)
         if self._put is None or self._put[0] is not shipment:
             self._put = (shipment, ray.put(shipment))
         return self._put[1]

@@ -1,0 +1,42 @@
+"""A shipment's rows travel compressed and come back as the same entries (rows, rejects, metadata)."""
+
+from __future__ import annotations
+
+import pickle
+
+from pipeline.queue.log import Entry
+from pipeline.queue.replication import Replicate
+from pipeline.queue.shipment import pack, unpack
+from pipeline.records import Envelope, make_rejects
+from tests.support import envelope_of
+
+
+def _request(first: int) -> Replicate:
+    return Replicate(1, 0, ((1, 0),), 0, 0, first + 2, first, "lineage")
+
+
+def test_entries_come_back_as_they_were_shipped() -> None:
+    rejected = Envelope(envelope_of(3, "b").samples, make_rejects(1, "src", [7], ["bad,line"], ["unparsable"]))
+    entries = {
+        0: [Entry(0, envelope_of(5, "a"), 5, 100, 0.0, "p", 1), Entry(1, rejected, 3, 60, 0.0, "p", 2)],
+        2: [Entry(4, envelope_of(0, "c"), 0, 1, 0.0)],  # a marker: no rows
+    }
+    shipment = pack(0, [(p, _request(es[0].offset), es) for p, es in entries.items()], {0: {"g": 1}})
+    shipment = pickle.loads(pickle.dumps(shipment))  # as it crosses to the follower
+    got = unpack(shipment)
+    for (p, es), mine in zip(entries.items(), got, strict=True):
+        assert [(m.rows, m.nbytes, m.producer, m.seq) for m in mine] == [
+            (e.rows, e.nbytes, e.producer, e.seq) for e in es
+        ]
+        for m, e in zip(mine, es, strict=True):
+            assert m.payload.samples.to_pylist() == e.payload.samples.to_pylist(), p
+            assert m.payload.num_rejects == e.payload.num_rejects
+    assert got[0][1].payload.rejects is not None
+    assert got[0][1].payload.rejects.to_pylist() == rejected.rejects.to_pylist()  # type: ignore[union-attr]
+    assert shipment.committed == {0: {"g": 1}}
+
+
+def test_rows_travel_compressed() -> None:
+    entry = Entry(0, envelope_of(2_000), 2_000, 0, 0.0)
+    shipment = pack(0, [(0, _request(0), [entry])], {})
+    assert 0 < shipment.data_bytes < entry.payload.nbytes / 2
