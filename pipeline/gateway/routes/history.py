@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from pipeline.gateway import problems
-from pipeline.gateway.deps import State, strict_query
+from pipeline.gateway.deps import GatewayState, State, strict_query
 from pipeline.gateway.fleet_models import AllocationPage, EventPage
 from pipeline.gateway.params import (
     API,
@@ -34,6 +35,47 @@ def _iso(dt: datetime | None) -> str | None:
     return None if dt is None else utc(dt).isoformat()
 
 
+def _page(
+    route: str,
+    request: Request,
+    state: GatewayState,
+    uuid: str,
+    times: tuple[datetime | None, datetime | None],
+    limit: int | None,
+    cursor: str | None,
+    cursor_types: tuple[type, type],
+    fetch: Callable[[int, datetime, datetime, int, tuple[datetime, Any] | None], Sequence[Any]],
+    sort_key: Callable[[Any], tuple[datetime, Any]],
+    item: Callable[[Any], dict[str, Any]],
+) -> Response:
+    """One GPU's rows of a window, a page at a time: ``fetch`` reads them after a ``(ts, tiebreak)`` cursor
+    bound to the GPU and the window; ``sort_key`` gives a row's cursor, ``item`` its JSON."""
+    reject_nul(uuid=uuid)
+    q = request.query_params
+    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), *times)
+    start, end = window(start_time, end_time)
+    state.check_span(start, end, state.settings.max_aggregate_window_s)
+    n = state.page_limit(limit)
+    binding = {"uuid": uuid, "start": _iso(start_time), "end": _iso(end_time)}
+    after = None
+    if cursor is not None:
+        us, tiebreak = state.cursors.decode(route, cursor, cursor_types, binding)
+        after = (from_us(us), tiebreak)
+
+    def produce() -> dict[str, Any]:
+        rows = list(fetch(state.gpu_key(uuid), start, end, n + 1, after))
+        nxt = None
+        if len(rows) > n:
+            rows = rows[:n]
+            ts, tiebreak = sort_key(rows[-1])
+            nxt = state.cursors.encode(route, [ts_us(ts), tiebreak], binding)
+        items = [item(r) for r in rows]
+        return {"uuid": uuid, "start_time": start, "end_time": end, "items": items, "next_cursor": nxt}
+
+    key = {**binding, "limit": n, "cursor": cursor} if state.is_recent(end_time) else None
+    return state.cached_json(route, key, state.settings.recent_ttl_s, produce)
+
+
 @router.get(
     "/gpus/{uuid:path}/allocations",
     response_model=AllocationPage,
@@ -52,33 +94,22 @@ def allocations(
     cursor: CursorParam = None,
 ) -> Response:
     """A page of one GPU's intervals overlapping the window, ordered by start."""
-    reject_nul(uuid=uuid)
-    q = request.query_params
-    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
-    start, end = window(start_time, end_time)
-    state.check_span(start, end, state.settings.max_aggregate_window_s)
-    n = state.page_limit(limit)
-    binding = {"uuid": uuid, "start": _iso(start_time), "end": _iso(end_time)}
-    after = None
-    if cursor is not None:
-        us, allocation_id = state.cursors.decode("allocations", cursor, (int, int), binding)
-        after = (from_us(us), allocation_id)
-
-    def produce() -> dict[str, Any]:  # an AllocationPage
-        rows = state.reader.allocations(state.gpu_key(uuid), start, end, n + 1, after)
-        nxt = None
-        if len(rows) > n:
-            rows = rows[:n]
-            nxt = state.cursors.encode("allocations", [ts_us(rows[-1].start), rows[-1].allocation_id], binding)
-        items = [
-            {"namespace": r.namespace, "pod": r.pod, "container": r.container, "job": r.job, "start": r.start}
-            | {"end": r.end}
-            for r in rows
-        ]
-        return {"uuid": uuid, "start_time": start, "end_time": end, "items": items, "next_cursor": nxt}
-
-    key = {**binding, "limit": n, "cursor": cursor} if state.is_recent(end_time) else None
-    return state.cached_json("allocations", key, state.settings.recent_ttl_s, produce)
+    return _page(
+        "allocations",
+        request,
+        state,
+        uuid,
+        (start_time, end_time),
+        limit,
+        cursor,
+        (int, int),
+        state.reader.allocations,
+        lambda r: (r.start, r.allocation_id),
+        lambda r: (
+            {"namespace": r.namespace, "pod": r.pod, "container": r.container, "job": r.job}
+            | {"start": r.start, "end": r.end}
+        ),
+    )
 
 
 @router.get(
@@ -99,26 +130,16 @@ def events(
     cursor: CursorParam = None,
 ) -> Response:
     """A page of one GPU's events in the window, ordered by time."""
-    reject_nul(uuid=uuid)
-    q = request.query_params
-    start_time, end_time = exact_times(q.get("start_time"), q.get("end_time"), start_time, end_time)
-    start, end = window(start_time, end_time)
-    state.check_span(start, end, state.settings.max_aggregate_window_s)
-    n = state.page_limit(limit)
-    binding = {"uuid": uuid, "start": _iso(start_time), "end": _iso(end_time)}
-    after = None
-    if cursor is not None:
-        us, kind = state.cursors.decode("events", cursor, (int, str), binding)
-        after = (from_us(us), kind)
-
-    def produce() -> dict[str, Any]:  # an EventPage
-        rows = state.reader.events(state.gpu_key(uuid), start, end, n + 1, after)
-        nxt = None
-        if len(rows) > n:
-            rows = rows[:n]
-            nxt = state.cursors.encode("events", [ts_us(rows[-1].ts), rows[-1].kind], binding)
-        items = [{"ts": r.ts, "kind": r.kind, "code": r.code, "meaning": r.meaning} for r in rows]
-        return {"uuid": uuid, "start_time": start, "end_time": end, "items": items, "next_cursor": nxt}
-
-    key = {**binding, "limit": n, "cursor": cursor} if state.is_recent(end_time) else None
-    return state.cached_json("events", key, state.settings.recent_ttl_s, produce)
+    return _page(
+        "events",
+        request,
+        state,
+        uuid,
+        (start_time, end_time),
+        limit,
+        cursor,
+        (int, str),
+        state.reader.events,
+        lambda r: (r.ts, r.kind),
+        lambda r: {"ts": r.ts, "kind": r.kind, "code": r.code, "meaning": r.meaning},
+    )
