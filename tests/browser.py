@@ -13,8 +13,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ import pytest
 __all__ = ["Browser", "Element"]
 
 _ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+T = TypeVar("T")
 KEYS = {"tab": "\ue004", "enter": "\ue007", "shift": "\ue008"}
 
 
@@ -156,6 +158,18 @@ class Browser:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no element {css!r} on {self.url} after {timeout} s")
             time.sleep(0.2)
+
+    def settled(self, read: Callable[[], T], timeout: float = 30) -> T:
+        """``read()`` of a page that replaces its own elements (a refresh in place): read again when an
+        element it held went stale in between, up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return read()
+            except AssertionError as e:
+                if "stale element" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def wait_url(self, contains: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -190,16 +190,21 @@ def test_the_heatmap_is_reached_and_opened_with_the_keyboard(browser: Browser, r
 def test_the_pipeline_page_shows_the_queue_and_refreshes_itself(browser: Browser, running: Running) -> None:
     browser.get(running.base + "/pipeline")
     _wait_text(browser, "h1", "Pipeline")
-    lag_rows = browser.find_all("#lag ~ table")[0].find_all("tbody tr")
+    # The page refreshes itself in place every 5 s: each read is retried when it raced a refresh.
+    lag_rows = browser.settled(lambda: browser.find_all("#lag ~ table")[0].find_all("tbody tr"))
     assert len(lag_rows) == 4  # one per partition
-    states = [row.text for row in browser.find_all("#actors + table")[0].find_all("tbody tr")]
+    states = browser.settled(lambda: [r.text for r in browser.find_all("#actors + table")[0].find_all("tbody tr")])
     assert states and all("running" in s for s in states), states
-    before = browser.find("dl.counts").text
+
+    def counts() -> str:
+        return browser.settled(lambda: browser.find("dl.counts").text)
+
+    before = counts()
     deadline = time.monotonic() + 30
-    while browser.find("dl.counts").text == before:  # refreshed in place every 5 s while samples flow
+    while counts() == before:  # refreshed in place every 5 s while samples flow
         assert time.monotonic() < deadline, "the pipeline page did not refresh itself"
         time.sleep(0.5)
-    assert "/pipeline" in browser.url and "rows/s in" in browser.find("dl.counts").text
+    assert "/pipeline" in browser.url and "rows/s in" in counts()
     browser.screenshot("04-pipeline")
     browser.get(running.base + "/usage")
     _wait_text(browser, "h1", "Usage")
