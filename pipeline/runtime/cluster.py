@@ -41,7 +41,7 @@ def local_cpus(settings: Settings) -> int:
 
 
 def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
-    """Connect to RAY_ADDRESS or start a local Ray; returns what ``ray.init`` reported."""
+    """Connect to RAY_ADDRESS (``ray.address``) or start this run's own local Ray; returns what ``ray.init`` reported."""
     if ray.is_initialized():
         return {}
     kwargs: dict[str, Any] = {
@@ -55,6 +55,9 @@ def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
         kwargs["address"] = settings.ray.address
         kwargs.pop("include_dashboard")
     else:
+        # "local", not None: ray.init(None) joins whatever cluster `ray start` last recorded on the
+        # machine (even one long gone), and a local run is this process's own cluster.
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = settings.ray.num_cpus or local_cpus(settings)
         # Serve's proxies on this local Ray bound half-sent requests as on the Ray pods (kuberay/).
         from pipeline.gateway.proxy_guard import PROXY_CALLBACK

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -143,6 +145,23 @@ def test_embedded_default(user_env: dict[str, str]) -> None:
     assert summary["stored"] == summary["produced"] == 2 * 2 * 8 * 10
     assert "embedded PostgreSQL" in summary["database"]
     assert (Path(env["XDG_DATA_HOME"]) / "gpu-telemetry" / "postgres" / "PG_VERSION").exists()
+
+
+def test_run_starts_its_own_ray_whatever_cluster_the_machine_recorded(fresh_db: str, user_env: dict[str, str]) -> None:
+    """Without ``ray.address`` a run is local: a cluster ``ray start`` recorded on the machine (here one
+    that is gone, as a killed head leaves it) is neither joined nor a reason to fail."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+        env = {**user_env, "DATABASE_URL": fresh_db, "RAY_TMPDIR": str(ray_tmp)}
+        r = cli("run", "--hosts", "2", "--passes", "2", "--interval", "0", "--no-serve", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["produced"] == summary["stored"] == 2 * 8 * 10 * 2 and summary["rejected"] == 0
+        assert (ray_tmp / "ray" / "ray_current_cluster").read_text() == "127.0.0.1:1\n"  # not ours to change
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_status_and_scale_of_a_running_pipeline_with_its_gateway(fresh_db: str, user_env: dict[str, str]) -> None:
