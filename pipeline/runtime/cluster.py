@@ -41,7 +41,7 @@ def local_cpus(settings: Settings) -> int:
 
 
 def connect_ray(settings: Settings, quiet: bool = False) -> dict[str, Any]:
-    """Connect to RAY_ADDRESS (``ray.address``) or start this run's own local Ray; returns what ``ray.init`` reported."""
+    """Connect to RAY_ADDRESS (``ray.address``) or start this run's own local Ray; returns ray.init's report."""
     if ray.is_initialized():
         return {}
     kwargs: dict[str, Any] = {
