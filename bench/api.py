@@ -613,7 +613,7 @@ def fleet_phase(args: argparse.Namespace) -> list[tuple[str, float, float, float
     }
     loop.run_until_complete(asgi.aclose())
     reader.close()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = free_port()
     serve.start(http_options=http_options("127.0.0.1", port))
     settings = Settings(gateway=GatewaySettings(api_tokens=tokens))

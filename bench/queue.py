@@ -250,7 +250,7 @@ def main() -> None:
     if args.replication_only:
         replication(args.rows, args.batch_rows, args.replication_partitions, args.repeats)
         return
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"# queue only, {args.rows:,} rows per line, {args.batch_rows:,}-row messages, 1 broker")
     results = {}
     for n in [int(x) for x in args.partitions.split(",")]:
