@@ -66,6 +66,7 @@ from pipeline.config import GatewaySettings, Settings  # noqa: E402
 from pipeline.gateway.app import build_app  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
 from pipeline.storage.reader import Reader  # noqa: E402
+from pipeline.storage.usage import rebuild_groups  # noqa: E402
 
 DB = "bench_api"
 METRICS = 10
@@ -502,6 +503,7 @@ def build_fleet(admin: str, gpus: int) -> str:
     with psycopg.connect(url, autocommit=True) as c:
         for statement in FLEET_SQL:
             c.execute(statement, {"n": gpus})
+        rebuild_groups(c)  # the group rollups, as the compaction keeps them
         c.execute("VACUUM ANALYZE")
         counts = c.execute(
             "SELECT (SELECT count(*) FROM gpus), (SELECT count(*) FROM allocations), "
@@ -511,7 +513,7 @@ def build_fleet(admin: str, gpus: int) -> str:
         f"  built {FLEET_DB}: gpus, allocations, usage_1h, usage_1m = {counts} in {time.perf_counter() - started:.0f} s"
     )
     with psycopg.connect(url) as c:
-        for table in ("gpu_latest", "allocations", "workloads", "usage_1d", "usage_1h", "usage_1m"):
+        for table in ("gpu_latest", "allocations", "workloads", "usage_1d", "usage_1h", "usage_1m", "usage_groups_1m"):
             row = c.execute(f"SELECT pg_total_relation_size('{table}'), count(*) FROM {table}").fetchone()
             size, rows = (int(row[0]), int(row[1])) if row else (0, 0)
             print(f"  {table:12} {rows:>10,} rows {size / 2**20:9.1f} MiB  {size / max(rows, 1):6.1f} B/row")

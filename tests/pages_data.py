@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from pipeline.storage.usage import rebuild_groups
+
 __all__ = ["UTIL", "hold", "load_fleet", "mark_blank", "mark_hot", "mark_missing", "use", "uuid_of"]
 
 UTIL, TEMP, POWER, FB = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED"
@@ -153,3 +155,4 @@ def use(
             "active_s = excluded.active_s, mem_idle_s = excluded.mem_idle_s, util_s = excluded.util_s, "
             "energy_j = excluded.energy_j"
         )
+        rebuild_groups(c)  # and the group rollups, as the compaction keeps them

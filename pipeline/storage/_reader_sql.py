@@ -14,16 +14,20 @@ GPU_COLUMNS = "g.gpu_key, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.
 # With the attribution tables (sql/023): the GPU's facts, its current holder, its newest sample.
 FACT_COLUMNS = "g.driver_version, g.instance, g.parent_uuid, g.mig_instance, g.mig_profile"
 NO_FACTS = "NULL::text, NULL::text, NULL::text, NULL::smallint, NULL::text"
+# The look-ups of a page of GPUs are LATERAL ... LIMIT 1, which the planner cannot flatten into joins: an
+# index probe per GPU of the page. As plain joins it hashed all of gpu_latest, allocations and workloads
+# for every page (29 ms for 1,000 of 25,000 GPUs, against ~10 ms probing).
 HOLDER = (
-    "LEFT JOIN allocations a ON a.gpu_key = g.gpu_key AND a.ended IS NULL "
-    "LEFT JOIN workloads w ON w.workload_id = a.workload_id"
+    "LEFT JOIN LATERAL (SELECT w.namespace, w.pod, w.container, w.job, a.started FROM allocations a "
+    "JOIN workloads w ON w.workload_id = a.workload_id WHERE a.gpu_key = g.gpu_key AND a.ended IS NULL LIMIT 1) h "
+    "ON TRUE"
 )
-HOLDER_COLUMNS = "w.namespace, w.pod, w.container, w.job, a.started"
+HOLDER_COLUMNS = "h.namespace, h.pod, h.container, h.job, h.started"
 NO_HOLDER = "NULL::text, NULL::text, NULL::text, NULL::text, NULL::timestamptz"
 NEWEST_SEEN = "greatest(g.last_seen, (SELECT l.ts FROM gpu_latest l WHERE l.gpu_key = g.gpu_key))"
 # One GPU row with its gpu_latest row joined once: the newest sample, and the ids of the metrics reported
 # within the window of it (names are mapped by the reader from its catalogue).
-LATEST_JOIN = "LEFT JOIN gpu_latest l ON l.gpu_key = g.gpu_key"
+LATEST_JOIN = "LEFT JOIN LATERAL (SELECT * FROM gpu_latest l WHERE l.gpu_key = g.gpu_key LIMIT 1) l ON TRUE"
 RECENT_IDS = (
     "(SELECT coalesce(array_agg(u.metric_id), '{}') FROM unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) "
     "WHERE u.ts >= l.ts - %(window)s)"

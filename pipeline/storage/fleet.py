@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from pipeline.records import TIME_GRID_ORIGIN
+from pipeline.storage import _reader_sql as q
 from pipeline.storage.rows import (
     AllocationRow,
     BlankRow,
@@ -24,6 +25,7 @@ from pipeline.storage.rows import (
     SilentHost,
     UsageRow,
 )
+from pipeline.storage.usage import GROUP_DIMS
 
 __all__ = ["GROUPS", "FleetQueries", "GroupBy", "Resolution", "usage_window"]
 
@@ -39,10 +41,6 @@ GROUPS: Final[dict[str, str]] = {
 _VALUE = (
     "CROSS JOIN LATERAL (SELECT l.vals[p.i] AS value, l.sample_ts[p.i] AS ts "
     "FROM (SELECT array_position(l.metric_ids, %(metric)s::smallint) AS i) p) v"
-)
-_HOLDER = (
-    "LEFT JOIN allocations a ON a.gpu_key = l.gpu_key AND a.ended IS NULL "
-    "LEFT JOIN workloads w ON w.workload_id = a.workload_id"
 )
 # One pass: the rollup rows of the window joined to their workload (and GPU) and summed per group. (A count
 # of distinct GPUs per group measured 1.5-4x the whole query at 25,000 GPUs: the API reports mean GPUs.)
@@ -108,7 +106,7 @@ class FleetQueries:
         """Each GPU's newest value of one metric, ordered by (value, gpu key), after a cursor, at most ``limit``.
 
         The page is cut from ``gpu_latest`` alone (joined to ``gpus`` or the holders only to filter by them);
-        host, model and holder are then looked up for the page's rows only.
+        host, model and holder are then probed by index for the page's rows only (LATERAL ... LIMIT 1).
         """
         direction, op = ("ASC", ">") if order == "asc" else ("DESC", "<")
         where = ["v.value IS NOT NULL"]
@@ -129,9 +127,9 @@ class FleetQueries:
         rows = self._fetch(
             f"WITH top AS (SELECT l.gpu_key, v.value, v.ts FROM gpu_latest l {_VALUE} {joins}"
             f"WHERE {' AND '.join(where)} ORDER BY v.value {direction}, l.gpu_key {direction} LIMIT %(limit)s) "
-            "SELECT t.gpu_key, g.uuid, g.hostname, g.gpu_index, g.model, t.ts, t.value, "
-            "w.namespace, w.pod, w.container, w.job, a.started "
-            f"FROM top t JOIN gpus g ON g.gpu_key = t.gpu_key {_HOLDER.replace('l.gpu_key', 't.gpu_key')} "
+            f"SELECT t.gpu_key, g.uuid, g.hostname, g.gpu_index, g.model, t.ts, t.value, {q.HOLDER_COLUMNS} "
+            "FROM top t CROSS JOIN LATERAL (SELECT * FROM gpus g WHERE g.gpu_key = t.gpu_key LIMIT 1) g "
+            f"{q.HOLDER} "
             f"ORDER BY t.value {direction}, t.gpu_key {direction}",
             params,
         )
@@ -187,16 +185,24 @@ class FleetQueries:
         """Usage per group over ``[lo, hi)`` (whole units of ``resolution``), ordered by group (none first).
 
         Each stretch is read from the coarsest rollup that covers it whole (days from ``usage_1d``, the
-        hours at the edges from ``usage_1h``, the minutes from ``usage_1m``). ``most_used``: the ``limit``
+        hours at the edges from ``usage_1h``, the minutes from ``usage_1m``); a grouping by namespace, job,
+        host or model reads the same tiers of the group rollups (``usage_groups_*``, one row per group and
+        bucket) instead. ``most_used``: the ``limit``
         groups with the most GPU time instead, most first (no cursor).
         """
+        grouped = group_by in GROUP_DIMS
         parts: list[str] = []
-        params: dict[str, Any] = {"after": after, "limit": limit}
+        params: dict[str, Any] = {"after": after, "limit": limit, "dim": group_by}
         for i, (table, a, b) in enumerate(_stretches(lo, hi, resolution)):
-            parts.append(f"SELECT * FROM {table} WHERE bucket >= %(lo{i})s AND bucket < %(hi{i})s")
+            source = (
+                table.replace("usage_", "usage_groups_") + " WHERE dim = %(dim)s AND" if grouped else f"{table} WHERE"
+            )
+            parts.append(f"SELECT * FROM {source} bucket >= %(lo{i})s AND bucket < %(hi{i})s")
             params.update({f"lo{i}": a, f"hi{i}": b})
         if not parts:
             return []
+        if grouped:
+            return self._usage_of_groups(parts, params, after, most_used)
         group = GROUPS[group_by]
         gpus = "JOIN gpus g ON g.gpu_key = u.gpu_key " if group.startswith("g.") else ""
         having = "" if after is None else f"HAVING coalesce({group}, '') > %(after)s"
@@ -212,6 +218,19 @@ class FleetQueries:
             f"SELECT {group} AS grp, {_USAGE_SUMS} FROM ({cells}) u {gpus}"
             "LEFT JOIN workloads w ON w.workload_id = u.workload_id "
             f"GROUP BY 1 {having} ORDER BY {order} LIMIT %(limit)s",
+            params,
+        )
+        return [UsageRow(r[0], *(float(x or 0.0) for x in r[1:])) for r in rows]
+
+    def _usage_of_groups(
+        self, parts: list[str], params: dict[str, Any], after: str | None, most_used: bool
+    ) -> list[UsageRow]:
+        """Usage per namespace, job, host or model: the group rollups' rows of the window, summed per group."""
+        having = "" if after is None else "HAVING coalesce(grp, '') > %(after)s"
+        order = "sum(seconds) DESC, coalesce(grp, '')" if most_used else "coalesce(grp, '')"
+        rows = self._fetch(
+            "SELECT grp, sum(seconds), sum(alloc_s), sum(active_s), sum(mem_idle_s), sum(util_s), sum(energy_j) "
+            f"FROM ({' UNION ALL '.join(parts)}) u GROUP BY grp {having} ORDER BY {order} LIMIT %(limit)s",
             params,
         )
         return [UsageRow(r[0], *(float(x or 0.0) for x in r[1:])) for r in rows]

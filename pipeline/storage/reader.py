@@ -176,13 +176,11 @@ class Reader(FleetQueries):
 
     def _gpu_rows(self, rows: Sequence[Sequence[Any]]) -> list[GpuRow]:
         """Rows as ``GpuRow``; metric ids (the latest-value table's) named from the catalogue."""
-        ids = {i for r in rows for i in (r[8] or ()) if isinstance(i, int)}
+        lists = {tuple(r[8] or ()) for r in rows}  # a fleet's GPUs mostly report the same metrics
+        ids = {i for ids in lists for i in ids if isinstance(i, int)}
         names = self._metric_names(ids) if ids else {}
-        out = []
-        for r in rows:
-            metrics = sorted(names[i] if isinstance(i, int) else i for i in (r[8] or ()))
-            out.append(_gpu_row([*r[:8], metrics, *r[9:]]))
-        return out
+        named = {k: tuple(sorted(names[i] if isinstance(i, int) else i for i in k)) for k in lists}
+        return [_gpu_row([*r[:8], named[tuple(r[8] or ())], *r[9:]]) for r in rows]
 
     def gpu_key(self, uuid: str) -> int | None:
         """The key of a GPU by UUID (remembered: a GPU's key never changes)."""

@@ -36,7 +36,7 @@ from pipeline.storage.copy_format import (
     encode_row,
 )
 
-__all__ = ["UsageAccounting", "UsageRules", "compact"]
+__all__ = ["GROUP_DIMS", "UsageAccounting", "UsageRules", "compact", "rebuild_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ WITH moved AS (
     INSERT INTO usage_1m SELECT bucket, gpu_key, workload_id, {_SUM} FROM cells GROUP BY 1, 2, 3
     ON CONFLICT (bucket, gpu_key, workload_id) DO UPDATE SET {_ADD.format(t="usage_1m")}
     RETURNING 1
-), {{hour}} last AS (
+), {{hour}} {{groups}} last AS (
     SELECT DISTINCT ON (l.gpu_key) l.* FROM moved m
      CROSS JOIN LATERAL unnest(m.last_gpu, m.last_ts, m.last_util, m.last_power, m.last_fb, m.last_wl)
            AS l(gpu_key, ts, util, power, fb, workload_id)
@@ -293,11 +293,67 @@ _HOUR = "".join(
 ), """
     for name, table, width in (("hour", "usage_1h", "1 hour"), ("day", "usage_1d", "1 day"))
 )
+# The cells summed per namespace, job, host and model (025), into the three tiers of usage_groups on
+# both platforms: a cell counts for its workload's namespace and job and its GPU's host and model.
+GROUP_DIMS: Final = ("namespace", "job", "hostname", "model")
+_GROUP_SUMS = ("seconds", "alloc_s", *_SUMS[1:])
+_GROUPS = """grouped AS (
+    SELECT c.bucket, d.dim, d.grp, sum(c.seconds) AS seconds,
+           coalesce(sum(c.seconds) FILTER (WHERE c.workload_id <> 0), 0) AS alloc_s, sum(c.active_s) AS active_s,
+           sum(c.mem_idle_s) AS mem_idle_s, sum(c.util_s) AS util_s, sum(c.energy_j) AS energy_j
+      FROM cells c
+      LEFT JOIN workloads w ON w.workload_id = c.workload_id
+      LEFT JOIN gpus g ON g.gpu_key = c.gpu_key
+     CROSS JOIN LATERAL (VALUES ('namespace', w.namespace), ('job', w.job), ('hostname', g.hostname),
+                                ('model', g.model)) AS d(dim, grp)
+     GROUP BY 1, 2, 3
+), """ + "".join(
+    f"""{name} AS (
+    INSERT INTO {table} SELECT date_bin(INTERVAL '{width}', bucket, %(origin)s), dim, grp,
+           {", ".join(f"sum({c})" for c in _GROUP_SUMS)}
+      FROM grouped GROUP BY 1, 2, 3
+    ON CONFLICT (dim, bucket, grp) DO UPDATE SET {", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in _GROUP_SUMS)}
+    RETURNING 1
+), """
+    for name, table, width in (
+        ("groups_minute", "usage_groups_1m", "1 minute"),
+        ("groups_hour", "usage_groups_1h", "1 hour"),
+        ("groups_day", "usage_groups_1d", "1 day"),
+    )
+)
 # Plain PostgreSQL keeps the rollups like TimescaleDB's retention policies (024) would.
 _EXPIRE = (
     "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE bucket < now() - %s::interval LIMIT %s))"
 )
 RETENTION: Final = (("usage_1m", "7 days"), ("usage_1h", "365 days"), ("usage_1d", "1825 days"))
+# The group rollups are plain tables on TimescaleDB too: the compaction expires them on both.
+GROUP_RETENTION: Final = (
+    ("usage_groups_1m", "7 days"),
+    ("usage_groups_1h", "365 days"),
+    ("usage_groups_1d", "1825 days"),
+)
+
+
+_REBUILD = """
+INSERT INTO {groups}
+SELECT u.bucket, d.dim, d.grp, sum(u.seconds), coalesce(sum(u.seconds) FILTER (WHERE u.workload_id <> 0), 0),
+       sum(u.active_s), sum(u.mem_idle_s), sum(u.util_s), sum(u.energy_j)
+  FROM {table} u
+  LEFT JOIN workloads w ON w.workload_id = u.workload_id
+  LEFT JOIN gpus g ON g.gpu_key = u.gpu_key
+ CROSS JOIN LATERAL (VALUES ('namespace', w.namespace), ('job', w.job), ('hostname', g.hostname),
+                            ('model', g.model)) AS d(dim, grp)
+ GROUP BY 1, 2, 3
+"""
+
+
+def rebuild_groups(conn: psycopg.Connection[Any]) -> None:
+    """Recompute the group rollups from the per-GPU ones (what 025 does once): for data loaded into them directly."""
+    with conn.transaction():
+        for table, _ in RETENTION:
+            groups = table.replace("usage_", "usage_groups_")
+            conn.execute(f"DELETE FROM {groups}")
+            conn.execute(_REBUILD.format(groups=groups, table=table))
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,21 +372,20 @@ def compact(
 ) -> CompactReport:
     """Fold up to ``limit`` log rows into the rollups and the last-sample state, in one transaction.
 
-    Runs under a transaction-level advisory lock (a second compaction returns ``skipped``). On plain
-    PostgreSQL it also maintains ``usage_1h`` and ``usage_1d`` and deletes up to ``expire`` rows past the
-    retention.
+    Runs under a transaction-level advisory lock (a second compaction returns ``skipped``). It maintains
+    the group rollups (``usage_groups_*``) and expires them; on plain PostgreSQL it also maintains
+    ``usage_1h`` and ``usage_1d``. Expiry deletes up to ``expire`` rows past the retention per table.
     """
     with conn.transaction():
         (locked,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,)).fetchone() or (False,)
         if not locked:
             return CompactReport(skipped=True)
-        query = _COMPACT.replace("{hour}", "" if timescaledb else _HOUR)
+        query = _COMPACT.replace("{hour}", "" if timescaledb else _HOUR).replace("{groups}", _GROUPS)
         row = conn.execute(query, {"limit": limit, "origin": TIME_GRID_ORIGIN}).fetchone()
         moved, minutes, gpus = (int(x) for x in row) if row else (0, 0, 0)
         expired = 0
-        if not timescaledb:
-            for table, keep in RETENTION:
-                expired += conn.execute(_EXPIRE.format(table=table), (keep, expire)).rowcount
+        for table, keep in GROUP_RETENTION if timescaledb else RETENTION + GROUP_RETENTION:
+            expired += conn.execute(_EXPIRE.format(table=table), (keep, expire)).rowcount
     if moved:
         log.debug("usage: folded %d log rows into %d minute cells (%d GPUs)", moved, minutes, gpus)
     return CompactReport(moved, minutes, gpus, expired)

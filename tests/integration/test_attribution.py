@@ -80,6 +80,28 @@ def expected() -> dict[tuple[str, str | None], tuple[float, ...]]:
     return out
 
 
+def assert_groups_agree(conninfo: str) -> None:
+    """Every tier of the group rollups (025) is its per-GPU tier summed per namespace, job, host and model."""
+    for tier in ("1m", "1h", "1d"):
+        grouped = fetch(
+            conninfo,
+            "SELECT bucket, dim, grp, seconds, alloc_s, active_s, mem_idle_s, util_s, energy_j "
+            f"FROM usage_groups_{tier} ORDER BY 1, 2, 3",
+        )
+        summed = fetch(
+            conninfo,
+            "SELECT u.bucket, d.dim, d.grp, sum(u.seconds), "
+            "coalesce(sum(u.seconds) FILTER (WHERE u.workload_id <> 0), 0), sum(u.active_s), sum(u.mem_idle_s), "
+            "sum(u.util_s), sum(u.energy_j) "
+            f"FROM usage_{tier} u LEFT JOIN workloads w USING (workload_id) JOIN gpus g USING (gpu_key) "
+            "CROSS JOIN LATERAL (VALUES ('namespace', w.namespace), ('job', w.job), ('hostname', g.hostname), "
+            "('model', g.model)) d(dim, grp) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        assert grouped and [r[:3] for r in grouped] == [r[:3] for r in summed], tier
+        for got, want in zip(grouped, summed, strict=True):
+            assert [float(x) for x in got[3:]] == pytest.approx([float(x) for x in want[3:]]), (tier, got[:3])
+
+
 def fold(conninfo: str) -> None:
     with psycopg.connect(conninfo) as c:
         while compact(c, timescaledb=False, limit=3).log_rows:
@@ -107,6 +129,7 @@ def test_pod_a_for_30_s_then_pod_b_for_90_s_is_exactly_that(fresh_db: str) -> No
     assert usage(fresh_db) == expected()
     assert usage(fresh_db, "usage_1h") == expected()  # the hour and day rollups agree with the minutes
     assert usage(fresh_db, "usage_1d") == expected()
+    assert_groups_agree(fresh_db)
     assert fetch(fresh_db, "SELECT count(*) FROM usage_log") == [(0,)]
     # every minute cell is in the minute of its samples: 0:00-0:59, 1:00-1:59, 2:00-2:28 (X's last hold unknown)
     minutes = fetch(
@@ -145,6 +168,7 @@ def test_a_partition_handed_over_mid_stream_counts_every_hold_once(fresh_db: str
     fold(fresh_db)
     assert sorted_intervals(fresh_db) == EXPECTED_INTERVALS
     assert usage(fresh_db) == expected()
+    assert_groups_agree(fresh_db)
 
 
 def test_a_replayed_batch_adds_no_interval_event_or_usage(fresh_db: str) -> None:
@@ -159,6 +183,7 @@ def test_a_replayed_batch_adds_no_interval_event_or_usage(fresh_db: str) -> None
     fold(fresh_db)
     assert sorted_intervals(fresh_db) == EXPECTED_INTERVALS
     assert usage(fresh_db) == expected()
+    assert_groups_agree(fresh_db)
     assert fetch(fresh_db, "SELECT count(*) FROM gpu_events") == [(1,)]
     totals = fetch(fresh_db, "SELECT count(*), count(DISTINCT (gpu_key, metric_id, ts)) FROM telemetry")
     assert totals == [(SECONDS * 7, SECONDS * 7)]  # X: util, power, fb, xid; Y: util, power, fb
@@ -280,3 +305,36 @@ def test_workloads_are_registered_once_whoever_sees_them(fresh_db: str) -> None:
     assert sorted(names, key=str) == sorted(
         [("ml", "train-a", None), ("research", "notebook-b", None), (None, None, "slurm-7")], key=str
     )
+
+
+def test_compaction_expires_the_rollups_past_their_retention(fresh_db: str) -> None:
+    """Plain PostgreSQL: every rollup; TimescaleDB: only the group rollups (its policies drop the rest, 024)."""
+    old = {"1m": "8 days", "1h": "366 days", "1d": "1826 days"}  # each just past its tier's retention
+    young = {"1m": "6 days", "1h": "364 days", "1d": "1824 days"}
+
+    def load() -> None:
+        with psycopg.connect(fresh_db) as c:
+            for tier in old:
+                for age in (old[tier], young[tier]):
+                    c.execute(f"INSERT INTO usage_{tier} VALUES (now() - %s::interval, 1, 0, 60, 0, 0, 0, 0)", (age,))
+                    c.execute(
+                        f"INSERT INTO usage_groups_{tier} VALUES (now() - %s::interval, 'model', 'H100', "
+                        "60, 0, 0, 0, 0, 0)",
+                        (age,),
+                    )
+
+    def counts() -> list[int]:
+        return [
+            fetch(fresh_db, f"SELECT count(*) FROM usage_{kind}{tier}")[0][0]
+            for kind in ("", "groups_")
+            for tier in old
+        ]
+
+    load()
+    with psycopg.connect(fresh_db) as c:
+        assert compact(c, timescaledb=True).expired == 3
+    assert counts() == [2, 2, 2, 1, 1, 1]
+    with psycopg.connect(fresh_db) as c:
+        assert compact(c, timescaledb=False).expired == 3
+    assert counts() == [1, 1, 1, 1, 1, 1]
+    assert fetch(fresh_db, "SELECT count(*) FROM usage_groups_1m WHERE bucket > now() - interval '7 days'") == [(1,)]
