@@ -595,6 +595,7 @@ def fleet_phase(args: argparse.Namespace) -> list[tuple[str, float, float, float
     reader = Reader(url, max_size=4)
     reader.open(wait=True)
     app = build_app(reader, GatewaySettings(api_tokens=tokens))
+    gc.freeze()  # as a Serve replica does once its app is built (pipeline/gateway/serve.py)
     loop = asyncio.new_event_loop()
     asgi = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers=AUTH)
 

@@ -22,7 +22,7 @@ from pipeline.gateway.cache import Cache, ResponseCache
 from pipeline.gateway.cursors import Cursors
 from pipeline.gateway.deps import GatewayState, install_state
 from pipeline.gateway.export import ExportSlots
-from pipeline.gateway.http import BoundedRequests, HeadAsGet
+from pipeline.gateway.http import BoundedRequests, GzipLarge, HeadAsGet
 from pipeline.gateway.models import ProblemModel
 from pipeline.gateway.observe import Observe, QueueStats, request_metrics
 from pipeline.gateway.pages import PAGE_ACCESS, PipelineView, page_router
@@ -59,8 +59,10 @@ def build_app(
     responses = ResponseCache(cache) if cache is not None else None
     registry, recorder = request_metrics(reader, responses, queue_stats, missing_after)
     # Added last runs first: CORS (when configured) answers preflights, oversized requests are refused,
-    # tokens are checked, HEAD becomes GET, then the request metrics see what the routes saw.
+    # tokens are checked, HEAD becomes GET, large bodies are gzipped (HEAD's headers say so too), then
+    # the request metrics see what the routes saw.
     app.add_middleware(Observe, recorder=recorder)  # type: ignore[arg-type]
+    app.add_middleware(GzipLarge, min_bytes=cfg.gzip_min_bytes)  # type: ignore[arg-type]
     app.add_middleware(HeadAsGet)
     if auth.enabled(cfg):
         app.add_middleware(BearerAuth, tokens=cfg.tokens(), pages=PAGE_ACCESS)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ arguments (see ``replica_settings``).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -164,7 +165,12 @@ class Gateway:
     def __serve_build_asgi_app__(self) -> FastAPI:
         brokers = _BrokerStats(self._namespace)
         view = _PipelineView(self._namespace, self._group, brokers)
-        return build_app(self._reader, self._settings, cache=self._cache, queue_stats=brokers, pipeline=view)
+        app = build_app(self._reader, self._settings, cache=self._cache, queue_stats=brokers, pipeline=view)
+        # Everything alive now (Ray, FastAPI, pydantic, the app: about a million objects) lives as long as the
+        # replica: out of the collector's sight, a full collection no longer walks it. A page of 1,000 GPUs
+        # allocates enough to trigger them; measured in-process at 25,000 GPUs: p99 121 ms -> 38 ms (p50 ~30).
+        gc.freeze()
+        return app
 
     def check_health(self) -> None:
         """Serve's health check: fails while the database is unreachable."""

@@ -272,3 +272,32 @@ def test_the_proxy_protocol_answers_408_to_a_request_that_never_arrives_whole() 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_large_json_is_gzipped_for_clients_that_accept_it(mig_db: str) -> None:
+    """A page big enough is sent gzip-compressed (once, whole) to a client that accepts gzip; streamed
+    exports, small bodies and clients that do not accept it get the bytes as they are."""
+    page = f"/api/v1/gpus/{BIG}/telemetry?start_time={iso(0)}&end_time={iso(BIG_SECONDS)}&limit=100"
+    with serving(mig_db, gzip_min_bytes=2048) as base, httpx.Client(base_url=base) as http:
+        plain = http.get(page, headers={"Accept-Encoding": "identity"})
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers
+        assert int(plain.headers["content-length"]) == len(plain.content) > 2048
+        for accept in ("gzip", "br, gzip;q=0.5", "*"):
+            packed = http.get(page, headers={"Accept-Encoding": accept})
+            assert packed.headers["content-encoding"] == "gzip", accept
+            assert "accept-encoding" in packed.headers["vary"].lower()
+            assert packed.json() == plain.json()  # httpx decodes it
+            assert int(packed.headers["content-length"]) == packed.num_bytes_downloaded < len(plain.content) / 3
+        refused = http.get(page, headers={"Accept-Encoding": "gzip;q=0, deflate"})
+        assert "content-encoding" not in refused.headers and refused.json() == plain.json()
+        head = http.head(page, headers={"Accept-Encoding": "gzip"})
+        assert head.content == b"" and head.headers["content-encoding"] == "gzip"
+        assert head.headers["content-length"] == packed.headers["content-length"]
+        small = http.get("/api/v1/hosts", headers={"Accept-Encoding": "gzip"})
+        assert small.status_code == 200 and "content-encoding" not in small.headers
+        window = {"start_time": iso(0), "end_time": iso(600)}
+        csv = http.get(f"/api/v1/gpus/{BIG}/telemetry", params=window, headers={"Accept": "text/csv"})
+        assert "content-encoding" not in csv.headers and len(csv.text.splitlines()) == 1 + 5 * 601
+    with serving(mig_db, gzip_min_bytes=0) as base:
+        off = httpx.get(f"{base}{page}", headers={"Accept-Encoding": "gzip"})
+        assert off.status_code == 200 and "content-encoding" not in off.headers
