@@ -7,7 +7,7 @@
 --
 -- The compaction (pipeline/storage/usage.py) maintains all three tiers in the transaction that folds the
 -- usage log, on plain PostgreSQL and on TimescaleDB alike (plain tables on both: at 25,000 GPUs the
--- minute tier adds ~3,200 rows a minute, mostly hosts), and expires them like usage_1m/1h/1d. A cell
+-- minute tier adds ~3,360 rows a minute, mostly hosts), and expires them like usage_1m/1h/1d. A cell
 -- counts for the namespace and job of its workload and the host and model its GPU has when it is folded.
 -- dim names the grouping; grp is NULL for "none" (no holder, or a holder without that field).
 
