@@ -38,9 +38,8 @@ class Holder:
     since: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class GpuRow:
-    """One GPU, as the gateway lists it."""
+class GpuRow(NamedTuple):
+    """One GPU, as the gateway lists it (a tuple: a page builds a thousand of them)."""
 
     gpu_key: int
     uuid: str
