@@ -318,6 +318,7 @@ def build_pages(admin: str, gpus: int) -> str:
             + " FROM gpus g, generate_series(1, 60) m",
             (minute,),
         )
+        rebuild_groups(c)  # the group rollups, as the compaction keeps them
         c.execute("ANALYZE")
     print(
         f"   {PAGES_DB}: {gpus:,} GPUs, 24 h of hourly and 1 h of minute usage in {time.perf_counter() - started:.1f} s"
