@@ -23,11 +23,17 @@ CREATE TABLE usage_groups_1m (
     energy_j   float8      NOT NULL
 );
 CREATE UNIQUE INDEX usage_groups_1m_key ON usage_groups_1m (dim, bucket, grp) NULLS NOT DISTINCT;
+-- The compaction's expiry deletes by bucket alone: without this it would read the whole table each time.
+CREATE INDEX usage_groups_1m_bucket ON usage_groups_1m (bucket);
 CREATE TABLE usage_groups_1h (LIKE usage_groups_1m INCLUDING ALL);
 CREATE TABLE usage_groups_1d (LIKE usage_groups_1m INCLUDING ALL);
 
 -- What was folded before this migration, from the rollups it was folded into (TimescaleDB: its
--- continuous aggregates, real-time, so their newest buckets too).
+-- continuous aggregates, real-time, so their newest buckets too), under the compaction's advisory lock
+-- (pipeline/storage/usage.py LOCK_KEY): a compaction of a version still running waits until this
+-- commits, so nothing it folds is missed by both. Hosts are the GPUs' hosts now (the per-GPU rollups
+-- keep no history of them); from here on each fold files a cell under its GPU's host of that moment.
+SELECT pg_advisory_xact_lock(113732704629601);
 DO $backfill$
 DECLARE
     tier text;
@@ -49,6 +55,7 @@ BEGIN
 END
 $backfill$;
 
+CREATE OR REPLACE VIEW grafana.usage_groups_1m AS SELECT * FROM public.usage_groups_1m;
 CREATE OR REPLACE VIEW grafana.usage_groups_1h AS SELECT * FROM public.usage_groups_1h;
 CREATE OR REPLACE VIEW grafana.usage_groups_1d AS SELECT * FROM public.usage_groups_1d;
-GRANT SELECT ON grafana.usage_groups_1h, grafana.usage_groups_1d TO gpu_telemetry_grafana;
+GRANT SELECT ON grafana.usage_groups_1m, grafana.usage_groups_1h, grafana.usage_groups_1d TO gpu_telemetry_grafana;

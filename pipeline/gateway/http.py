@@ -8,9 +8,10 @@ never use. Slow or half-sent request heads never reach the app: the Serve config
 ``HeadAsGet`` runs a ``HEAD`` request as its ``GET`` and sends the headers only; a streamed body
 (an export) is stopped after its first chunk instead of being read to the end for nobody.
 
-``GzipLarge`` sends a JSON or HTML body of at least ``min_bytes`` gzip-compressed (level 1) to a client
-whose ``Accept-Encoding`` takes gzip. Pages are repetitive: 1,000 GPUs' JSON, 671 kB, became 15 kB in
-1.4 ms here, and the body then crosses Serve's proxy (HTTP in, a Ray call, HTTP out) 45 times smaller.
+``GzipLarge`` sends a JSON, HTML, CSV or plain-text body of at least ``min_bytes`` gzip-compressed
+(level 1) to a client whose ``Accept-Encoding`` takes gzip. Pages are repetitive: 1,000 GPUs' JSON,
+671 kB, became 15 kB in 1.4 ms here, and the body then crosses Serve's proxy (HTTP in, a Ray call,
+HTTP out) 45 times smaller.
 Only a body the app sends whole is compressed; a streamed export goes out as it is, chunk by chunk.
 """
 
@@ -68,26 +69,37 @@ _COMPRESSIBLE = ("application/json", "application/problem+json", "text/html", "t
 
 
 def accepts_gzip(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether an ``Accept-Encoding`` header takes gzip (``gzip`` or ``*``, with a q-value above 0)."""
+    """Whether the ``Accept-Encoding`` headers take gzip (RFC 9110, 12.5.3).
+
+    ``gzip`` (or ``x-gzip``) named with a q-value above 0 takes it, named with q=0 refuses it whatever
+    else is listed; not named, ``*`` decides. A q-value that is not a number counts as 0.
+    """
+    named: float | None = None
+    wildcard: float | None = None
     for name, value in headers:
         if name != b"accept-encoding":
             continue
         for item in value.decode("latin-1").split(","):
-            coding, _, params = item.strip().partition(";")
-            if coding.strip().lower() not in ("gzip", "*"):
-                continue
-            q = params.strip().lower()
-            if not q.startswith("q="):
-                return True
-            try:
-                return float(q[2:]) > 0
-            except ValueError:
-                return False
-    return False
+            coding, *params = (part.strip() for part in item.split(";"))
+            q = 1.0
+            for param in params:
+                key, _, number = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        q = float(number.strip())
+                    except ValueError:
+                        q = 0.0
+            coding = coding.lower()
+            if coding in ("gzip", "x-gzip"):
+                named = q if named is None else max(named, q)
+            elif coding == "*":
+                wildcard = q if wildcard is None else max(wildcard, q)
+    chosen = named if named is not None else wildcard
+    return chosen is not None and chosen > 0
 
 
 class GzipLarge:
-    """ASGI middleware: a whole JSON/HTML body of ``min_bytes`` or more, gzipped for clients that take it."""
+    """ASGI middleware: a whole JSON/HTML/CSV/text body of ``min_bytes`` or more, gzipped for clients taking it."""
 
     def __init__(self, app: ASGIApp, min_bytes: int) -> None:
         self._app = app

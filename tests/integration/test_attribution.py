@@ -8,6 +8,7 @@ intervals and usage as one writer alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ from pipeline.config import AttributionSettings
 from pipeline.errors import FencedError, OffsetMismatch
 from pipeline.records import Envelope
 from pipeline.storage.sink import PartitionBatch
-from pipeline.storage.usage import compact
+from pipeline.storage.usage import GROUP_RETENTION, LOCK_KEY, RETENTION, compact
 from pipeline.storage.writer import TelemetryWriter
 from tests.integration.attribution_data import (
     EXPECTED_X,
@@ -81,7 +82,8 @@ def expected() -> dict[tuple[str, str | None], tuple[float, ...]]:
 
 
 def assert_groups_agree(conninfo: str) -> None:
-    """Every tier of the group rollups (025) is its per-GPU tier summed per namespace, job, host and model."""
+    """Every tier of the group rollups (025) is its per-GPU tier summed per namespace, job, host and model
+    (while no GPU changes host: a fold files a cell under its GPU's host of that moment)."""
     for tier in ("1m", "1h", "1d"):
         grouped = fetch(
             conninfo,
@@ -338,3 +340,24 @@ def test_compaction_expires_the_rollups_past_their_retention(fresh_db: str) -> N
         assert compact(c, timescaledb=False).expired == 3
     assert counts() == [1, 1, 1, 1, 1, 1]
     assert fetch(fresh_db, "SELECT count(*) FROM usage_groups_1m WHERE bucket > now() - interval '7 days'") == [(1,)]
+
+
+def test_every_rollup_expires_through_an_index_on_its_bucket(fresh_db: str) -> None:
+    """The compaction's expiry deletes by bucket alone, every round: each rollup needs an index led by it."""
+    leading = {
+        table: first
+        for table, first in fetch(
+            fresh_db,
+            "SELECT c.relname, a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE c.relname LIKE 'usage%%' AND a.attname = 'bucket'",
+        )
+    }
+    tables = [t for t, _ in RETENTION + GROUP_RETENTION]
+    assert sorted(leading) == sorted(tables)
+
+
+def test_the_backfill_takes_the_compactions_lock() -> None:
+    """025 folds what was compacted before it under the same advisory lock as the compaction."""
+    text = (Path(__file__).resolve().parents[2] / "sql" / "025_usage_groups.sql").read_text()
+    assert f"pg_advisory_xact_lock({LOCK_KEY})" in text
