@@ -115,8 +115,9 @@ def build(admin: str, rows: int) -> tuple[str, int]:
             c.execute(
                 "INSERT INTO telemetry (ts, value, gpu_key, metric_id) "
                 "SELECT %(t0)s + make_interval(secs => s), random() * 100, g.gpu_key, m.metric_id "
-                "FROM generate_series(%(lo)s::int, %(hi)s::int) s, gpus g, metrics m ORDER BY s",
-                {"t0": T0, "lo": lo, "hi": min(SECONDS, lo + step) - 1},
+                "FROM generate_series(%(lo)s::int, %(hi)s::int) s, gpus g, "
+                "(SELECT metric_id FROM metrics ORDER BY metric_id LIMIT %(metrics)s) m ORDER BY s",
+                {"t0": T0, "lo": lo, "hi": min(SECONDS, lo + step) - 1, "metrics": METRICS},
             )
             done = (lo + step) * gpus * METRICS
             print(f"\r  inserted {done / 1e6:6.1f} M rows ({time.perf_counter() - started:5.0f} s)", end="", flush=True)
