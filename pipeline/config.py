@@ -226,7 +226,7 @@ class GatewaySettings(BaseModel):
     api_tokens: SecretStr | None = None
     auth: Literal["on", "off"] = "on"  # `off` serves the API without tokens (explicitly; never by default)
     max_url_bytes: int = Field(8192, ge=256)  # path and query of one request; longer is a 414
-    gzip_min_bytes: int = Field(8192, ge=0)  # JSON/HTML bodies this large are gzipped for clients taking it; 0: never
+    gzip_min_bytes: int = Field(8192, ge=0)  # JSON/HTML/CSV/text bodies this large: gzipped if taken; 0: never
     cors_origins: list[str] = []  # origins allowed to call the API from a browser; none by default
     cursor_secret: SecretStr | None = None  # HMAC key of page cursors; default: derived from api_tokens
     default_limit: int = Field(1000, ge=1)

@@ -11,8 +11,8 @@ never use. Slow or half-sent request heads never reach the app: the Serve config
 ``GzipLarge`` sends a JSON, HTML, CSV or plain-text body of at least ``min_bytes`` gzip-compressed
 (level 1) to a client whose ``Accept-Encoding`` takes gzip. Pages are repetitive: 1,000 GPUs' JSON,
 671 kB, became 15 kB in 1.4 ms here, and the body then crosses Serve's proxy (HTTP in, a Ray call,
-HTTP out) 45 times smaller.
-Only a body the app sends whole is compressed; a streamed export goes out as it is, chunk by chunk.
+HTTP out) 45 times smaller. Only a body the app sends whole is compressed; a streamed export goes out
+as it is, chunk by chunk.
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ class FleetQueries:
         Each stretch is read from the coarsest rollup that covers it whole (days from ``usage_1d``, the
         hours at the edges from ``usage_1h``, the minutes from ``usage_1m``); a grouping by namespace, job,
         host or model reads the same tiers of the group rollups (``usage_groups_*``, one row per group and
-        bucket) instead. ``most_used``: the ``limit``
-        groups with the most GPU time instead, most first (no cursor).
+        bucket) instead. ``most_used``: the ``limit`` groups with the most GPU time instead, most first
+        (no cursor).
         """
         grouped = group_by in GROUP_DIMS
         parts: list[str] = []

@@ -431,9 +431,8 @@ def _gpu_row(row: Sequence[Any]) -> GpuRow:
     driver, instance, parent, mig, profile, namespace, pod, container, job, since = facts
     holder = None if since is None else Holder(namespace, pod, container, job, since)
     # positional: GpuRow's field order (a thousand rows a page; keywords cost more than the rest)
-    metrics = tuple(names or ())
     return GpuRow(
-        key, uuid, hostname, index, device, model, first, last, metrics, driver, instance, parent, mig, profile, holder
+        key, uuid, hostname, index, device, model, first, last, names, driver, instance, parent, mig, profile, holder
     )
 
 

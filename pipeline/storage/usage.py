@@ -297,28 +297,35 @@ _HOUR = "".join(
 # both platforms: a cell counts for its workload's namespace and job and its GPU's host and model.
 GROUP_DIMS: Final = ("namespace", "job", "hostname", "model")
 _GROUP_SUMS = ("seconds", "alloc_s", *_SUMS[1:])
-_GROUPS = """grouped AS (
+# One source's cells (the compaction's batch, or a per-GPU rollup) summed per (bucket, grouping, group).
+_BY_GROUP = """
     SELECT c.bucket, d.dim, d.grp, sum(c.seconds) AS seconds,
            coalesce(sum(c.seconds) FILTER (WHERE c.workload_id <> 0), 0) AS alloc_s, sum(c.active_s) AS active_s,
            sum(c.mem_idle_s) AS mem_idle_s, sum(c.util_s) AS util_s, sum(c.energy_j) AS energy_j
-      FROM cells c
+      FROM {source} c
       LEFT JOIN workloads w ON w.workload_id = c.workload_id
       LEFT JOIN gpus g ON g.gpu_key = c.gpu_key
      CROSS JOIN LATERAL (VALUES ('namespace', w.namespace), ('job', w.job), ('hostname', g.hostname),
                                 ('model', g.model)) AS d(dim, grp)
      GROUP BY 1, 2, 3
-), """ + "".join(
-    f"""{name} AS (
+"""
+_GROUPS = (
+    "grouped AS ("
+    + _BY_GROUP.format(source="cells")
+    + "), "
+    + "".join(
+        f"""{name} AS (
     INSERT INTO {table} SELECT date_bin(INTERVAL '{width}', bucket, %(origin)s), dim, grp,
            {", ".join(f"sum({c})" for c in _GROUP_SUMS)}
       FROM grouped GROUP BY 1, 2, 3
     ON CONFLICT (dim, bucket, grp) DO UPDATE SET {", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in _GROUP_SUMS)}
     RETURNING 1
 ), """
-    for name, table, width in (
-        ("groups_minute", "usage_groups_1m", "1 minute"),
-        ("groups_hour", "usage_groups_1h", "1 hour"),
-        ("groups_day", "usage_groups_1d", "1 day"),
+        for name, table, width in (
+            ("groups_minute", "usage_groups_1m", "1 minute"),
+            ("groups_hour", "usage_groups_1h", "1 hour"),
+            ("groups_day", "usage_groups_1d", "1 day"),
+        )
     )
 )
 # Plain PostgreSQL keeps the rollups like TimescaleDB's retention policies (024) would.
@@ -334,26 +341,13 @@ GROUP_RETENTION: Final = (
 )
 
 
-_REBUILD = """
-INSERT INTO {groups}
-SELECT u.bucket, d.dim, d.grp, sum(u.seconds), coalesce(sum(u.seconds) FILTER (WHERE u.workload_id <> 0), 0),
-       sum(u.active_s), sum(u.mem_idle_s), sum(u.util_s), sum(u.energy_j)
-  FROM {table} u
-  LEFT JOIN workloads w ON w.workload_id = u.workload_id
-  LEFT JOIN gpus g ON g.gpu_key = u.gpu_key
- CROSS JOIN LATERAL (VALUES ('namespace', w.namespace), ('job', w.job), ('hostname', g.hostname),
-                            ('model', g.model)) AS d(dim, grp)
- GROUP BY 1, 2, 3
-"""
-
-
 def rebuild_groups(conn: psycopg.Connection[Any]) -> None:
     """Recompute the group rollups from the per-GPU ones (what 025 does once): for data loaded into them directly."""
     with conn.transaction():
         for table, _ in RETENTION:
             groups = table.replace("usage_", "usage_groups_")
             conn.execute(f"DELETE FROM {groups}")
-            conn.execute(_REBUILD.format(groups=groups, table=table))
+            conn.execute(f"INSERT INTO {groups} {_BY_GROUP.format(source=table)}")
 
 
 @dataclass(frozen=True, slots=True)
