@@ -124,6 +124,7 @@ def build(admin: str, rows: int) -> tuple[str, int]:
         print()
         c.execute("CREATE INDEX telemetry_gpu_ts_idx ON telemetry (gpu_key, ts, metric_id)")
         c.execute("VACUUM ANALYZE telemetry")
+        c.execute("CHECKPOINT")  # the build's writes flushed now, not by the checkpointer during the timed requests
         ((count, size),) = c.execute(
             "SELECT count(*), pg_size_pretty(pg_total_relation_size('telemetry')) FROM telemetry"
         ).fetchall()
@@ -346,6 +347,7 @@ def time_pages(http: httpx.Client, requests: int) -> dict[str, list[float]]:
 # Ray Serve 2.60's direct ingress: each ingress replica serves HTTP itself on a port of its own (from
 # 30000 up) besides the proxy; read by the controller and the replicas when they start.
 DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
 def replica_base(app: str, proxy_port: int) -> str:
@@ -376,6 +378,8 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
     """
     if ingress == "direct":
         os.environ[DIRECT_INGRESS] = "1"
+    if ingress == "haproxy":
+        os.environ[HA_PROXY] = "1"
     os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pipeline.gateway.proxy_guard:install")
     import ray
     from ray import serve
@@ -508,6 +512,7 @@ def build_fleet(admin: str, gpus: int) -> str:
             c.execute(statement, {"n": gpus})
         rebuild_groups(c)  # the group rollups, as the compaction keeps them
         c.execute("VACUUM ANALYZE")
+        c.execute("CHECKPOINT")  # as above: the timed requests do not share the disk with the build's flush
         counts = c.execute(
             "SELECT (SELECT count(*) FROM gpus), (SELECT count(*) FROM allocations), "
             "(SELECT count(*) FROM usage_1h), (SELECT count(*) FROM usage_1m)"
@@ -684,7 +689,7 @@ def main() -> int:
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleet views")
     parser.add_argument(
         "--ingress",
-        choices=("proxy", "direct", "both"),
+        choices=("proxy", "direct", "haproxy", "both"),
         default="both",
         help="through Serve's HTTP proxy (the deployed default), Serve's direct ingress (replicas serve HTTP), or both",
     )

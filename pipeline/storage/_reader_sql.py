@@ -28,9 +28,12 @@ NEWEST_SEEN = "greatest(g.last_seen, (SELECT l.ts FROM gpu_latest l WHERE l.gpu_
 # One GPU row with its gpu_latest row joined once: the newest sample, and the ids of the metrics reported
 # within the window of it (names are mapped by the reader from its catalogue).
 LATEST_JOIN = "LEFT JOIN LATERAL (SELECT * FROM gpu_latest l WHERE l.gpu_key = g.gpu_key LIMIT 1) l ON TRUE"
+# Usually every metric is that recent: then the ids are the row's own (a scalar-array test, ~0.5 us a GPU, where
+# unnesting and aggregating cost ~5 us: 5 of the 12 ms of a 1,000-GPU page's SQL).
 RECENT_IDS = (
-    "(SELECT coalesce(array_agg(u.metric_id), '{}') FROM unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) "
-    "WHERE u.ts >= l.ts - %(window)s)"
+    "CASE WHEN l.ts - %(window)s <= ALL (l.sample_ts) THEN l.metric_ids ELSE ("
+    "SELECT coalesce(array_agg(u.metric_id), '{}') FROM unnest(l.metric_ids, l.sample_ts) AS u(metric_id, ts) "
+    "WHERE u.ts >= l.ts - %(window)s) END"
 )
 HELD_BY = (
     "EXISTS (SELECT 1 FROM allocations ha JOIN workloads hw USING (workload_id) WHERE ha.gpu_key = g.gpu_key "

@@ -27,9 +27,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """Who holds a GPU now (its open allocation interval)."""
+class Holder(NamedTuple):
+    """Who holds a GPU now (its open allocation interval; a tuple: a page of GPUs builds a thousand)."""
 
     namespace: str | None
     pod: str | None

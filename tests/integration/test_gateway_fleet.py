@@ -6,7 +6,9 @@ GPU X: pod A (ml) 30 s, pod B (research) 90 s, nobody 30 s; MIG device Y held by
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -265,3 +267,52 @@ def test_fleet_health_names_missing_gpus_silent_hosts_blank_codes_and_xids(api: 
     assert again["missing_gpus"]["count"] == 1 and again["silent_hosts"]["count"] == 0
     metrics = api.get("/metrics").text
     assert "pipeline_gpus_missing 1.0" in metrics and "pipeline_hosts_silent 0.0" in metrics
+
+
+def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str) -> None:
+    """Every GPU with the metric exactly once, in (value, key) order both ways, across pages; GPUs without it never.
+
+    Values repeat (ties are broken by key), arrays list metrics in differing orders, a fifth of the GPUs lack
+    the metric (and sort nowhere), and pages are smaller than the fleet.
+    """
+    rng = random.Random(16)
+    t0 = at(0)
+    expected: dict[str, tuple[float, str]] = {}  # uuid -> (value, ts) of metric 2
+    with psycopg.connect(fresh_db, autocommit=True) as c:
+        for n in range(60):
+            uuid, host = f"GPU-order-{n:02d}", f"host-{n % 4}"
+            (key,) = c.execute(
+                "INSERT INTO gpus (uuid, hostname, gpu_index) VALUES (%s, %s, %s) RETURNING gpu_key", (uuid, host, n)
+            ).fetchone()  # type: ignore[misc]
+            ids = [1, 3] if n % 5 == 0 else rng.sample([1, 2, 3], 3)
+            vals = [float(rng.choice([10, 20, 30, 40, 55.5])) for _ in ids]
+            stamps = [t0 + timedelta(seconds=rng.randrange(100)) for _ in ids]
+            c.execute(
+                "INSERT INTO gpu_latest (gpu_key, ts, metric_ids, sample_ts, vals) VALUES (%s, %s, %s, %s, %s)",
+                (key, max(stamps), ids, stamps, vals),
+            )
+            if 2 in ids:
+                expected[uuid] = (vals[ids.index(2)], stamps[ids.index(2)].isoformat().replace("+00:00", "Z"))
+        keys = dict(c.execute("SELECT uuid, gpu_key FROM gpus").fetchall())
+        name = c.execute("SELECT name FROM metrics WHERE metric_id = 2").fetchone()[0]  # type: ignore[index]
+    with client_of(fresh_db) as api:
+        for sort in ("asc", "desc"):
+            seen, cursor = [], None
+            while True:
+                page = ok(
+                    api,
+                    "/api/v1/fleet/latest",
+                    metric=name,
+                    sort=sort,
+                    limit=7,
+                    **({"cursor": cursor} if cursor else {}),
+                )
+                seen += [(i["uuid"], i["value"], i["ts"]) for i in page["items"]]
+                if (cursor := page["next_cursor"]) is None:
+                    break
+            order = sorted(expected, key=lambda u: (expected[u][0], keys[u]), reverse=sort == "desc")
+            assert seen == [(u, *expected[u]) for u in order]
+        one_host = ok(api, "/api/v1/fleet/latest", metric=name, hostname="host-1", limit=100)["items"]
+        assert [i["uuid"] for i in one_host] == [
+            u for u in sorted(expected, key=lambda u: (-expected[u][0], -keys[u])) if int(u[-2:]) % 4 == 1
+        ]
