@@ -600,9 +600,10 @@ def fleet_phase(args: argparse.Namespace) -> list[tuple[str, float, float, float
     cases = fleet_cases(datetime.now(UTC))
     n = args.fleet_iterations
     tokens = f"read:{TOKEN},metrics:{TOKEN}"
-    reader = Reader(url, max_size=4)
+    gateway = GatewaySettings(api_tokens=tokens)
+    reader = Reader(url, max_size=4, ranking_ttl_s=gateway.recent_ttl_s)  # as a Serve replica makes it
     reader.open(wait=True)
-    app = build_app(reader, GatewaySettings(api_tokens=tokens))
+    app = build_app(reader, gateway)
     gc.freeze()  # as a Serve replica does once its app is built (pipeline/gateway/serve.py)
     loop = asyncio.new_event_loop()
     asgi = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers=AUTH)

@@ -151,7 +151,8 @@ class Gateway:
         conninfo, self._settings, settings = replica_settings(gateway, secrets_file, config)
         if cluster:
             require_tokens(settings.model_copy(update={"gateway": self._settings}), "replica")
-        self._reader = Reader(conninfo, min_size=1, max_size=pool_max)
+        # Fleet-wide rankings live as long as a recent body may be cached: no staler than the cache already is.
+        self._reader = Reader(conninfo, min_size=1, max_size=pool_max, ranking_ttl_s=self._settings.recent_ttl_s)
         self._reader.open(wait=False)
         self._namespace = namespace
         self._group = settings.queue.group

@@ -22,6 +22,7 @@ __all__ = [
     "TELEMETRY_COLUMNS",
     "TRAILER",
     "array_value",
+    "decode_arrays",
     "encode_latest",
     "encode_row",
     "encode_telemetry",
@@ -151,3 +152,45 @@ def encode_latest(
         rows[name]["items"]["len"] = width
         rows[name]["items"]["v"] = data
     return rows.tobytes()
+
+
+# --- reading: a fleet ranking ----------------------------------------------------------------------
+
+_ARRAY_OF: Final = {OID_INT4: ">i4", OID_FLOAT8: ">f8", OID_TIMESTAMPTZ: ">i8"}
+
+
+def decode_arrays(stream: bytes, oids: tuple[int, ...]) -> list[npt.NDArray[np.generic]]:
+    """A binary COPY stream of one row of one-dimensional arrays (element types ``oids``, no NULL elements).
+
+    Each array's elements have one width, so each is read as one structured array (no per-element Python);
+    timestamps come back as Unix microseconds. A NULL field is an empty array. A stream of any other shape
+    (more rows, NULL elements, other types, header extensions) is refused, never misread.
+    """
+    if len(stream) < len(HEADER) + 2 + len(TRAILER) or stream[: len(HEADER)] != HEADER or stream[-2:] != TRAILER:
+        raise ValueError("not a binary COPY stream without header extensions")
+    at = len(HEADER)
+    if int.from_bytes(stream[at : at + 2], "big", signed=True) != len(oids):
+        raise ValueError(f"expected one row of {len(oids)} fields")
+    at += 2
+    out: list[npt.NDArray[np.generic]] = []
+    for oid in oids:
+        dtype = np.dtype(_ARRAY_OF[oid])
+        native = dtype.newbyteorder("=")
+        length = int.from_bytes(stream[at : at + 4], "big", signed=True)
+        at += 4
+        if length < 0:  # NULL: array_agg of no rows
+            out.append(np.empty(0, dtype=native))
+            continue
+        ndim, has_null, element, n, _lower = np.frombuffer(stream, dtype=">i4", count=5, offset=at).tolist()
+        width = dtype.itemsize
+        if ndim != 1 or has_null or element != oid or length != 20 + n * (4 + width):
+            raise ValueError(f"field is not a one-dimensional array of type {oid} without NULLs")
+        items = np.frombuffer(stream, dtype=[("len", ">i4"), ("v", dtype)], count=n, offset=at + 20)
+        if (items["len"] != width).any():
+            raise ValueError("array elements of an unexpected width")
+        values = items["v"].astype(native)
+        out.append(values + PG_EPOCH_US if oid == OID_TIMESTAMPTZ else values)
+        at += length
+    if at != len(stream) - len(TRAILER):
+        raise ValueError("more than one row")
+    return out

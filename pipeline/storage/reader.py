@@ -9,9 +9,9 @@ caller and by the statement timeout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -20,6 +20,7 @@ from pipeline.errors import DatabaseUnavailable, InvalidParameter, StorageError
 from pipeline.records import TIME_GRID_ORIGIN
 from pipeline.storage import _reader_sql as q
 from pipeline.storage.fleet import FleetQueries
+from pipeline.storage.ranking import Rankings
 from pipeline.storage.rows import (
     AggregateRow,
     Features,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Order = Literal["asc", "desc"]
 AggFn = Literal["avg", "min", "max", "count", "last", "p95"]
@@ -72,12 +74,15 @@ class Reader(FleetQueries):
         max_size: int = 8,
         timeout_s: float = 5.0,
         statement_timeout_ms: int = 10_000,
+        ranking_ttl_s: float = 0.0,
     ) -> None:
+        """``ranking_ttl_s``: how long a metric's fleet-wide ranking serves ``fleet_latest`` pages (0: each page)."""
         self._conninfo = conninfo
         self._timeout = timeout_s
         self._features: Features | None = None
         self._keys: dict[str, int] = {}
         self._names: dict[int, str] = {}
+        self._rankings = Rankings(self._ranking_stream, ranking_ttl_s)
         self._pool = ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -112,8 +117,20 @@ class Reader(FleetQueries):
         }
 
     def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any], binary: bool = False) -> list[Any]:
+        return self._on_connection(lambda conn: conn.cursor(binary=binary).execute(query, params).fetchall())  # type: ignore[arg-type]
+
+    def _copy_out(self, statement: str) -> bytes:
+        """The whole output of a ``COPY ... TO STDOUT`` statement (built from constants only)."""
+
+        def copy(conn: psycopg.Connection[Any]) -> bytes:
+            with conn.cursor().copy(statement) as out:  # type: ignore[arg-type]
+                return b"".join(bytes(chunk) for chunk in out)
+
+        return self._on_connection(copy)
+
+    def _on_connection(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         # A pooled connection that died while idle (a database restart) fails at once; the pool drops it
-        # and the query runs again on the next one. Cheaper than checking every connection on checkout
+        # and the work runs again on the next one. Cheaper than checking every connection on checkout
         # (a round trip per request), and no request fails on a dead connection.
         attempts = self._pool.max_size + 1  # every pooled connection may have died with the server
         for attempt in range(1, attempts + 1):
@@ -121,7 +138,7 @@ class Reader(FleetQueries):
             try:
                 with self._pool.connection() as conn:
                     used.append(conn)
-                    return conn.cursor(binary=binary).execute(query, params).fetchall()  # type: ignore[arg-type]
+                    return work(conn)
             except psycopg.OperationalError as exc:
                 if attempt < attempts and used and used[0].broken:
                     log.info("a pooled connection was dead (%s); retrying on a fresh one", str(exc).strip())

@@ -38,8 +38,8 @@ def stored(conninfo: str, seconds: int = 150, xids: dict[int, float] | None = No
 
 
 @contextlib.contextmanager
-def client_of(conninfo: str) -> Iterator[TestClient]:
-    reader = Reader(conninfo)
+def client_of(conninfo: str, ranking_ttl_s: float = 0.0) -> Iterator[TestClient]:
+    reader = Reader(conninfo, ranking_ttl_s=ranking_ttl_s)
     reader.open(wait=True)
     with TestClient(build_app(reader, GatewaySettings(default_limit=50, max_limit=100, auth="off"))) as c:
         yield c
@@ -269,11 +269,13 @@ def test_fleet_health_names_missing_gpus_silent_hosts_blank_codes_and_xids(api: 
     assert "pipeline_gpus_missing 1.0" in metrics and "pipeline_hosts_silent 0.0" in metrics
 
 
-def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str) -> None:
+@pytest.mark.parametrize("ranking_ttl_s", [0.0, 60.0], ids=["by query", "from the ranking"])
+def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str, ranking_ttl_s: float) -> None:
     """Every GPU with the metric exactly once, in (value, key) order both ways, across pages; GPUs without it never.
 
     Values repeat (ties are broken by key), arrays list metrics in differing orders, a fifth of the GPUs lack
-    the metric (and sort nowhere), and pages are smaller than the fleet.
+    the metric (and sort nowhere), and pages are smaller than the fleet. The same answers whether the reader
+    keeps fleet rankings (as a Serve replica does) or asks the table for each page; a host's GPUs by query.
     """
     rng = random.Random(16)
     t0 = at(0)
@@ -295,7 +297,7 @@ def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str) -> Non
                 expected[uuid] = (vals[ids.index(2)], stamps[ids.index(2)].isoformat().replace("+00:00", "Z"))
         keys = dict(c.execute("SELECT uuid, gpu_key FROM gpus").fetchall())
         name = c.execute("SELECT name FROM metrics WHERE metric_id = 2").fetchone()[0]  # type: ignore[index]
-    with client_of(fresh_db) as api:
+    with client_of(fresh_db, ranking_ttl_s) as api:
         for sort in ("asc", "desc"):
             seen, cursor = [], None
             while True:
@@ -316,3 +318,35 @@ def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str) -> Non
         assert [i["uuid"] for i in one_host] == [
             u for u in sorted(expected, key=lambda u: (-expected[u][0], -keys[u])) if int(u[-2:]) % 4 == 1
         ]
+
+
+def test_a_ranking_is_as_old_as_its_ttl_and_a_row_it_cannot_read_falls_back_to_the_query(fresh_db: str) -> None:
+    """Within ranking_ttl_s the fleet-wide page is the ranking's (a host's page is always the table's); a NULL
+    element in gpu_latest, which no writer produces, makes the ranking unreadable and the query answers."""
+    with psycopg.connect(fresh_db, autocommit=True) as c:
+        keys = [
+            c.execute("INSERT INTO gpus (uuid, hostname) VALUES (%s, 'h') RETURNING gpu_key", (u,)).fetchone()[0]  # type: ignore[index]
+            for u in ("GPU-r1", "GPU-r2")
+        ]
+        for key, value in zip(keys, (10.0, 20.0), strict=True):
+            c.execute(
+                "INSERT INTO gpu_latest VALUES (%s, %s, '{2}', ARRAY[%s::timestamptz], ARRAY[%s::float8])",
+                (key, at(0), at(0), value),
+            )
+        name = c.execute("SELECT name FROM metrics WHERE metric_id = 2").fetchone()[0]  # type: ignore[index]
+    values = lambda body: [(i["uuid"], i["value"]) for i in body["items"]]  # noqa: E731
+    with client_of(fresh_db, ranking_ttl_s=60.0) as api:
+        assert values(ok(api, "/api/v1/fleet/latest", metric=name)) == [("GPU-r2", 20.0), ("GPU-r1", 10.0)]
+        with psycopg.connect(fresh_db, autocommit=True) as c:
+            c.execute("UPDATE gpu_latest SET vals = ARRAY[30.0] WHERE gpu_key = %s", (keys[0],))
+        assert values(ok(api, "/api/v1/fleet/latest", metric=name)) == [("GPU-r2", 20.0), ("GPU-r1", 10.0)]
+        assert values(ok(api, "/api/v1/fleet/latest", metric=name, hostname="h")) == [
+            ("GPU-r1", 30.0),
+            ("GPU-r2", 20.0),
+        ]
+    with client_of(fresh_db, ranking_ttl_s=60.0) as api:  # a new replica ranks afresh
+        assert values(ok(api, "/api/v1/fleet/latest", metric=name)) == [("GPU-r1", 30.0), ("GPU-r2", 20.0)]
+        with psycopg.connect(fresh_db, autocommit=True) as c:
+            c.execute("UPDATE gpu_latest SET vals = ARRAY[NULL::float8] WHERE gpu_key = %s", (keys[1],))
+    with client_of(fresh_db, ranking_ttl_s=60.0) as api:
+        assert values(ok(api, "/api/v1/fleet/latest", metric=name)) == [("GPU-r1", 30.0)]

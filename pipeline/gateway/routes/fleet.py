@@ -39,7 +39,9 @@ HEALTH_WINDOW = timedelta(hours=1)
     summary="Every GPU's newest value of one metric, sorted: the hottest, the most idle, in one request.",
     description="Read from the latest-value table (one row per GPU, rewritten by the collectors every few "
     "seconds), with each GPU's host, model and current holder, ordered by value (ties in a fixed order). "
-    "`namespace`/`hostname` narrow the fleet.",
+    "Fleet-wide pages come from the replica's ranking of the metric, kept for `gateway.recent_ttl_s` and "
+    "refreshed behind requests (values at most twice that older than the table); `namespace`/`hostname` "
+    "narrow the fleet (read from the table for each page).",
     responses=problems.responses(400, 422, 503),
 )
 def fleet_latest(
