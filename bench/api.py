@@ -8,14 +8,16 @@ collector would. Then, in the same run and over the same random (GPU, hour) wind
 * ``reader`` the same through ``Reader`` (pool, row objects),
 * ``app``    the FastAPI app in-process (httpx ASGI transport: routing, validation, JSON),
 * ``serve``  the app on Ray Serve over HTTP (one keep-alive client): through Serve's HTTP proxy (how the
-  gateway is deployed), and through Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``:
-  each replica serves HTTP on a port of its own, no proxy hop); ``--ingress`` picks one or both.
+  gateway is deployed) and through Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy
+  in place of the Python proxy, forwarding to each replica's own HTTP port), or through Serve's direct
+  ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: the replicas' ports alone); ``--ingress`` picks.
 
 First page = ``limit=1000`` (the default); full walk = all 36,000 samples at ``limit=10000`` with
 cursors. The cache is off for those. Then, with the Redis cache on (``REDIS_URL``, default
 redis://127.0.0.1:6379/0), 8 client threads ask Serve for the (cached) GPU list for a few seconds:
-requests per second (the replica answers from its own copy of the body). Authentication is on (a
-bearer token), as in production.
+requests per second (the replica answers from its own copy of the body); each client a raw keep-alive
+socket (the figure), then each an ``httpx.Client`` (whose own Python, on the same two cores, halves it).
+Authentication is on (a bearer token), as in production.
 
 Then the fleet views (issue 16), on a second database ``bench_fleet`` holding ``--fleet-gpus`` GPUs
 (default 25,000; 8 per host, 20 namespaces, pods of 4 GPUs, two allocations per GPU over the last
@@ -221,13 +223,47 @@ def http_paths(get: Callable[..., Any]) -> tuple[Callable[..., int], Callable[..
     return first, walk
 
 
-def load(base: str, path: str, seconds: float, clients: int = CLIENTS) -> tuple[float, int]:
-    """Requests per second of ``clients`` threads, each with its own keep-alive connection, and errors."""
+def load(base: str, path: str, seconds: float, clients: int = CLIENTS, lean: bool = True) -> tuple[float, int]:
+    """Requests per second of ``clients`` threads, each with its own keep-alive connection, and errors.
+
+    ``lean``: each client writes the request's bytes and reads the answer by its Content-Length on a raw
+    socket (~20 us of Python a request), so on two shared cores the figure is the server's, not the
+    client's; otherwise each is an ``httpx.Client`` (~0.5 ms of Python a request, under one GIL).
+    """
     counts = [0] * clients
     errors = [0] * clients
     stop = time.perf_counter() + seconds
+    host, port = base.removeprefix("http://").split(":")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\nAccept-Encoding: gzip\r\n\r\n"
+    ).encode()
 
-    def client(i: int) -> None:
+    def lean_client(i: int) -> None:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffered = b""
+            while time.perf_counter() < stop:
+                sock.sendall(request)
+                while b"\r\n\r\n" not in buffered:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("the server closed the connection")
+                    buffered += chunk
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                fields = dict(line.split(b":", 1) for line in lines[1:])
+                length = int(fields.get(b"content-length", fields.get(b"Content-Length", b"-1")))
+                if length < 0:
+                    raise ValueError("a response without Content-Length")
+                while len(buffered) < length:
+                    buffered += sock.recv(65536)
+                buffered = buffered[length:]
+                if lines[0].split(b" ")[1] == b"200":
+                    counts[i] += 1
+                else:
+                    errors[i] += 1
+
+    def httpx_client(i: int) -> None:
         with httpx.Client(base_url=base, timeout=30, headers=AUTH) as http:
             while time.perf_counter() < stop:
                 if http.get(path).status_code == 200:
@@ -236,7 +272,7 @@ def load(base: str, path: str, seconds: float, clients: int = CLIENTS) -> tuple[
                     errors[i] += 1
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=lean_client if lean else httpx_client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -409,11 +445,12 @@ def on_serve(url: str, firsts: list[Any], walks: list[Any], args: argparse.Names
         http.get("/api/v1/gpus")
         cached = http.get("/api/v1/gpus").headers.get("x-cache")
     rps, failed = load(base, "/api/v1/gpus", args.load_seconds)
+    rps_httpx, _ = load(base, "/api/v1/gpus", args.load_seconds, lean=False)
     serve.delete("gateway")
     html = pages_on_serve(settings, args, port) if ingress == "proxy" else None
     serve.shutdown()
     ray.shutdown()
-    return pages, floor, bare, cached, rps, failed, html
+    return pages, floor, bare, cached, rps, failed, html, rps_httpx
 
 
 def pages_on_serve(settings: Settings, args: argparse.Namespace, port: int) -> dict[str, list[float]]:
@@ -692,7 +729,8 @@ def main() -> int:
         "--ingress",
         choices=("proxy", "direct", "haproxy", "both"),
         default="both",
-        help="through Serve's HTTP proxy (the deployed default), Serve's direct ingress (replicas serve HTTP), or both",
+        help="through Serve's HTTP proxy (the deployed default), Serve's direct ingress (replicas serve HTTP), "
+        "Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1), or both proxy and haproxy",
     )
     parser.add_argument("--gpus", type=int, default=25_000, help="fleet size of the pages' database")
     parser.add_argument("--page-requests", type=int, default=50, help="requests per HTML page")
@@ -738,7 +776,7 @@ def main() -> int:
     loop.run_until_complete(asgi.aclose())
     reader.close()
 
-    ingresses = ("proxy", "direct") if args.ingress == "both" else (args.ingress,)
+    ingresses = ("proxy", "haproxy") if args.ingress == "both" else (args.ingress,)
     served = {ingress: serve_in_child(url, firsts, walks, args, ingress) for ingress in ingresses}
     for ingress, (pages, *_) in served.items():
         results[f"serve ({ingress})" if len(served) > 1 else "serve"] = pages
@@ -749,13 +787,14 @@ def main() -> int:
     for name, (f, w) in results.items():
         print(f"{name:14} {pct(f, 50):10.1f} {pct(f, 99):10.1f} {pct(w, 50):10.1f} {pct(w, 99):10.1f}")
     df, dw = results["sql"]
-    for ingress, ((sf, sw), floor, bare, cached, rps, failed, _) in served.items():
+    for ingress, ((sf, sw), floor, bare, cached, rps, failed, _, rps_httpx) in served.items():
         print(f"-- Serve, {ingress} ingress")
         print(f"   serve floor (GET /health, no database): p50 {pct(floor, 50):.1f} ms, p99 {pct(floor, 99):.1f} ms")
         print(f"   bare FastAPI GET on Serve (same run):   p50 {pct(bare, 50):.1f} ms, p99 {pct(bare, 99):.1f} ms")
         print(
             f"   cached GPU list (X-Cache {cached}), {CLIENTS} clients, {args.load_seconds:.0f} s: "
-            f"{rps:,.0f} req/s ({failed} failed)"
+            f"{rps:,.0f} req/s ({failed} failed); with httpx clients (their Python on the same cores) "
+            f"{rps_httpx:,.0f} req/s"
         )
         print(
             f"   serve / sql: first page p50 {pct(sf, 50) / pct(df, 50):.2f}x, p99 {pct(sf, 99) / pct(df, 99):.2f}x; "

@@ -13,9 +13,11 @@ c. ingest-to-queryable latency: a probe polls the newest visible timestamp of a 
 d. storage bytes per sample (heap + indexes of every telemetry partition / rows).
 
 ``--attribution off`` runs the collectors without deriving allocations, latest values, usage and events
-(the cost of attribution is the ratio with it on against the ratio with it off). ``--quick`` finishes in
-under 5 minutes here; ``--minutes N`` runs the steady state for N minutes
-and prints lag and Ray worker memory every 30 s, to show that neither grows. The last line is::
+(the cost of attribution is the ratio with it on against the ratio with it off); ``--attribution-cost
+PAIRS`` measures that cost directly: PAIRS adjacent flat-out runs off and on, each pair after its own raw
+COPY, and the median of the pairs' costs (two separate runs minutes apart differ by more than 5 % here).
+``--quick`` finishes in under 5 minutes here; ``--minutes N`` runs the steady state for N minutes and
+prints lag and Ray worker memory every 30 s, to show that neither grows. The last line is::
 
     RESULT e2e_rows_per_s=<n> raw_copy_rows_per_s=<n> ratio=<e2e/raw> latency_p99_s=<n> bytes_per_sample=<n>
 """
@@ -295,7 +297,7 @@ def run_pipeline(
     try:
         time.sleep(warmup)
         probe.start()
-        first, t0 = stored(url, group), time.monotonic()
+        first, t0, cpu0 = stored(url, group), time.monotonic(), psutil.cpu_times()
         lags, rss = [], []
         next_report = t0 + (report_every or 1e18)
         while time.monotonic() - t0 < seconds:
@@ -310,13 +312,18 @@ def run_pipeline(
                     f"lag={progress.lag_rows:>10,} rows  ray RSS={rss[-1]:8.0f} MiB",
                     flush=True,
                 )
-        last, t1 = stored(url, group), time.monotonic()
+        last, t1, cpu1 = stored(url, group), time.monotonic(), psutil.cpu_times()
         probe.stop()
     finally:
         p.stop()
     third = max(1, len(lags) // 3)
+    busy = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
     return {
         "rows_per_s": (last - first) / (t1 - t0),
+        # CPU seconds of the whole machine (every process) per million rows stored: the work a row costs,
+        # which a stall on the disk (idle and iowait time) does not move the way it moves rows/s
+        "cpu_s_per_m_rows": busy / max(last - first, 1) * 1e6,
+        "iowait_s": getattr(cpu1, "iowait", 0.0) - getattr(cpu0, "iowait", 0.0),
         "latency": probe.samples,
         "lag_first": lags[:third],
         "lag_last": lags[-third:],
@@ -337,6 +344,66 @@ def bytes_per_sample(url: str) -> tuple[float, int]:
     return (float(size[0]) / n if size and n else float("nan")), n
 
 
+def reset(url: str) -> None:
+    """Empty every table the pipeline writes (the GPU and metric keys stay), and flush it: a run's clean start."""
+    kept = ("gpus", "metrics", "xid_codes", "schema_migrations")
+    with psycopg.connect(url, autocommit=True) as c:
+        tables = [
+            t
+            for (t,) in c.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            )
+            if t not in kept
+        ]
+        c.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables))
+        c.execute("CHECKPOINT")
+
+
+def attribution_cost(url: str, args: argparse.Namespace, seconds: float, raw_rows: int) -> int:
+    """Pairs of flat-out runs, attribution off and on, each pair after a raw COPY of its own: the ratio of each.
+
+    Every run starts from the same database: what earlier runs wrote is truncated and checkpointed first
+    (without that, the second run of every pair measured ~15 % slower than the first, whichever it was). A
+    pair's two runs are adjacent, so they share the machine's other load; the order alternates between
+    pairs (off-on, on-off, ...), so over an even number of pairs what is left of an order effect cancels
+    out. The cost is 1 - (ratio on / ratio off), per pair, and its mean and median over the pairs; and, as
+    a figure the disk's stalls do not blur, the extra CPU time (the whole machine's) per row stored.
+    """
+    batches = fleet_batches(args.gpus, raw_rows, 100_000)
+    rows = sum(b.num_rows for b in batches)
+    keys, metric_ids = prepare_keys(url, batches)
+    payloads = [encode_numpy(b, keys, metric_ids) for b in batches]
+    costs: list[float] = []
+    cpu_costs: list[float] = []
+    for pair in range(args.attribution_cost):
+        raw = raw_copy(url, payloads, rows)
+        ratios, cpu = {}, {}
+        for on in (False, True) if pair % 2 == 0 else (True, False):
+            reset(url)
+            run = run_pipeline(url, args.gpus, 0.0, seconds, 8.0, args.collectors, args.streamers, attribution=on)
+            ratios[on], cpu[on] = run["rows_per_s"] / raw, run["cpu_s_per_m_rows"]
+            print(
+                f"  pair {pair + 1} attribution {'on ' if on else 'off'}: {run['rows_per_s']:,.0f} rows/s, "
+                f"raw COPY {raw:,.0f} rows/s, ratio {ratios[on]:.3f}; {cpu[on]:.2f} CPU s per M rows, "
+                f"iowait {run['iowait_s']:.1f} s",
+                flush=True,
+            )
+        costs.append(1 - ratios[True] / ratios[False])
+        cpu_costs.append(cpu[True] / cpu[False] - 1)
+        print(
+            f"  pair {pair + 1}: attribution costs {costs[-1]:+.1%} of the ratio, {cpu_costs[-1]:+.1%} CPU per row",
+            flush=True,
+        )
+    print(
+        f"RESULT attribution_cost_mean={statistics.mean(costs):.3f} attribution_cost_median="
+        f"{statistics.median(costs):.3f} cpu_per_row_cost_mean={statistics.mean(cpu_costs):.3f} pairs={len(costs)} "
+        f"costs={','.join(f'{c:.3f}' for c in costs)} cpu_costs={','.join(f'{c:.3f}' for c in cpu_costs)}"
+        "   (goal: <= 0.05)"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -350,6 +417,13 @@ def main() -> int:
     parser.add_argument("--encoders", action="store_true", help="also compare COPY encoders")
     parser.add_argument(
         "--attribution", choices=("on", "off"), default="on", help="collectors derive attribution (default on)"
+    )
+    parser.add_argument(
+        "--attribution-cost",
+        type=int,
+        metavar="PAIRS",
+        help="instead of (b)-(d): PAIRS back-to-back flat-out runs with attribution off and on (order alternating),"
+        " each after its own raw COPY: the cost of attribution as pairs under the same machine conditions",
     )
     args = parser.parse_args()
 
@@ -378,6 +452,11 @@ def main() -> int:
     import ray
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if args.attribution_cost:
+        try:
+            return attribution_cost(url, args, fast_s, raw_rows)
+        finally:
+            ray.shutdown()
     try:
         steady = run_pipeline(
             url,
