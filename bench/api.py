@@ -128,7 +128,9 @@ def build(admin: str, rows: int) -> tuple[str, int]:
         c.execute("VACUUM ANALYZE telemetry")
         c.execute("CHECKPOINT")  # the build's writes flushed now, not by the checkpointer during the timed requests
         ((count, size),) = c.execute(
-            "SELECT count(*), pg_size_pretty(pg_total_relation_size('telemetry')) FROM telemetry"
+            "SELECT count(*), pg_size_pretty((SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), "
+            "pg_total_relation_size('telemetry')) FROM pg_inherits i WHERE i.inhparent = 'telemetry'::regclass)) "
+            "FROM telemetry"  # a partitioned table's own size is 0: its partitions hold the rows
         ).fetchall()
     print(
         f"  built {count:,} rows ({gpus} GPUs x {METRICS} metrics x {HOURS} h at 1 Hz), {size}, "

@@ -363,9 +363,9 @@ def reset(url: str) -> None:
 def attribution_cost(url: str, args: argparse.Namespace, seconds: float, raw_rows: int) -> int:
     """Pairs of flat-out runs, attribution off and on, each pair after a raw COPY of its own: the ratio of each.
 
-    Every run starts from the same database: what earlier runs wrote is truncated and checkpointed first
-    (without that, the second run of every pair measured ~15 % slower than the first, whichever it was). A
-    pair's two runs are adjacent, so they share the machine's other load; the order alternates between
+    A discarded run warms the Ray cluster first. Every run starts from the same database: what earlier runs
+    wrote is truncated and checkpointed first (without that, the second run of every pair measured ~15 %
+    slower than the first, whichever it was). A pair's two runs are adjacent, so they share the machine's other load; the order alternates between
     pairs (off-on, on-off, ...), so over an even number of pairs what is left of an order effect cancels
     out. The cost is 1 - (ratio on / ratio off), per pair, and its mean and median over the pairs; and, as
     a figure the disk's stalls do not blur, the extra CPU time (the whole machine's) per row stored.
@@ -376,6 +376,8 @@ def attribution_cost(url: str, args: argparse.Namespace, seconds: float, raw_row
     payloads = [encode_numpy(b, keys, metric_ids) for b in batches]
     costs: list[float] = []
     cpu_costs: list[float] = []
+    # The first run on a new Ray cluster starts its worker processes cold (imports, first calls): not a pair's.
+    run_pipeline(url, args.gpus, 0.0, 15.0, 8.0, args.collectors, args.streamers)
     for pair in range(args.attribution_cost):
         raw = raw_copy(url, payloads, rows)
         ratios, cpu = {}, {}
