@@ -363,12 +363,13 @@ def reset(url: str) -> None:
 def attribution_cost(url: str, args: argparse.Namespace, seconds: float, raw_rows: int) -> int:
     """Pairs of flat-out runs, attribution off and on, each pair after a raw COPY of its own: the ratio of each.
 
-    A discarded run warms the Ray cluster first. Every run starts from the same database: what earlier runs
-    wrote is truncated and checkpointed first (without that, the second run of every pair measured ~15 %
-    slower than the first, whichever it was). A pair's two runs are adjacent, so they share the machine's other load; the order alternates between
-    pairs (off-on, on-off, ...), so over an even number of pairs what is left of an order effect cancels
-    out. The cost is 1 - (ratio on / ratio off), per pair, and its mean and median over the pairs; and, as
-    a figure the disk's stalls do not blur, the extra CPU time (the whole machine's) per row stored.
+    A discarded run warms the Ray cluster first. Every run starts from the same database: what earlier
+    runs wrote is truncated and checkpointed first (without that, the second run of every pair measured
+    ~15 % slower than the first, whichever it was). A pair's two runs are adjacent, so they share the
+    machine's other load; the order alternates between pairs (off-on, on-off, ...), so over an even
+    number of pairs what is left of an order effect cancels out. The cost is 1 - (ratio on / ratio off),
+    per pair, with its mean and median over the pairs; and the extra CPU time (the whole machine's) per
+    row stored.
     """
     batches = fleet_batches(args.gpus, raw_rows, 100_000)
     rows = sum(b.num_rows for b in batches)
