@@ -157,6 +157,9 @@ def encode_latest(
 # --- reading: a fleet ranking ----------------------------------------------------------------------
 
 _ARRAY_OF: Final = {OID_INT4: ">i4", OID_FLOAT8: ">f8", OID_TIMESTAMPTZ: ">i8"}
+# What Python's datetime holds (years 1-9999), in PostgreSQL's microseconds: beyond is refused, never wrapped.
+_TS_MIN: Final = -62_135_596_800_000_000 - PG_EPOCH_US
+_TS_MAX: Final = 253_402_300_799_999_999 - PG_EPOCH_US
 
 
 def decode_arrays(stream: bytes, oids: tuple[int, ...]) -> list[npt.NDArray[np.generic]]:
@@ -164,7 +167,8 @@ def decode_arrays(stream: bytes, oids: tuple[int, ...]) -> list[npt.NDArray[np.g
 
     Each array's elements have one width, so each is read as one structured array (no per-element Python);
     timestamps come back as Unix microseconds. A NULL field is an empty array. A stream of any other shape
-    (more rows, NULL elements, other types, header extensions) is refused, never misread.
+    (more rows, NULL elements, other types, header extensions, times beyond years 1-9999) is refused with
+    ``ValueError``, never misread.
     """
     if len(stream) < len(HEADER) + 2 + len(TRAILER) or stream[: len(HEADER)] != HEADER or stream[-2:] != TRAILER:
         raise ValueError("not a binary COPY stream without header extensions")
@@ -189,7 +193,11 @@ def decode_arrays(stream: bytes, oids: tuple[int, ...]) -> list[npt.NDArray[np.g
         if (items["len"] != width).any():
             raise ValueError("array elements of an unexpected width")
         values = items["v"].astype(native)
-        out.append(values + PG_EPOCH_US if oid == OID_TIMESTAMPTZ else values)
+        if oid == OID_TIMESTAMPTZ:
+            if len(values) and (values.min() < _TS_MIN or values.max() > _TS_MAX):
+                raise ValueError("a timestamp outside years 1-9999 (infinity?)")
+            values = values + PG_EPOCH_US
+        out.append(values)
         at += length
     if at != len(stream) - len(TRAILER):
         raise ValueError("more than one row")

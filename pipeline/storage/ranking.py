@@ -74,17 +74,23 @@ class Rankings:
 
     A ranking younger than ``max_age_s`` is served as it is. One older, but younger than twice that, is
     served too while a background thread makes the next (so a request never waits on a refresh while
-    requests keep coming); an older one, or none, is made by the request itself. At most one fetch runs
-    for a metric at a time: requests that waited take the ranking it made.
+    requests keep coming); an older one, or none, is made by the request itself. One fetch runs for a
+    metric at a time (metrics do not wait on each other): requests that waited take the ranking it
+    made, or the error it ended with, which is kept for ``max_age_s`` (so a database outage costs each
+    waiting request one failure, not one fetch). ``clock`` is ``time.monotonic`` (tests step their own).
     """
 
-    def __init__(self, fetch: Callable[[int], bytes], max_age_s: float) -> None:
+    def __init__(
+        self, fetch: Callable[[int], bytes], max_age_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._fetch = fetch
         self._max_age = max_age_s
+        self._clock = clock
         self._held: dict[int, Ranking] = {}
-        self._lock = threading.Lock()  # held while a ranking is made
-        self._refreshing: set[int] = set()  # metrics a background thread is ranking (under _flags)
-        self._flags = threading.Lock()
+        self._failed: dict[int, tuple[float, Exception]] = {}  # the last fetch's error, by metric, and when
+        self._flags = threading.Lock()  # guards the dictionaries' changes; never held across a fetch
+        self._locks: dict[int, threading.Lock] = {}  # one per metric, held while its ranking is made
+        self._refreshing: set[int] = set()  # metrics a background thread is ranking
 
     @property
     def enabled(self) -> bool:
@@ -94,37 +100,52 @@ class Rankings:
     def of(self, metric_id: int) -> Ranking:
         """The metric's ranking (see the class)."""
         held = self._held.get(metric_id)
-        age = time.monotonic() - held.at if held is not None else math.inf
+        age = self._clock() - held.at if held is not None else math.inf
         if age < self._max_age:
             return held  # type: ignore[return-value]
         if age < 2 * self._max_age:
             self._refresh_later(metric_id)
             return held  # type: ignore[return-value]
-        with self._lock:
+        asked = self._clock()
+        with self._lock_of(metric_id):
             held = self._held.get(metric_id)
-            if held is not None and time.monotonic() - held.at < self._max_age:
+            if held is not None and self._clock() - held.at < self._max_age:
                 return held
+            failed = self._failed.get(metric_id)
+            if failed is not None and failed[0] >= asked - self._max_age:
+                raise failed[1]  # the fetch this request waited on (or one just before) failed
             return self._make(metric_id)
 
+    def _lock_of(self, metric_id: int) -> threading.Lock:
+        with self._flags:
+            return self._locks.setdefault(metric_id, threading.Lock())
+
     def _make(self, metric_id: int) -> Ranking:
-        began = time.monotonic()
-        keys, values, ts_us = decode_arrays(self._fetch(metric_id), (OID_INT4, OID_FLOAT8, OID_TIMESTAMPTZ))
+        """Fetch and rank (the metric's lock held)."""
+        began = self._clock()
+        try:
+            keys, values, ts_us = decode_arrays(self._fetch(metric_id), (OID_INT4, OID_FLOAT8, OID_TIMESTAMPTZ))
+        except Exception as exc:
+            self._failed[metric_id] = (self._clock(), exc)
+            raise
+        self._failed.pop(metric_id, None)
         ranking = Ranking.of(keys, values, ts_us, at=began)  # type: ignore[arg-type]
-        self._held.pop(metric_id, None)
-        self._held[metric_id] = ranking  # the newest last: the first is the longest unrefreshed
-        while len(self._held) > _KEEP:
-            del self._held[next(iter(self._held))]
+        with self._flags:  # metrics are ranked concurrently: the dictionary changes under one lock
+            self._held.pop(metric_id, None)
+            self._held[metric_id] = ranking  # the newest last: the first is the longest unrefreshed
+            while len(self._held) > _KEEP:
+                del self._held[next(iter(self._held))]
         return ranking
 
     def _refresh_later(self, metric_id: int) -> None:
-        with self._flags:  # never the ranking lock: a request serving a stale ranking must not wait on a fetch
+        with self._flags:  # a request serving a stale ranking never waits on a fetch
             if metric_id in self._refreshing:
                 return
             self._refreshing.add(metric_id)
 
         def refresh() -> None:
             try:
-                with self._lock:
+                with self._lock_of(metric_id):
                     self._make(metric_id)
             except Exception:  # the held ranking ages on; the request that finds it too old fetches and fails
                 log.warning("refreshing the fleet ranking of metric %d failed", metric_id, exc_info=True)

@@ -320,9 +320,9 @@ def test_fleet_latest_pages_the_whole_fleet_in_value_order(fresh_db: str, rankin
         ]
 
 
-def test_a_ranking_is_as_old_as_its_ttl_and_a_row_it_cannot_read_falls_back_to_the_query(fresh_db: str) -> None:
+def test_a_ranking_is_as_old_as_its_ttl_and_leaves_out_what_the_query_leaves_out(fresh_db: str) -> None:
     """Within ranking_ttl_s the fleet-wide page is the ranking's (a host's page is always the table's); a NULL
-    element in gpu_latest, which no writer produces, makes the ranking unreadable and the query answers."""
+    element in gpu_latest, which no writer produces, is left out of the ranking as the query leaves it out."""
     with psycopg.connect(fresh_db, autocommit=True) as c:
         keys = [
             c.execute("INSERT INTO gpus (uuid, hostname) VALUES (%s, 'h') RETURNING gpu_key", (u,)).fetchone()[0]  # type: ignore[index]

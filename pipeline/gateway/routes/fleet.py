@@ -40,8 +40,8 @@ HEALTH_WINDOW = timedelta(hours=1)
     description="Read from the latest-value table (one row per GPU, rewritten by the collectors every few "
     "seconds), with each GPU's host, model and current holder, ordered by value (ties in a fixed order). "
     "Fleet-wide pages come from the replica's ranking of the metric, kept for `gateway.recent_ttl_s` and "
-    "refreshed behind requests (values at most twice that older than the table); `namespace`/`hostname` "
-    "narrow the fleet (read from the table for each page).",
+    "refreshed behind requests (values at most twice that older than the table, and a cached body one more "
+    "`recent_ttl_s`); `namespace`/`hostname` narrow the fleet (read from the table for each page).",
     responses=problems.responses(400, 422, 503),
 )
 def fleet_latest(

@@ -6,6 +6,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -87,6 +88,7 @@ def test_the_stream_decodes_exactly_and_an_empty_fleet_is_empty_arrays() -> None
         "null element",
         "wrong type",
         "short",
+        "infinity",
     ],
 )
 def test_a_stream_of_another_shape_is_refused_not_misread(bad: str) -> None:
@@ -103,10 +105,31 @@ def test_a_stream_of_another_shape_is_refused_not_misread(bad: str) -> None:
         data = bytes(ints)
     elif bad == "wrong type":
         data = cf.HEADER + cf.encode_row([cf.array_value(np.array([1], np.int16), 21)] * 3) + cf.TRAILER
+    elif bad == "infinity":  # PostgreSQL's 'infinity' timestamptz is the largest int8
+        data = stream([7], [1.0], [0])
+        data = data[: -len(cf.TRAILER) - 8] + (2**63 - 1).to_bytes(8, "big") + cf.TRAILER  # the last time
     else:
         data = good[:-7] + cf.TRAILER
     with pytest.raises(ValueError):
         cf.decode_arrays(data, OIDS)
+
+
+class Clock:
+    """A monotonic clock the test steps by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def landed(condition: Callable[[], bool]) -> None:
+    """Wait (a background thread's work) for ``condition``."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.005)
 
 
 def test_a_ranking_is_reused_while_young_refreshed_behind_while_stale_and_remade_when_old() -> None:
@@ -116,23 +139,21 @@ def test_a_ranking_is_reused_while_young_refreshed_behind_while_stale_and_remade
     def fetch(metric_id: int) -> bytes:
         fetched.append(metric_id)
         if len(fetched) == 3:
-            assert gate.wait(10)  # the background refresh, held until the stale page was served
+            assert gate.wait(10)  # the background refresh, held until the stale pages were served
         return stream([1, 2], [float(len(fetched)), 0.0], [0, 0])
 
-    rankings = Rankings(fetch, max_age_s=1.0)  # wide margins: a loaded machine stalls
+    clock = Clock()
+    rankings = Rankings(fetch, max_age_s=1.0, clock=clock)
     first = rankings.of(3)
     assert rankings.of(3) is first and fetched == [3]
     rankings.of(4)
     assert fetched == [3, 4]
-    time.sleep(1.1)  # stale (older than 1 s, younger than 2 s): served while a thread ranks again
+    clock.now += 1.5  # stale (older than 1 s, younger than 2 s): served while a thread ranks again
     assert rankings.of(3) is first and rankings.of(3) is first
     gate.set()
-    deadline = time.monotonic() + 10
-    while (fresh := rankings.of(3)) is first:
-        assert time.monotonic() < deadline, "the background refresh never landed"
-        time.sleep(0.01)
-    assert fetched == [3, 4, 3] and fresh.page("desc", 1)[0][1] == 3.0  # one refresh for both stale requests
-    time.sleep(2.1)  # too old to serve: the request ranks itself
+    landed(lambda: rankings.of(3) is not first)
+    assert fetched == [3, 4, 3] and rankings.of(3).page("desc", 1)[0][1] == 3.0  # one refresh for both
+    clock.now += 2.5  # too old to serve: the request ranks itself
     assert rankings.of(4).page("desc", 1)[0][1] == 4.0 and fetched == [3, 4, 3, 4]
     assert not Rankings(fetch, max_age_s=0).enabled and rankings.enabled
 
@@ -146,14 +167,46 @@ def test_a_failed_background_refresh_keeps_the_old_ranking_until_it_is_too_old()
             raise ConnectionError("database down")
         return stream([1], [1.0], [0])
 
-    rankings = Rankings(fetch, max_age_s=1.0)
+    clock = Clock()
+    rankings = Rankings(fetch, max_age_s=1.0, clock=clock)
     first = rankings.of(1)
-    time.sleep(1.1)
+    clock.now += 1.5
     assert rankings.of(1) is first  # stale: served, and the refresh fails behind it
-    deadline = time.monotonic() + 10
-    while len(calls) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(1.0)
-    with pytest.raises(ConnectionError):  # too old to serve, and the database still down: the request says so
+    landed(lambda: len(calls) == 2 and not rankings._refreshing)
+    clock.now += 1.0
+    with pytest.raises(ConnectionError):  # too old to serve, the database still down: the request says so
         rankings.of(1)
+
+
+def test_requests_waiting_on_a_failed_fetch_share_its_error_and_metrics_do_not_wait_on_each_other() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def fetch(metric_id: int) -> bytes:
+        calls.append(metric_id)
+        if metric_id == 1:
+            started.set()
+            assert release.wait(10)
+            raise ConnectionError("database down")
+        return stream([5], [5.0], [0])
+
+    rankings = Rankings(fetch, max_age_s=1.0, clock=Clock())
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            rankings.of(1)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    assert rankings.of(2).page("asc", 1) == [(5, 5.0, 0)]  # metric 2 is not held up by metric 1's fetch
+    time.sleep(0.05)  # the two others now wait on metric 1's lock
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 3 and calls.count(1) == 1  # one fetch, one failure for all three
