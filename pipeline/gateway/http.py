@@ -23,7 +23,7 @@ import zlib
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BoundedRequests", "GzipLarge", "HeadAsGet"]
+__all__ = ["BoundedRequests", "GzipLarge", "HeadAsGet", "accepts_gzip", "weighted"]
 
 _PROBLEM = "application/problem+json"
 
@@ -68,6 +68,20 @@ class HeadAsGet:
 _COMPRESSIBLE = ("application/json", "application/problem+json", "text/html", "text/plain", "text/csv")
 
 
+def weighted(item: str) -> tuple[str, float]:
+    """One element of an ``Accept``-style list: its value (lower case) and q-value (1 unless given; not a number: 0)."""
+    value, *params = (part.strip() for part in item.split(";"))
+    q = 1.0
+    for param in params:
+        key, _, number = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                q = float(number.strip())
+            except ValueError:
+                q = 0.0
+    return value.lower(), q
+
+
 def accepts_gzip(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the ``Accept-Encoding`` headers take gzip (RFC 9110, 12.5.3).
 
@@ -80,16 +94,7 @@ def accepts_gzip(headers: list[tuple[bytes, bytes]]) -> bool:
         if name != b"accept-encoding":
             continue
         for item in value.decode("latin-1").split(","):
-            coding, *params = (part.strip() for part in item.split(";"))
-            q = 1.0
-            for param in params:
-                key, _, number = param.partition("=")
-                if key.strip().lower() == "q":
-                    try:
-                        q = float(number.strip())
-                    except ValueError:
-                        q = 0.0
-            coding = coding.lower()
+            coding, q = weighted(item)
             if coding in ("gzip", "x-gzip"):
                 named = q if named is None else max(named, q)
             elif coding == "*":

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from fastapi import Path, Query
 
 from pipeline.errors import InvalidParameter
+from pipeline.gateway.http import weighted
 from pipeline.storage.reader import AGGREGATE_ORIGIN
 
 __all__ = [
@@ -254,17 +255,9 @@ def negotiate(accept: str | None) -> Media | None:
         return "json"
     ranges: list[tuple[float, int, str]] = []
     for i, part in enumerate(accept.split(",")):
-        media, *options = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for opt in options:
-            key, _, val = opt.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(val)
-                except ValueError:
-                    q = 0.0
+        media, q = weighted(part)
         if q > 0:
-            ranges.append((-q, i, media.lower()))
+            ranges.append((-q, i, media))
     offered: dict[str, Media] = {
         MEDIA_JSON: "json",
         "application/*": "json",
