@@ -7,7 +7,10 @@ import pickle
 from pipeline.queue.log import Entry
 from pipeline.queue.replication import Replicate
 from pipeline.queue.shipment import pack, unpack
-from pipeline.records import Envelope, make_rejects
+from pipeline.records import Envelope, make_rejects, to_wire
+from pipeline.runtime.replicas import INLINE_BYTES
+from pipeline.sources import Shard
+from pipeline.sources.synthetic import SyntheticFleet
 from tests.support import envelope_of
 
 
@@ -40,3 +43,18 @@ def test_rows_travel_compressed() -> None:
     entry = Entry(0, envelope_of(2_000), 2_000, 0, 0.0)
     shipment = pack(0, [(0, _request(0), [entry])], {})
     assert 0 < shipment.data_bytes < entry.payload.nbytes / 2
+
+
+def test_a_flush_of_the_synthetic_fleet_travels_inline_with_the_call() -> None:
+    """A 10,000-row flush, attribution columns included, packs under the inline bound: no object-store put.
+
+    Over the bound a shipment is put in the leader's object store and pulled by each follower's raylet;
+    measured with ``bench/queue.py --replication-only``, that doubled what replication costs.
+    """
+    fleet = SyntheticFleet(hosts=125, batch_rows=10_000)  # 1,000 GPUs x 10 metrics: one scrape
+    wire = to_wire(next(iter(fleet.read_pass(Shard()))).samples)
+    assert wire.num_rows == 10_000 and "workload" in wire.schema.names
+    entry = Entry(0, Envelope(wire), wire.num_rows, wire.nbytes, 0.0, "p", 1)
+    shipment = pack(0, [(0, _request(0), [entry])], {})
+    assert shipment.data_bytes <= INLINE_BYTES, shipment.data_bytes
+    assert unpack(shipment)[0][0].payload.samples.equals(wire)
