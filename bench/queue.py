@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--partitions", default="1,2,4")
     parser.add_argument("--replication-only", action="store_true", help="only rf 1 against rf 3")
     parser.add_argument("--replication-partitions", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each replication factor (best and median shown)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each replication factor (best, median)")
     args = parser.parse_args()
     if args.replication_only:
         replication(args.rows, args.batch_rows, args.replication_partitions, args.repeats)
