@@ -6,7 +6,8 @@ Layout: ``<dir>/partition-<p>/<base offset, 20 digits>.seg``. Each message is on
     body = header length u32 | header JSON | samples IPC stream | rejects IPC stream (may be empty)
 
 Each IPC stream is self-contained (schema, dictionaries, one batch), so a message reads back on its
-own, zero-copy from a memory map. A frame is written with one ``write`` and (by default) an
+own, zero-copy from a memory map (or decompressed: a follower writes a leader's zstd-compressed
+shipment as it came). A frame is written with one ``write`` and (by default) an
 ``fsync`` before the append is acknowledged. Recovery reads only what is not committed (committed
 history is neither checksummed nor decoded: a restart answers in seconds whatever the retained
 size). A torn frame at the end of the newest segment (a crash mid-write) is cut off; damage inside
@@ -34,7 +35,7 @@ import pyarrow as pa
 from pipeline.errors import QueueError
 from pipeline.records import Envelope, compact_dictionaries
 
-__all__ = ["Frame", "SegmentStore", "StateFile", "decode_envelope", "encode_envelope"]
+__all__ = ["Frame", "SegmentStore", "StateFile", "decode_envelope", "encode_envelope", "encode_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,15 @@ def _ipc(batch: pa.RecordBatch | None) -> bytes:
 
 def encode_envelope(header: dict[str, Any], envelope: Envelope) -> bytes:
     """One frame for a message."""
+    return encode_frame(header, _ipc(envelope.samples), _ipc(envelope.rejects))
+
+
+def encode_frame(header: dict[str, Any], samples: bytes, rejects: bytes) -> bytes:
+    """One frame for a message already encoded: its samples' IPC stream and its rejects' (b"": none).
+
+    The streams may have compressed buffers (a follower writes a leader's shipment as it came).
+    """
     head = json.dumps(header, separators=(",", ":")).encode()
-    samples = _ipc(envelope.samples)
-    rejects = _ipc(envelope.rejects)
     body = b"".join([_U32.pack(len(head)), head, _U32.pack(len(samples)), samples, _U32.pack(len(rejects)), rejects])
     return _PREFIX.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
@@ -155,13 +162,21 @@ class SegmentStore:
                 path.unlink()  # an empty newest segment (rolled, then nothing written)
         return frames, next_offset, last_seq
 
-    def append(self, offset: int, header: dict[str, Any], envelope: Envelope) -> int:
-        """Write one message (offset must follow the previous); returns bytes written."""
+    def append(self, offset: int, header: dict[str, Any], envelope: Any) -> int:
+        """Write one message (offset must follow the previous); returns bytes written.
+
+        ``envelope``: an ``Envelope``, or a follower's ``Shipped`` entry, written as it was encoded when
+        it came alone in its shipment.
+        """
         if self._file is None or self._file_size >= self._segment_bytes:
             self._roll(offset)
-        # A slice keeps its parent's whole dictionary; only the entries it uses are written.
-        compact = Envelope(compact_dictionaries(envelope.samples), envelope.rejects)
-        frame = encode_envelope({**header, "offset": offset}, compact)
+        encoded: tuple[bytes, bytes] | None = getattr(envelope, "encoded", None)
+        if encoded is not None:
+            frame = encode_frame({**header, "offset": offset}, *encoded)
+        else:
+            # A slice keeps its parent's whole dictionary; only the entries it uses are written.
+            compact = Envelope(compact_dictionaries(envelope.samples), envelope.rejects)
+            frame = encode_envelope({**header, "offset": offset}, compact)
         fd = self._file.fileno()
         try:
             _write_all(fd, frame)

@@ -11,7 +11,10 @@ a 10,000-row flush of the synthetic fleet, its attribution columns included, is 
 inline limit for call arguments (100 KiB), so it goes with the call itself instead of through the
 object store (a put on the leader's node and a transfer by the raylets to each follower's: measured
 with ``bench/queue.py --replication-only``, that was most of what replication cost). ``unpack``
-decodes once and cuts the batch back into one envelope per entry (zero-copy slices).
+decodes nothing: a follower's entries are ``Shipped`` envelopes whose rows are decoded the first time
+they are read (once per shipment, then zero-copy slices). A follower that never leads never reads
+them, and a shipment of one entry goes to the follower's segments as the compressed streams it came
+in (``Shipped.encoded``: the segment reader decodes either), so following costs no decoding at all.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pipeline.queue.log import Entry
 from pipeline.queue.replication import Replicate
 from pipeline.records import Envelope, empty_wire, pack_envelopes
 
-__all__ = ["EntryMeta", "Mirrored", "Shipment", "pack", "unpack"]
+__all__ = ["EntryMeta", "Mirrored", "Shipment", "Shipped", "pack", "unpack"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,73 @@ class EntryMeta:
 class Mirrored:
     """An entry as a follower appends it (and as a new leader appends its marker)."""
 
-    payload: Envelope
+    payload: Envelope | Shipped
     rows: int
     nbytes: int
     producer: str | None = None
     seq: int | None = None
+
+
+class _Rows:
+    """A shipment's rows and rejects, decoded once, on first use."""
+
+    __slots__ = ("_data", "_decoded", "_rejects")
+
+    def __init__(self, data: bytes | None, rejects: bytes | None) -> None:
+        self._data = data
+        self._rejects = rejects
+        self._decoded: tuple[pa.RecordBatch, pa.RecordBatch | None] | None = None
+
+    def get(self) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
+        if self._decoded is None:
+            samples = _decode(self._data) if self._data is not None else empty_wire()
+            rejects = _decode(self._rejects) if self._rejects is not None else None
+            self._decoded = (samples, rejects)
+            self._data = self._rejects = None  # the decoded batches hold the rows from now on
+        return self._decoded
+
+
+class Shipped:
+    """One shipped entry as a follower holds it: read like an ``Envelope``, decoded when first read.
+
+    ``encoded`` is the (samples, rejects) IPC streams of this entry alone when it came alone in its
+    shipment, written to the segments as they are; None otherwise.
+    """
+
+    __slots__ = ("_at", "_nrejects", "_rat", "_rows", "_source", "encoded")
+
+    def __init__(
+        self, source: _Rows, at: int, rows: int, rat: int, rejects: int, encoded: tuple[bytes, bytes] | None
+    ) -> None:
+        self._source = source
+        self._at = at
+        self._rows = rows
+        self._rat = rat
+        self._nrejects = rejects
+        self.encoded = encoded
+
+    @property
+    def samples(self) -> pa.RecordBatch:
+        """The entry's sample rows (decoding the shipment the first time any of its entries is read)."""
+        return self._source.get()[0].slice(self._at, self._rows)
+
+    @property
+    def rejects(self) -> pa.RecordBatch | None:
+        """The entry's rejects, if any."""
+        if not self._nrejects:
+            return None
+        rejects = self._source.get()[1]
+        return None if rejects is None else rejects.slice(self._rat, self._nrejects)
+
+    @property
+    def num_rows(self) -> int:
+        """Sample rows (known without decoding)."""
+        return self._rows
+
+    @property
+    def num_rejects(self) -> int:
+        """Reject rows (known without decoding)."""
+        return self._nrejects
 
 
 @dataclass(slots=True)
@@ -110,18 +175,17 @@ def pack(
 
 
 def unpack(shipment: Shipment) -> list[list[Mirrored]]:
-    """Per request, its entries as a follower appends them."""
-    samples = _decode(shipment.data) if shipment.data is not None else empty_wire()
-    rejects = _decode(shipment.rejects) if shipment.rejects is not None else None
+    """Per request, its entries as a follower appends them (nothing decoded yet: see ``Shipped``)."""
+    rows = _Rows(shipment.data, shipment.rejects)
+    alone = shipment.entries == 1 and shipment.data is not None
+    encoded = (shipment.data or b"", shipment.rejects or b"") if alone else None
     at = rat = 0
     out: list[list[Mirrored]] = []
     for _, _, metas in shipment.requests:
         mine = []
         for m in metas:
-            piece_rejects = rejects.slice(rat, m.rejects) if rejects is not None and m.rejects else None
-            mine.append(
-                Mirrored(Envelope(samples.slice(at, m.rows), piece_rejects), m.rows, m.nbytes, m.producer, m.seq)
-            )
+            payload = Shipped(rows, at, m.rows, rat, m.rejects, encoded)
+            mine.append(Mirrored(payload, m.rows, m.nbytes, m.producer, m.seq))
             at += m.rows
             rat += m.rejects
         out.append(mine)

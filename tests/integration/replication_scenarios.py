@@ -67,14 +67,27 @@ def broker_node(cluster: Cluster, i: int) -> Any:
     return cluster.add_node(num_cpus=1, resources={"broker": 1, f"broker_{i}": 1})
 
 
-def wait(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:
+def wait(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float = 60.0,
+    every_s: float = 0.2,
+    state: Callable[[], Any] | None = None,
+) -> Any:
+    """``check()`` once it is true; on the deadline a ``TimeoutError`` with ``state()`` (what the wait saw last)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+            seen = ""
+            if state is not None:
+                try:
+                    seen = f"; last seen: {state()}"
+                except Exception as exc:  # the state is for the report only
+                    seen = f"; state unavailable: {exc!r}"
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f}s{seen}")
         time.sleep(every_s)
 
 
@@ -272,14 +285,24 @@ def scenario_old_leader(run: Run) -> dict[str, Any]:
     streaming(run, run.stored() + 20_000)
     run.restore(0)
 
+    probe_offset = tail["end_offset"] - 1
+
     def fenced() -> dict[str, Any] | None:
+        # The entry at probe_offset leaves the old leader's log one of two ways, by timing: cut where its
+        # epoch history diverges from the new leader's (truncated), or never read back at all when the
+        # collectors had committed past it in the database before it restarted (its log then starts above).
         s = run.brokers().get(0, {}).get("replicas", {}).get(0)
         leader = run.led().get(0)
-        if s and leader and s["role"] == "follower" and s["epoch"] == leader["epoch"] and s["truncated"] >= 1:
+        dropped = s is not None and (s["truncated"] >= 1 or s["start_offset"] > probe_offset)
+        if s and leader and s["role"] == "follower" and s["epoch"] == leader["epoch"] and dropped:
             return dict(s)
         return None
 
-    back = wait("the old leader fenced, truncated and following", fenced, 120)
+    def replicas_of_0() -> dict[str, Any]:
+        replicas = {b: v.get("replicas", {}).get(0) for b, v in run.brokers().items()}
+        return {"leader": run.led().get(0), "brokers": replicas}
+
+    back = wait("the old leader fenced, truncated and following", fenced, 120, state=replicas_of_0)
     ray.cancel(pending)
     return {"tail": tail, "new_leader": new, "old_leader_back": back, **run.finish()}
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
 
 from pipeline.queue.log import Entry
 from pipeline.queue.replication import Replicate
+from pipeline.queue.segments import SegmentStore
 from pipeline.queue.shipment import pack, unpack
 from pipeline.records import Envelope, make_rejects, to_wire
 from pipeline.runtime.replicas import INLINE_BYTES
@@ -58,3 +63,38 @@ def test_a_flush_of_the_synthetic_fleet_travels_inline_with_the_call() -> None:
     shipment = pack(0, [(0, _request(0), [entry])], {})
     assert shipment.data_bytes <= INLINE_BYTES, shipment.data_bytes
     assert unpack(shipment)[0][0].payload.samples.equals(wire)
+
+
+def _one_flush(rows: int = 2_000) -> pa.RecordBatch:
+    return to_wire(next(iter(SyntheticFleet(hosts=max(1, rows // 80), batch_rows=rows).read_pass(Shard()))).samples)
+
+
+def test_a_follower_decodes_nothing_until_its_entries_are_read() -> None:
+    """A follower that never leads never reads its entries: taking a shipment costs no decoding."""
+    wire = _one_flush()
+    entries = [Entry(0, Envelope(wire.slice(0, 500)), 500, 1, 0.0), Entry(1, Envelope(wire.slice(500)), 1_500, 1, 0.0)]
+    shipment = pickle.loads(pickle.dumps(pack(0, [(0, _request(0), entries)], {})))
+    shipment.data = shipment.data[:40]  # damaged rows: nothing may touch them while the entries are not read
+    (mine,) = unpack(shipment)
+    assert [(m.payload.num_rows, m.payload.num_rejects, m.rows) for m in mine] == [(500, 0, 500), (1_500, 0, 1_500)]
+    assert all(m.payload.encoded is None for m in mine)  # two entries: each is cut from the one stream when read
+    with pytest.raises(pa.ArrowInvalid):
+        mine[0].payload.samples  # noqa: B018  (reading is what decodes)
+
+
+def test_a_lone_entry_goes_to_the_followers_segments_as_it_was_shipped(tmp_path: Path) -> None:
+    """The compressed stream is written as it came (no decoding, a fraction of the bytes) and reads back exact."""
+    wire = _one_flush()
+    rejected = Envelope(wire, make_rejects(1, "src", [7], ["bad,line"], ["unparsable"]))
+    shipment = pickle.loads(pickle.dumps(pack(0, [(0, _request(0), [Entry(0, rejected, 2_000, 1, 0.0, "p", 3)])], {})))
+    ((lone,),) = unpack(shipment)
+    assert lone.payload.encoded is not None
+    store = SegmentStore(tmp_path, segment_bytes=1 << 20, fsync=False)
+    written = store.append(0, {"producer": "p", "seq": 3, "rows": 2_000}, lone.payload)
+    assert written < wire.nbytes / 3
+    plain = SegmentStore(tmp_path / "plain", segment_bytes=1 << 20, fsync=False)
+    assert written < plain.append(0, {"producer": "p", "seq": 3, "rows": 2_000}, rejected) / 3
+    (frame,), next_offset, _ = SegmentStore(tmp_path, segment_bytes=1 << 20).recover(0)
+    assert next_offset == 1 and frame.header["seq"] == 3
+    assert frame.envelope.samples.to_pylist() == wire.to_pylist()
+    assert frame.envelope.rejects is not None and frame.envelope.rejects.to_pylist() == rejected.rejects.to_pylist()  # type: ignore[union-attr]
