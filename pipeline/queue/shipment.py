@@ -64,12 +64,13 @@ class _Rows:
         self._decoded: tuple[pa.RecordBatch, pa.RecordBatch | None] | None = None
 
     def get(self) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
-        if self._decoded is None:
+        # The bytes are kept (a tenth of the decoded rows' size): two readers at once decode twice at worst.
+        decoded = self._decoded
+        if decoded is None:
             samples = _decode(self._data) if self._data is not None else empty_wire()
             rejects = _decode(self._rejects) if self._rejects is not None else None
-            self._decoded = (samples, rejects)
-            self._data = self._rejects = None  # the decoded batches hold the rows from now on
-        return self._decoded
+            decoded = self._decoded = (samples, rejects)
+        return decoded
 
 
 class Shipped:
