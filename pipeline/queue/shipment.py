@@ -11,10 +11,11 @@ a 10,000-row flush of the synthetic fleet, its attribution columns included, is 
 inline limit for call arguments (100 KiB), so it goes with the call itself instead of through the
 object store (a put on the leader's node and a transfer by the raylets to each follower's: measured
 with ``bench/queue.py --replication-only``, that was most of what replication cost). ``unpack``
-decodes nothing: a follower's entries are ``Shipped`` envelopes whose rows are decoded the first time
-they are read (once per shipment, then zero-copy slices). A follower that never leads never reads
-them, and a shipment of one entry goes to the follower's segments as the compressed streams it came
-in (``Shipped.encoded``: the segment reader decodes either), so following costs no decoding at all.
+decodes the rows once (so a follower answers only for rows it could read: a damaged stream, or a
+codec this build lacks, fails the call and the leader does not count it) and hands out ``Shipped``
+entries, zero-copy slices of them. An entry that came alone in its shipment goes to the follower's
+segments as the compressed stream it came in (``Shipped.encoded``: a fifth of the bytes; the segment
+reader decodes either; its dictionaries are the packed batch's, not compacted to the rows it uses).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Mirrored:
 
 
 class _Rows:
-    """A shipment's rows and rejects, decoded once, on first use."""
+    """A shipment's rows and rejects, decoded once."""
 
     __slots__ = ("_data", "_decoded", "_rejects")
 
@@ -74,7 +75,7 @@ class _Rows:
 
 
 class Shipped:
-    """One shipped entry as a follower holds it: read like an ``Envelope``, decoded when first read.
+    """One shipped entry as a follower holds it: read like an ``Envelope`` (slices of its shipment's rows).
 
     ``encoded`` is the (samples, rejects) IPC streams of this entry alone when it came alone in its
     shipment, written to the segments as they are; None otherwise.
@@ -94,7 +95,7 @@ class Shipped:
 
     @property
     def samples(self) -> pa.RecordBatch:
-        """The entry's sample rows (decoding the shipment the first time any of its entries is read)."""
+        """The entry's sample rows."""
         return self._source.get()[0].slice(self._at, self._rows)
 
     @property
@@ -107,12 +108,12 @@ class Shipped:
 
     @property
     def num_rows(self) -> int:
-        """Sample rows (known without decoding)."""
+        """Sample rows."""
         return self._rows
 
     @property
     def num_rejects(self) -> int:
-        """Reject rows (known without decoding)."""
+        """Reject rows."""
         return self._nrejects
 
 
@@ -176,8 +177,9 @@ def pack(
 
 
 def unpack(shipment: Shipment) -> list[list[Mirrored]]:
-    """Per request, its entries as a follower appends them (nothing decoded yet: see ``Shipped``)."""
+    """Per request, its entries as a follower appends them; rows that cannot be read raise (see the module)."""
     rows = _Rows(shipment.data, shipment.rejects)
+    rows.get()  # read now: a follower must not answer for rows it cannot read
     alone = shipment.entries == 1 and shipment.data is not None
     encoded = (shipment.data or b"", shipment.rejects or b"") if alone else None
     at = rat = 0

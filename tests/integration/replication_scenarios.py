@@ -288,9 +288,11 @@ def scenario_old_leader(run: Run) -> dict[str, Any]:
     probe_offset = tail["end_offset"] - 1
 
     def fenced() -> dict[str, Any] | None:
-        # The entry at probe_offset leaves the old leader's log one of two ways, by timing: cut where its
-        # epoch history diverges from the new leader's (truncated), or never read back at all when the
-        # collectors had committed past it in the database before it restarted (its log then starts above).
+        # The entry at probe_offset must leave the old leader's log: cut where its epoch history diverges
+        # from the new leader's (counted in `truncated`), or gone with a log that now starts above it. The
+        # second was seen in 2 of 7 local runs (and one CI run), following in sync with `truncated` 0 and
+        # the log starting at the leader's start; which path led there is not yet known. Either way the
+        # test below asserts what matters: none of its rows reach the database, the data is exact.
         s = run.brokers().get(0, {}).get("replicas", {}).get(0)
         leader = run.led().get(0)
         dropped = s is not None and (s["truncated"] >= 1 or s["start_offset"] > probe_offset)

@@ -83,8 +83,8 @@ def test_an_old_leader_back_from_its_disk_is_fenced_and_cuts_what_was_never_ackn
     report = run_scenario("old-leader", fresh_db, real_csv, "--queue-dir", str(tmp_path / "queue"))
     assert report["tail"]["end_offset"] > report["tail"]["high_water"]  # it held entries beyond the HW
     back = report["old_leader_back"]
-    # Its entry beyond the HW is gone from its log: cut at the divergence, or left unread at recovery
-    # because the database had committed that offset (the new leader's entry) before it came back.
+    # Its entry beyond the HW is gone from its log: cut at the divergence, or below where its log now
+    # starts (see the scenario: a path seen in some runs, not yet explained).
     assert back["truncated"] >= 1 or back["start_offset"] > report["tail"]["end_offset"] - 1
     assert back["role"] == "follower"
     assert back["epoch"] > report["tail"]["epoch"]

@@ -69,17 +69,19 @@ def _one_flush(rows: int = 2_000) -> pa.RecordBatch:
     return to_wire(next(iter(SyntheticFleet(hosts=max(1, rows // 80), batch_rows=rows).read_pass(Shard()))).samples)
 
 
-def test_a_follower_decodes_nothing_until_its_entries_are_read() -> None:
-    """A follower that never leads never reads its entries: taking a shipment costs no decoding."""
+def test_a_follower_refuses_rows_it_cannot_read_before_it_answers() -> None:
+    """A damaged stream fails the follower's call (the leader does not count it), not a later read."""
     wire = _one_flush()
     entries = [Entry(0, Envelope(wire.slice(0, 500)), 500, 1, 0.0), Entry(1, Envelope(wire.slice(500)), 1_500, 1, 0.0)]
     shipment = pickle.loads(pickle.dumps(pack(0, [(0, _request(0), entries)], {})))
-    shipment.data = shipment.data[:40]  # damaged rows: nothing may touch them while the entries are not read
     (mine,) = unpack(shipment)
     assert [(m.payload.num_rows, m.payload.num_rejects, m.rows) for m in mine] == [(500, 0, 500), (1_500, 0, 1_500)]
-    assert all(m.payload.encoded is None for m in mine)  # two entries: each is cut from the one stream when read
+    assert all(m.payload.encoded is None for m in mine)  # two entries: each is a slice of the one stream
+    assert mine[1].payload.samples.to_pylist() == wire.slice(500).to_pylist()
+    assert shipment.data is not None
+    shipment.data = shipment.data[:40]
     with pytest.raises(pa.ArrowInvalid):
-        mine[0].payload.samples  # noqa: B018  (reading is what decodes)
+        unpack(shipment)
 
 
 def test_a_lone_entry_goes_to_the_followers_segments_as_it_was_shipped(tmp_path: Path) -> None:
