@@ -206,12 +206,20 @@ class Broker:
         self._stats[partition].blocked_s += self._clock() - started
 
     def _write(
-        self, partition: int, offset: int, producer: str | None, seq: int | None, rows: int, nbytes: int, payload: Any
+        self,
+        partition: int,
+        offset: int,
+        producer: str | None,
+        seq: int | None,
+        rows: int,
+        nbytes: int,
+        payload: Any,
+        encoded: tuple[bytes, bytes] | None = None,
     ) -> bool:
         """Put a message on disk (fsynced) before it is acknowledged; False while the volume is full."""
         disk = self._disks.get(partition)
         header = {"producer": producer, "seq": seq, "rows": rows, "nbytes": nbytes}
-        return disk is None or disk.write(offset, header, payload)
+        return disk is None or disk.write(offset, header, payload, encoded)
 
     async def _wait_for_disk(self, partition: int) -> None:
         """After ENOSPC: free what retention may, then wait for a commit or the retry interval."""

@@ -105,10 +105,12 @@ class PartitionDisk:
         budget = self.persistence.disk_budget_bytes
         return budget is not None and self.used > 0 and self.used + nbytes > budget
 
-    def write(self, offset: int, header: dict[str, Any], payload: Any) -> bool:
-        """Append a message (fsynced); False, with nothing written, while the volume is full."""
+    def write(
+        self, offset: int, header: dict[str, Any], payload: Any, encoded: tuple[bytes, bytes] | None = None
+    ) -> bool:
+        """Append a message (fsynced; ``encoded``: its streams as shipped); False, nothing written, while full."""
         try:
-            self.used += self.store.append(offset, {**header, "at": time.time()}, payload)
+            self.used += self.store.append(offset, {**header, "at": time.time()}, payload, encoded)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -148,7 +148,7 @@ class ReplicatedBroker(Broker):
         plog = self._logs[partition]
         offset = plog.end_offset
         if not Broker._write(
-            self, partition, offset, entry.producer, entry.seq, entry.rows, entry.nbytes, entry.payload
+            self, partition, offset, entry.producer, entry.seq, entry.rows, entry.nbytes, entry.payload, entry.encoded
         ):
             raise _DiskFull(f"partition {partition}: the queue volume is full", partition=partition)
         plog.append(entry.payload, entry.rows, entry.nbytes, self._clock(), entry.producer, entry.seq)
@@ -203,10 +203,18 @@ class ReplicatedBroker(Broker):
             self._saved[partition] = state
 
     def _write(
-        self, partition: int, offset: int, producer: str | None, seq: int | None, rows: int, nbytes: int, payload: Any
+        self,
+        partition: int,
+        offset: int,
+        producer: str | None,
+        seq: int | None,
+        rows: int,
+        nbytes: int,
+        payload: Any,
+        encoded: tuple[bytes, bytes] | None = None,
     ) -> bool:
         self._leading(partition)  # an append that waited for budget may find it led elsewhere since
-        return super()._write(partition, offset, producer, seq, rows, nbytes, payload)
+        return super()._write(partition, offset, producer, seq, rows, nbytes, payload, encoded)
 
     def _visible_end(self, partition: int) -> int:
         return self.replicas[partition].high_water

@@ -162,15 +162,16 @@ class SegmentStore:
                 path.unlink()  # an empty newest segment (rolled, then nothing written)
         return frames, next_offset, last_seq
 
-    def append(self, offset: int, header: dict[str, Any], envelope: Any) -> int:
+    def append(
+        self, offset: int, header: dict[str, Any], envelope: Envelope, encoded: tuple[bytes, bytes] | None = None
+    ) -> int:
         """Write one message (offset must follow the previous); returns bytes written.
 
-        ``envelope``: an ``Envelope``, or a follower's ``Shipped`` entry, written as it was encoded when
-        it came alone in its shipment.
+        ``encoded``: the message's (samples, rejects) IPC streams as a leader shipped them, written as they
+        are instead of encoding ``envelope`` again.
         """
         if self._file is None or self._file_size >= self._segment_bytes:
             self._roll(offset)
-        encoded: tuple[bytes, bytes] | None = getattr(envelope, "encoded", None)
         if encoded is not None:
             frame = encode_frame({**header, "offset": offset}, *encoded)
         else:

@@ -11,11 +11,12 @@ a 10,000-row flush of the synthetic fleet, its attribution columns included, is 
 inline limit for call arguments (100 KiB), so it goes with the call itself instead of through the
 object store (a put on the leader's node and a transfer by the raylets to each follower's: measured
 with ``bench/queue.py --replication-only``, that was most of what replication cost). ``unpack``
-decodes the rows once (so a follower answers only for rows it could read: a damaged stream, or a
-codec this build lacks, fails the call and the leader does not count it) and hands out ``Shipped``
-entries, zero-copy slices of them. An entry that came alone in its shipment goes to the follower's
-segments as the compressed stream it came in (``Shipped.encoded``: a fifth of the bytes; the segment
-reader decodes either; its dictionaries are the packed batch's, not compacted to the rows it uses).
+decodes once (a follower answers only for rows it could read: a damaged stream, or a codec this build
+lacks, fails the call and the leader does not count it) and cuts the batch back into one envelope per
+entry (zero-copy slices). An entry that came alone in its shipment also carries the compressed
+streams it came in (``Mirrored.encoded``): the follower writes those to its segments, not encoding
+again (a fifth of the bytes; the segment reader decodes either; the dictionaries are the packed
+batch's, not compacted to the rows the entry uses).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline.queue.log import Entry
 from pipeline.queue.replication import Replicate
 from pipeline.records import Envelope, empty_wire, pack_envelopes
 
-__all__ = ["EntryMeta", "Mirrored", "Shipment", "Shipped", "pack", "unpack"]
+__all__ = ["EntryMeta", "Mirrored", "Shipment", "pack", "unpack"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,74 +48,12 @@ class EntryMeta:
 class Mirrored:
     """An entry as a follower appends it (and as a new leader appends its marker)."""
 
-    payload: Envelope | Shipped
+    payload: Envelope
     rows: int
     nbytes: int
     producer: str | None = None
     seq: int | None = None
-
-
-class _Rows:
-    """A shipment's rows and rejects, decoded once."""
-
-    __slots__ = ("_data", "_decoded", "_rejects")
-
-    def __init__(self, data: bytes | None, rejects: bytes | None) -> None:
-        self._data = data
-        self._rejects = rejects
-        self._decoded: tuple[pa.RecordBatch, pa.RecordBatch | None] | None = None
-
-    def get(self) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
-        # The bytes are kept (a tenth of the decoded rows' size): two readers at once decode twice at worst.
-        decoded = self._decoded
-        if decoded is None:
-            samples = _decode(self._data) if self._data is not None else empty_wire()
-            rejects = _decode(self._rejects) if self._rejects is not None else None
-            decoded = self._decoded = (samples, rejects)
-        return decoded
-
-
-class Shipped:
-    """One shipped entry as a follower holds it: read like an ``Envelope`` (slices of its shipment's rows).
-
-    ``encoded`` is the (samples, rejects) IPC streams of this entry alone when it came alone in its
-    shipment, written to the segments as they are; None otherwise.
-    """
-
-    __slots__ = ("_at", "_nrejects", "_rat", "_rows", "_source", "encoded")
-
-    def __init__(
-        self, source: _Rows, at: int, rows: int, rat: int, rejects: int, encoded: tuple[bytes, bytes] | None
-    ) -> None:
-        self._source = source
-        self._at = at
-        self._rows = rows
-        self._rat = rat
-        self._nrejects = rejects
-        self.encoded = encoded
-
-    @property
-    def samples(self) -> pa.RecordBatch:
-        """The entry's sample rows."""
-        return self._source.get()[0].slice(self._at, self._rows)
-
-    @property
-    def rejects(self) -> pa.RecordBatch | None:
-        """The entry's rejects, if any."""
-        if not self._nrejects:
-            return None
-        rejects = self._source.get()[1]
-        return None if rejects is None else rejects.slice(self._rat, self._nrejects)
-
-    @property
-    def num_rows(self) -> int:
-        """Sample rows."""
-        return self._rows
-
-    @property
-    def num_rejects(self) -> int:
-        """Reject rows."""
-        return self._nrejects
+    encoded: tuple[bytes, bytes] | None = None  # its (samples, rejects) IPC streams, when it came alone
 
 
 @dataclass(slots=True)
@@ -177,9 +116,9 @@ def pack(
 
 
 def unpack(shipment: Shipment) -> list[list[Mirrored]]:
-    """Per request, its entries as a follower appends them; rows that cannot be read raise (see the module)."""
-    rows = _Rows(shipment.data, shipment.rejects)
-    rows.get()  # read now: a follower must not answer for rows it cannot read
+    """Per request, its entries as a follower appends them (decoded here: rows it cannot read raise)."""
+    samples = _decode(shipment.data) if shipment.data is not None else empty_wire()
+    rejects = _decode(shipment.rejects) if shipment.rejects is not None else None
     alone = shipment.entries == 1 and shipment.data is not None
     encoded = (shipment.data or b"", shipment.rejects or b"") if alone else None
     at = rat = 0
@@ -187,8 +126,9 @@ def unpack(shipment: Shipment) -> list[list[Mirrored]]:
     for _, _, metas in shipment.requests:
         mine = []
         for m in metas:
-            payload = Shipped(rows, at, m.rows, rat, m.rejects, encoded)
-            mine.append(Mirrored(payload, m.rows, m.nbytes, m.producer, m.seq))
+            piece_rejects = rejects.slice(rat, m.rejects) if rejects is not None and m.rejects else None
+            payload = Envelope(samples.slice(at, m.rows), piece_rejects)
+            mine.append(Mirrored(payload, m.rows, m.nbytes, m.producer, m.seq, encoded))
             at += m.rows
             rat += m.rejects
         out.append(mine)

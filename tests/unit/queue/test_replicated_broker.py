@@ -213,6 +213,23 @@ def test_an_old_leader_back_from_its_disk_truncates_what_the_new_leader_lacks(
     assert restarted.log_of(0).end_offset == c.broker(1).log_of(0).end_offset
 
 
+def test_a_follower_writes_a_lone_shipped_entry_as_it_came_and_reads_it_back(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """The follower's frame is the leader's compressed stream (far fewer bytes), and a restart reads it exactly."""
+    c = Cluster(loop, tmp_path)
+    c.elect(0)
+    c.run(publish(c, 0, 0, "big", 0, rows=5_000))
+    loop.run_until_complete(asyncio.sleep(0.3))  # shipped to both followers
+    leader_bytes = c.broker(0)._disks[0].used
+    follower_bytes = c.broker(1)._disks[0].used
+    assert 0 < follower_bytes < leader_bytes / 2, (follower_bytes, leader_bytes)
+    c.crash(1)
+    back = c.start(1)
+    want = [(e.rows, e.payload.samples.to_pylist()) for e in c.broker(0).log_of(0).entries()]
+    assert [(e.rows, e.payload.samples.to_pylist()) for e in back.log_of(0).entries()] == want
+
+
 def test_an_emptied_replica_is_rebuilt_from_the_leaders_start(loop: asyncio.AbstractEventLoop) -> None:
     c = Cluster(loop)
     c.elect(0)

@@ -76,7 +76,7 @@ def test_a_follower_refuses_rows_it_cannot_read_before_it_answers() -> None:
     shipment = pickle.loads(pickle.dumps(pack(0, [(0, _request(0), entries)], {})))
     (mine,) = unpack(shipment)
     assert [(m.payload.num_rows, m.payload.num_rejects, m.rows) for m in mine] == [(500, 0, 500), (1_500, 0, 1_500)]
-    assert all(m.payload.encoded is None for m in mine)  # two entries: each is a slice of the one stream
+    assert all(m.encoded is None for m in mine)  # two entries: each is a slice of the one stream
     assert mine[1].payload.samples.to_pylist() == wire.slice(500).to_pylist()
     assert shipment.data is not None
     shipment.data = shipment.data[:40]
@@ -85,14 +85,14 @@ def test_a_follower_refuses_rows_it_cannot_read_before_it_answers() -> None:
 
 
 def test_a_lone_entry_goes_to_the_followers_segments_as_it_was_shipped(tmp_path: Path) -> None:
-    """The compressed stream is written as it came (no decoding, a fraction of the bytes) and reads back exact."""
+    """The compressed stream is written as it came (not encoded again: a fraction of the bytes) and reads back exact."""
     wire = _one_flush()
     rejected = Envelope(wire, make_rejects(1, "src", [7], ["bad,line"], ["unparsable"]))
     shipment = pickle.loads(pickle.dumps(pack(0, [(0, _request(0), [Entry(0, rejected, 2_000, 1, 0.0, "p", 3)])], {})))
     ((lone,),) = unpack(shipment)
-    assert lone.payload.encoded is not None
+    assert lone.encoded is not None
     store = SegmentStore(tmp_path, segment_bytes=1 << 20, fsync=False)
-    written = store.append(0, {"producer": "p", "seq": 3, "rows": 2_000}, lone.payload)
+    written = store.append(0, {"producer": "p", "seq": 3, "rows": 2_000}, lone.payload, lone.encoded)
     assert written < wire.nbytes / 3
     plain = SegmentStore(tmp_path / "plain", segment_bytes=1 << 20, fsync=False)
     assert written < plain.append(0, {"producer": "p", "seq": 3, "rows": 2_000}, rejected) / 3
