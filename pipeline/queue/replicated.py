@@ -203,14 +203,7 @@ class ReplicatedBroker(Broker):
             self._saved[partition] = state
 
     def _write(
-        self,
-        partition: int,
-        offset: int,
-        producer: str | None,
-        seq: int | None,
-        rows: int,
-        nbytes: int,
-        payload: Any,
+        self, partition: int, offset: int, producer: str | None, seq: int | None, rows: int, nbytes: int, payload: Any,
         encoded: tuple[bytes, bytes] | None = None,
     ) -> bool:
         self._leading(partition)  # an append that waited for budget may find it led elsewhere since
